@@ -1,3 +1,7 @@
 //! Tern: an MQTT broker for the edge. See ARCHITECTURE.md for the map of the code.
 
+pub mod broker;
+pub mod config;
 pub mod protocol;
+pub mod server;
+pub mod transport;

@@ -10,7 +10,7 @@ use super::packet::*;
 use super::properties::{Context, Properties};
 use super::reason::ReasonCode;
 use super::topic;
-use super::wire::{DecodeError, Reader, check_utf8, put_binary, put_packet, put_str, put_vbi, vbi_len};
+use super::wire::{DecodeError, Reader, put_binary, put_packet, put_str, put_vbi, vbi_len};
 
 const CONNECT: u8 = 1;
 const CONNACK: u8 = 2;
@@ -43,20 +43,26 @@ pub struct ConnectError {
 pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, DecodeError> {
     let mut remaining = 0usize;
     for i in 0..4 {
-        let Some(&byte) = buf.get(1 + i) else { return Ok(None) };
+        let Some(&byte) = buf.get(1 + i) else {
+            return Ok(None);
+        };
         remaining |= usize::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
             let total = 1 + i + 1 + remaining;
             if total > max_packet_size {
                 return Err(DecodeError::with(
                     ReasonCode::PACKET_TOO_LARGE,
-                    format!("packet of {total} bytes exceeds the maximum packet size of {max_packet_size}"),
+                    format!(
+                        "packet of {total} bytes exceeds the maximum packet size of {max_packet_size}"
+                    ),
                 ));
             }
             return Ok(Some(total));
         }
     }
-    Err(DecodeError::malformed("remaining length is longer than 4 bytes"))
+    Err(DecodeError::malformed(
+        "remaining length is longer than 4 bytes",
+    ))
 }
 
 /// Takes one whole packet off the front of `buf` if it has arrived.
@@ -65,7 +71,9 @@ pub fn decode(
     version: ProtocolVersion,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some(len) = frame_len(buf, max_packet_size)? else { return Ok(None) };
+    let Some(len) = frame_len(buf, max_packet_size)? else {
+        return Ok(None);
+    };
     if buf.len() < len {
         return Ok(None);
     }
@@ -117,10 +125,19 @@ pub fn decode_frame(frame: Bytes, version: ProtocolVersion) -> Result<Packet, De
         PINGRESP => Packet::PingResp,
         DISCONNECT => Packet::Disconnect(decode_disconnect(&mut r, v5)?),
         AUTH if v5 => Packet::Auth(decode_auth(&mut r)?),
-        _ => return Err(DecodeError::malformed(format!("packet type {kind} does not exist in MQTT {}", version.name()))),
+        _ => {
+            return Err(DecodeError::malformed(format!(
+                "packet type {kind} does not exist in MQTT {}",
+                version.name()
+            )));
+        }
     };
     if r.remaining() > 0 {
-        return Err(DecodeError::malformed(format!("{} has {} bytes after its end", packet.kind(), r.remaining())));
+        return Err(DecodeError::malformed(format!(
+            "{} has {} bytes after its end",
+            packet.kind(),
+            r.remaining()
+        )));
     }
     Ok(packet)
 }
@@ -130,12 +147,18 @@ pub fn decode_connect_frame(frame: Bytes) -> Result<Connect, ConnectError> {
     let (first, body) = split_frame(frame);
     if first >> 4 != CONNECT {
         return Err(ConnectError {
-            error: DecodeError::protocol(format!("first packet is type {}, not CONNECT", first >> 4)),
+            error: DecodeError::protocol(format!(
+                "first packet is type {}, not CONNECT",
+                first >> 4
+            )),
             answer_in: None,
         });
     }
     if first & 0x0F != 0 {
-        return Err(ConnectError { error: DecodeError::malformed("CONNECT has reserved flags set"), answer_in: None });
+        return Err(ConnectError {
+            error: DecodeError::malformed("CONNECT has reserved flags set"),
+            answer_in: None,
+        });
     }
     let mut r = Reader::new(body);
     let connect = decode_connect(&mut r)?;
@@ -149,7 +172,10 @@ pub fn decode_connect_frame(frame: Bytes) -> Result<Connect, ConnectError> {
 }
 
 fn decode_connect(r: &mut Reader) -> Result<Connect, ConnectError> {
-    let unanswered = |error| ConnectError { error, answer_in: None };
+    let unanswered = |error| ConnectError {
+        error,
+        answer_in: None,
+    };
     let name = r.binary("protocol name").map_err(unanswered)?;
     let level_byte = r.u8("protocol level").map_err(unanswered)?;
     let bridge = level_byte & 0x80 != 0;
@@ -165,15 +191,26 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ConnectError> {
                     ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                     format!("unsupported protocol name {name:?} level {level_byte:#04x}"),
                 ),
-                answer_in: Some(if level >= 5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 }),
+                answer_in: Some(if level >= 5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                }),
             });
         }
     };
-    let answer = |error| ConnectError { error, answer_in: Some(protocol) };
+    let answer = |error| ConnectError {
+        error,
+        answer_in: Some(protocol),
+    };
     decode_connect_rest(r, protocol, bridge).map_err(answer)
 }
 
-fn decode_connect_rest(r: &mut Reader, protocol: ProtocolVersion, bridge: bool) -> Result<Connect, DecodeError> {
+fn decode_connect_rest(
+    r: &mut Reader,
+    protocol: ProtocolVersion,
+    bridge: bool,
+) -> Result<Connect, DecodeError> {
     let v5 = protocol == ProtocolVersion::V5;
     let flags = r.u8("connect flags")?;
     if flags & 0x01 != 0 {
@@ -186,31 +223,76 @@ fn decode_connect_rest(r: &mut Reader, protocol: ProtocolVersion, bridge: bool) 
     let has_password = flags & 0x40 != 0;
     let has_username = flags & 0x80 != 0;
     if !has_will && (will_qos != 0 || will_retain) {
-        return Err(DecodeError::malformed("will QoS or will retain set without a will"));
+        return Err(DecodeError::malformed(
+            "will QoS or will retain set without a will",
+        ));
     }
     let will_qos = QoS::from_u8(will_qos).ok_or_else(|| DecodeError::malformed("will QoS is 3"))?;
     if !v5 && has_password && !has_username {
-        return Err(DecodeError::malformed("password flag set without user name flag"));
+        return Err(DecodeError::malformed(
+            "password flag set without user name flag",
+        ));
     }
     let keep_alive = r.u16("keep alive")?;
-    let properties = if v5 { Properties::decode(r, Context::Connect)? } else { Properties::default() };
+    let properties = if v5 {
+        Properties::decode(r, Context::Connect)?
+    } else {
+        Properties::default()
+    };
     let client_id = r.string("client identifier")?;
     let will = if has_will {
-        let will_properties = if v5 { Properties::decode(r, Context::Will)? } else { Properties::default() };
+        let will_properties = if v5 {
+            Properties::decode(r, Context::Will)?
+        } else {
+            Properties::default()
+        };
         let topic = r.string("will topic")?;
-        topic::validate_name(&topic)
-            .map_err(|e| DecodeError::with(ReasonCode::TOPIC_NAME_INVALID, format!("will topic: {}", e.describe())))?;
+        topic::validate_name(&topic).map_err(|e| {
+            DecodeError::with(
+                ReasonCode::TOPIC_NAME_INVALID,
+                format!("will topic: {}", e.describe()),
+            )
+        })?;
         let payload = r.binary("will payload")?;
-        if will_properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
-            return Err(DecodeError::with(ReasonCode::PAYLOAD_FORMAT_INVALID, "will payload is marked UTF-8 but is not"));
+        if will_properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&payload).is_err()
+        {
+            return Err(DecodeError::with(
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "will payload is marked UTF-8 but is not",
+            ));
         }
-        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties: will_properties })
+        Some(Will {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            properties: will_properties,
+        })
     } else {
         None
     };
-    let username = if has_username { Some(r.string("user name")?) } else { None };
-    let password = if has_password { Some(r.binary("password")?) } else { None };
-    Ok(Connect { protocol, bridge, clean_start, keep_alive, client_id, will, username, password, properties })
+    let username = if has_username {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary("password")?)
+    } else {
+        None
+    };
+    Ok(Connect {
+        protocol,
+        bridge,
+        clean_start,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+        properties,
+    })
 }
 
 fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
@@ -219,14 +301,23 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
         return Err(DecodeError::malformed("CONNACK reserved flags set"));
     }
     let code = ReasonCode(r.u8("connect reason code")?);
-    let properties = if v5 { Properties::decode(r, Context::ConnAck)? } else { Properties::default() };
-    Ok(ConnAck { session_present: ack_flags & 1 != 0, code, properties })
+    let properties = if v5 {
+        Properties::decode(r, Context::ConnAck)?
+    } else {
+        Properties::default()
+    };
+    Ok(ConnAck {
+        session_present: ack_flags & 1 != 0,
+        code,
+        properties,
+    })
 }
 
 fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, DecodeError> {
     let dup = flags & 0x08 != 0;
     let retain = flags & 0x01 != 0;
-    let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or_else(|| DecodeError::malformed("PUBLISH with QoS 3"))?;
+    let qos = QoS::from_u8((flags >> 1) & 0x03)
+        .ok_or_else(|| DecodeError::malformed("PUBLISH with QoS 3"))?;
     if qos == QoS::AtMostOnce && dup {
         return Err(DecodeError::malformed("PUBLISH with QoS 0 has DUP set"));
     }
@@ -234,15 +325,35 @@ fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, Decode
     if !topic.is_empty() || !v5 {
         // SAFETY of as-str: utf8_bytes checked it.
         let name = std::str::from_utf8(&topic).unwrap_or_default();
-        topic::validate_name(name).map_err(|e| DecodeError::with(ReasonCode::TOPIC_NAME_INVALID, e.describe()))?;
+        topic::validate_name(name)
+            .map_err(|e| DecodeError::with(ReasonCode::TOPIC_NAME_INVALID, e.describe()))?;
     }
-    let packet_id = if qos > QoS::AtMostOnce { nonzero_packet_id(r)? } else { 0 };
-    let properties = if v5 { Properties::decode(r, Context::Publish)? } else { Properties::default() };
+    let packet_id = if qos > QoS::AtMostOnce {
+        nonzero_packet_id(r)?
+    } else {
+        0
+    };
+    let properties = if v5 {
+        Properties::decode(r, Context::Publish)?
+    } else {
+        Properties::default()
+    };
     let payload = r.rest();
     if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
-        return Err(DecodeError::with(ReasonCode::PAYLOAD_FORMAT_INVALID, "payload is marked UTF-8 but is not"));
+        return Err(DecodeError::with(
+            ReasonCode::PAYLOAD_FORMAT_INVALID,
+            "payload is marked UTF-8 but is not",
+        ));
     }
-    Ok(Publish { dup, qos, retain, topic: Topic::from_utf8_checked(topic), packet_id, properties, payload })
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic: Topic::from_utf8_checked(topic),
+        packet_id,
+        properties,
+        payload,
+    })
 }
 
 fn nonzero_packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
@@ -267,16 +378,23 @@ fn decode_ack(r: &mut Reader, v5: bool) -> Result<Ack, DecodeError> {
 
 fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = nonzero_packet_id(r)?;
-    let properties = if v5 { Properties::decode(r, Context::Subscribe)? } else { Properties::default() };
+    let properties = if v5 {
+        Properties::decode(r, Context::Subscribe)?
+    } else {
+        Properties::default()
+    };
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         let filter = r.string("topic filter")?;
         let options = r.u8("subscription options")?;
         let reserved = if v5 { 0xC0 } else { 0xFC };
         if options & reserved != 0 {
-            return Err(DecodeError::malformed(format!("subscription options {options:#04x} set reserved bits")));
+            return Err(DecodeError::malformed(format!(
+                "subscription options {options:#04x} set reserved bits"
+            )));
         }
-        let qos = QoS::from_u8(options & 0x03).ok_or_else(|| DecodeError::malformed("subscription with QoS 3"))?;
+        let qos = QoS::from_u8(options & 0x03)
+            .ok_or_else(|| DecodeError::malformed("subscription with QoS 3"))?;
         let retain_handling = match (options >> 4) & 0x03 {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNew,
@@ -285,20 +403,38 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
         };
         let no_local = options & 0x04 != 0;
         if no_local && topic::parse_shared(&filter).is_some() {
-            return Err(DecodeError::protocol("no local set on a shared subscription"));
+            return Err(DecodeError::protocol(
+                "no local set on a shared subscription",
+            ));
         }
         let retain_as_published = options & 0x08 != 0;
-        filters.push((filter, SubscriptionOptions { qos, no_local, retain_as_published, retain_handling }));
+        filters.push((
+            filter,
+            SubscriptionOptions {
+                qos,
+                no_local,
+                retain_as_published,
+                retain_handling,
+            },
+        ));
     }
     if filters.is_empty() {
         return Err(DecodeError::protocol("SUBSCRIBE without a topic filter"));
     }
-    Ok(Subscribe { packet_id, properties, filters })
+    Ok(Subscribe {
+        packet_id,
+        properties,
+        filters,
+    })
 }
 
 fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let packet_id = nonzero_packet_id(r)?;
-    let properties = if v5 { Properties::decode(r, Context::Unsubscribe)? } else { Properties::default() };
+    let properties = if v5 {
+        Properties::decode(r, Context::Unsubscribe)?
+    } else {
+        Properties::default()
+    };
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         filters.push(r.string("topic filter")?);
@@ -306,14 +442,26 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
     if filters.is_empty() {
         return Err(DecodeError::protocol("UNSUBSCRIBE without a topic filter"));
     }
-    Ok(Unsubscribe { packet_id, properties, filters })
+    Ok(Unsubscribe {
+        packet_id,
+        properties,
+        filters,
+    })
 }
 
 fn decode_suback(r: &mut Reader, v5: bool, context: Context) -> Result<SubAck, DecodeError> {
     let packet_id = nonzero_packet_id(r)?;
-    let properties = if v5 { Properties::decode(r, context)? } else { Properties::default() };
+    let properties = if v5 {
+        Properties::decode(r, context)?
+    } else {
+        Properties::default()
+    };
     let codes = r.rest().iter().map(|&c| ReasonCode(c)).collect();
-    Ok(SubAck { packet_id, properties, codes })
+    Ok(SubAck {
+        packet_id,
+        properties,
+        codes,
+    })
 }
 
 fn decode_disconnect(r: &mut Reader, v5: bool) -> Result<Disconnect, DecodeError> {
@@ -328,7 +476,10 @@ fn decode_disconnect(r: &mut Reader, v5: bool) -> Result<Disconnect, DecodeError
 }
 
 fn decode_auth(r: &mut Reader) -> Result<Auth, DecodeError> {
-    let mut auth = Auth { code: ReasonCode::SUCCESS, properties: Properties::default() };
+    let mut auth = Auth {
+        code: ReasonCode::SUCCESS,
+        properties: Properties::default(),
+    };
     if r.remaining() > 0 {
         auth.code = ReasonCode(r.u8("reason code")?);
         auth.properties = Properties::decode(r, Context::Auth)?;
@@ -379,7 +530,9 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
                 put_str(b, filter);
                 let mut options = o.qos as u8;
                 if v5 {
-                    options |= (o.no_local as u8) << 2 | (o.retain_as_published as u8) << 3 | (o.retain_handling as u8) << 4;
+                    options |= (o.no_local as u8) << 2
+                        | (o.retain_as_published as u8) << 3
+                        | (o.retain_handling as u8) << 4;
                 }
                 b.put_u8(options);
             }
@@ -526,7 +679,9 @@ impl OutgoingPublish<'_> {
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         let remaining = self.remaining_len(version);
         buf.reserve(1 + vbi_len(remaining) + remaining);
-        buf.put_u8(PUBLISH << 4 | (self.dup as u8) << 3 | (self.qos as u8) << 1 | self.retain as u8);
+        buf.put_u8(
+            PUBLISH << 4 | (self.dup as u8) << 3 | (self.qos as u8) << 1 | self.retain as u8,
+        );
         put_vbi(buf, remaining);
         put_str(buf, self.topic);
         if self.qos > QoS::AtMostOnce {
@@ -550,10 +705,4 @@ impl OutgoingPublish<'_> {
         }
         buf.put_slice(self.payload);
     }
-}
-
-/// Checks a string the broker did not decode itself (from config or an API) by the
-/// same rules as one read off the wire.
-pub fn validate_string(s: &str, what: &'static str) -> Result<(), DecodeError> {
-    check_utf8(s.as_bytes(), what)
 }

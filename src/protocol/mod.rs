@@ -13,7 +13,9 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{ConnectError, OutgoingPublish, decode, decode_connect_frame, decode_frame, encode, frame_len};
+pub use codec::{
+    ConnectError, OutgoingPublish, decode, decode_connect_frame, decode_frame, encode, frame_len,
+};
 pub use packet::*;
 pub use properties::Properties;
 pub use reason::ReasonCode;

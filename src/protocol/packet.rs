@@ -197,7 +197,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(packet_id: u16, code: ReasonCode) -> Ack {
-        Ack { packet_id, code, properties: Properties::default() }
+        Ack {
+            packet_id,
+            code,
+            properties: Properties::default(),
+        }
     }
 }
 
@@ -247,7 +251,10 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn new(code: ReasonCode) -> Disconnect {
-        Disconnect { code, properties: Properties::default() }
+        Disconnect {
+            code,
+            properties: Properties::default(),
+        }
     }
 }
 

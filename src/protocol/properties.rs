@@ -83,7 +83,10 @@ fn describe(id: u8) -> Option<(&'static str, u16)> {
         0x08 => ("response topic", MSG),
         0x09 => ("correlation data", MSG),
         0x0B => ("subscription identifier", ctx(&[Publish, Subscribe])),
-        0x11 => ("session expiry interval", ctx(&[Connect, ConnAck, Disconnect])),
+        0x11 => (
+            "session expiry interval",
+            ctx(&[Connect, ConnAck, Disconnect]),
+        ),
         0x12 => ("assigned client identifier", ctx(&[ConnAck])),
         0x13 => ("server keep alive", ctx(&[ConnAck])),
         0x15 => ("authentication method", ctx(&[Connect, ConnAck, Auth])),
@@ -110,7 +113,9 @@ fn describe(id: u8) -> Option<(&'static str, u16)> {
 
 fn set_once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), DecodeError> {
     if slot.is_some() {
-        return Err(DecodeError::protocol(format!("{name} property appears twice")));
+        return Err(DecodeError::protocol(format!(
+            "{name} property appears twice"
+        )));
     }
     *slot = Some(value);
     Ok(())
@@ -119,7 +124,9 @@ fn set_once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(),
 fn flag(r: &mut Reader, name: &'static str) -> Result<u8, DecodeError> {
     let v = r.u8(name)?;
     if v > 1 {
-        return Err(DecodeError::protocol(format!("{name} must be 0 or 1, got {v}")));
+        return Err(DecodeError::protocol(format!(
+            "{name} must be 0 or 1, got {v}"
+        )));
     }
     Ok(v)
 }
@@ -143,12 +150,13 @@ impl Properties {
         let mut p = Properties::default();
         while r.remaining() > 0 {
             let id = r.vbi("property identifier")?;
-            let (name, allowed) = u8::try_from(id)
-                .ok()
-                .and_then(describe)
-                .ok_or_else(|| DecodeError::malformed(format!("unknown property identifier 0x{id:02X}")))?;
+            let (name, allowed) = u8::try_from(id).ok().and_then(describe).ok_or_else(|| {
+                DecodeError::malformed(format!("unknown property identifier 0x{id:02X}"))
+            })?;
             if allowed & context.bit() == 0 {
-                return Err(DecodeError::protocol(format!("{name} property is not allowed in {context:?}")));
+                return Err(DecodeError::protocol(format!(
+                    "{name} property is not allowed in {context:?}"
+                )));
             }
             match id {
                 0x01 => set_once(&mut p.payload_format_indicator, flag(&mut r, name)?, name)?,
@@ -159,10 +167,14 @@ impl Properties {
                 0x0B => {
                     let v = r.vbi(name)?;
                     if v == 0 {
-                        return Err(DecodeError::protocol("subscription identifier must not be 0"));
+                        return Err(DecodeError::protocol(
+                            "subscription identifier must not be 0",
+                        ));
                     }
                     if context == Subscribe && !p.subscription_identifiers.is_empty() {
-                        return Err(DecodeError::protocol("subscription identifier property appears twice"));
+                        return Err(DecodeError::protocol(
+                            "subscription identifier property appears twice",
+                        ));
                     }
                     p.subscription_identifiers.push(v);
                 }
@@ -171,9 +183,17 @@ impl Properties {
                 0x13 => set_once(&mut p.server_keep_alive, r.u16(name)?, name)?,
                 0x15 => set_once(&mut p.authentication_method, r.string(name)?, name)?,
                 0x16 => set_once(&mut p.authentication_data, r.binary(name)?, name)?,
-                0x17 => set_once(&mut p.request_problem_information, flag(&mut r, name)?, name)?,
+                0x17 => set_once(
+                    &mut p.request_problem_information,
+                    flag(&mut r, name)?,
+                    name,
+                )?,
                 0x18 => set_once(&mut p.will_delay_interval, r.u32(name)?, name)?,
-                0x19 => set_once(&mut p.request_response_information, flag(&mut r, name)?, name)?,
+                0x19 => set_once(
+                    &mut p.request_response_information,
+                    flag(&mut r, name)?,
+                    name,
+                )?,
                 0x1A => set_once(&mut p.response_information, r.string(name)?, name)?,
                 0x1C => set_once(&mut p.server_reference, r.string(name)?, name)?,
                 0x1F => set_once(&mut p.reason_string, r.string(name)?, name)?,
@@ -194,9 +214,21 @@ impl Properties {
                     }
                     set_once(&mut p.maximum_packet_size, v, name)?
                 }
-                0x28 => set_once(&mut p.wildcard_subscription_available, flag(&mut r, name)?, name)?,
-                0x29 => set_once(&mut p.subscription_identifier_available, flag(&mut r, name)?, name)?,
-                0x2A => set_once(&mut p.shared_subscription_available, flag(&mut r, name)?, name)?,
+                0x28 => set_once(
+                    &mut p.wildcard_subscription_available,
+                    flag(&mut r, name)?,
+                    name,
+                )?,
+                0x29 => set_once(
+                    &mut p.subscription_identifier_available,
+                    flag(&mut r, name)?,
+                    name,
+                )?,
+                0x2A => set_once(
+                    &mut p.shared_subscription_available,
+                    flag(&mut r, name)?,
+                    name,
+                )?,
                 _ => unreachable!("describe() lists every identifier handled here"),
             }
         }

@@ -38,7 +38,10 @@ fn v5_connect() -> Connect {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties { will_delay_interval: Some(5), ..all_properties() },
+            properties: Properties {
+                will_delay_interval: Some(5),
+                ..all_properties()
+            },
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
@@ -92,11 +95,19 @@ fn connack_round_trips() {
         ..Properties::default()
     };
     round_trip(
-        Packet::ConnAck(ConnAck { session_present: true, code: ReasonCode::SUCCESS, properties: props }),
+        Packet::ConnAck(ConnAck {
+            session_present: true,
+            code: ReasonCode::SUCCESS,
+            properties: props,
+        }),
         ProtocolVersion::V5,
     );
     round_trip(
-        Packet::ConnAck(ConnAck { session_present: false, code: ReasonCode(0), properties: Properties::default() }),
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ReasonCode(0),
+            properties: Properties::default(),
+        }),
         ProtocolVersion::V311,
     );
 }
@@ -109,29 +120,58 @@ fn publish_round_trips_with_all_message_properties() {
         retain: true,
         topic: "a/b".into(),
         packet_id: 7,
-        properties: Properties { topic_alias: Some(3), subscription_identifiers: vec![1, 300_000], ..all_properties() },
+        properties: Properties {
+            topic_alias: Some(3),
+            subscription_identifiers: vec![1, 300_000],
+            ..all_properties()
+        },
         payload: Bytes::from_static(b"hello"),
     };
     round_trip(Packet::Publish(publish.clone()), ProtocolVersion::V5);
-    let v3 = Publish { properties: Properties::default(), ..publish };
+    let v3 = Publish {
+        properties: Properties::default(),
+        ..publish
+    };
     round_trip(Packet::Publish(v3.clone()), ProtocolVersion::V311);
-    round_trip(Packet::Publish(Publish { qos: QoS::AtMostOnce, dup: false, packet_id: 0, ..v3 }), ProtocolVersion::V31);
+    round_trip(
+        Packet::Publish(Publish {
+            qos: QoS::AtMostOnce,
+            dup: false,
+            packet_id: 0,
+            ..v3
+        }),
+        ProtocolVersion::V31,
+    );
 }
 
 #[test]
 fn acks_round_trip() {
     for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
-        for make in [Packet::PubAck, Packet::PubRec, Packet::PubRel, Packet::PubComp] {
+        for make in [
+            Packet::PubAck,
+            Packet::PubRec,
+            Packet::PubRel,
+            Packet::PubComp,
+        ] {
             round_trip(make(Ack::new(9, ReasonCode::SUCCESS)), v);
         }
     }
     let with_reason = Ack {
         packet_id: 1,
         code: ReasonCode::NO_MATCHING_SUBSCRIBERS,
-        properties: Properties { reason_string: Some("none".into()), ..Properties::default() },
+        properties: Properties {
+            reason_string: Some("none".into()),
+            ..Properties::default()
+        },
     };
     round_trip(Packet::PubAck(with_reason.clone()), ProtocolVersion::V5);
-    round_trip(Packet::PubRec(Ack { properties: Properties::default(), ..with_reason }), ProtocolVersion::V5);
+    round_trip(
+        Packet::PubRec(Ack {
+            properties: Properties::default(),
+            ..with_reason
+        }),
+        ProtocolVersion::V5,
+    );
 }
 
 #[test]
@@ -144,30 +184,52 @@ fn subscribe_family_round_trips() {
     };
     let subscribe = Subscribe {
         packet_id: 3,
-        properties: Properties { subscription_identifiers: vec![42], ..Properties::default() },
-        filters: vec![("a/+".into(), options), ("$share/g/b/#".into(), SubscriptionOptions::default())],
+        properties: Properties {
+            subscription_identifiers: vec![42],
+            ..Properties::default()
+        },
+        filters: vec![
+            ("a/+".into(), options),
+            ("$share/g/b/#".into(), SubscriptionOptions::default()),
+        ],
     };
     round_trip(Packet::Subscribe(subscribe), ProtocolVersion::V5);
     let v3 = Subscribe {
         packet_id: 3,
         properties: Properties::default(),
-        filters: vec![("a/#".into(), SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() })],
+        filters: vec![(
+            "a/#".into(),
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..Default::default()
+            },
+        )],
     };
     round_trip(Packet::Subscribe(v3), ProtocolVersion::V311);
     let suback = SubAck {
         packet_id: 3,
-        properties: Properties { reason_string: Some("r".into()), ..Properties::default() },
+        properties: Properties {
+            reason_string: Some("r".into()),
+            ..Properties::default()
+        },
         codes: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::NOT_AUTHORIZED],
     };
     round_trip(Packet::SubAck(suback.clone()), ProtocolVersion::V5);
     round_trip(Packet::UnsubAck(suback), ProtocolVersion::V5);
     round_trip(
-        Packet::UnsubAck(SubAck { packet_id: 4, properties: Properties::default(), codes: vec![] }),
+        Packet::UnsubAck(SubAck {
+            packet_id: 4,
+            properties: Properties::default(),
+            codes: vec![],
+        }),
         ProtocolVersion::V311,
     );
     let unsubscribe = Unsubscribe {
         packet_id: 5,
-        properties: Properties { user_properties: vec![("x".into(), "y".into())], ..Properties::default() },
+        properties: Properties {
+            user_properties: vec![("x".into(), "y".into())],
+            ..Properties::default()
+        },
         filters: vec!["a/+".into(), "b".into()],
     };
     round_trip(Packet::Unsubscribe(unsubscribe), ProtocolVersion::V5);
@@ -175,7 +237,11 @@ fn subscribe_family_round_trips() {
 
 #[test]
 fn small_packets_round_trip() {
-    for v in [ProtocolVersion::V31, ProtocolVersion::V311, ProtocolVersion::V5] {
+    for v in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
         round_trip(Packet::PingReq, v);
         round_trip(Packet::PingResp, v);
         round_trip(Packet::Disconnect(Disconnect::new(ReasonCode::SUCCESS)), v);
@@ -206,16 +272,22 @@ fn decode_bytes(bytes: &[u8], version: ProtocolVersion) -> Result<Option<Packet>
 }
 
 fn decode_error(bytes: &[u8], version: ProtocolVersion) -> ReasonCode {
-    decode_bytes(bytes, version).expect_err("must be refused").code
+    decode_bytes(bytes, version)
+        .expect_err("must be refused")
+        .code
 }
 
 #[test]
 fn spec_examples_decode() {
     // MQTT 3.1.1 section 3.1.2.10: keep alive example and a minimal CONNECT.
     let connect = [
-        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x04, b'c', b'l', b'i', b'd',
+        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x04, b'c',
+        b'l', b'i', b'd',
     ];
-    match decode_bytes(&connect, ProtocolVersion::V311).unwrap().unwrap() {
+    match decode_bytes(&connect, ProtocolVersion::V311)
+        .unwrap()
+        .unwrap()
+    {
         Packet::Connect(c) => {
             assert_eq!(c.protocol, ProtocolVersion::V311);
             assert_eq!(c.keep_alive, 60);
@@ -227,49 +299,99 @@ fn spec_examples_decode() {
     // Remaining length 321 = 0xC1 0x02 (spec table 1.1's two-byte range).
     let mut long = vec![0x30, 0xC1, 0x02, 0x00, 0x01, b'a'];
     long.resize(3 + 321, b'x');
-    assert!(matches!(decode_bytes(&long, ProtocolVersion::V311), Ok(Some(Packet::Publish(_)))));
+    assert!(matches!(
+        decode_bytes(&long, ProtocolVersion::V311),
+        Ok(Some(Packet::Publish(_)))
+    ));
 }
 
 #[test]
 fn partial_packets_wait_for_more() {
     assert_eq!(decode_bytes(&[0x30], ProtocolVersion::V311), Ok(None));
     assert_eq!(decode_bytes(&[0x30, 0x80], ProtocolVersion::V311), Ok(None));
-    assert_eq!(decode_bytes(&[0x30, 0x05, 0x00], ProtocolVersion::V311), Ok(None));
+    assert_eq!(
+        decode_bytes(&[0x30, 0x05, 0x00], ProtocolVersion::V311),
+        Ok(None)
+    );
 }
 
 #[test]
 fn malformed_packets_get_the_right_reason_code() {
     use ProtocolVersion::*;
     // Remaining length with a fifth byte.
-    assert_eq!(decode_error(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], V5), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], V5),
+        ReasonCode::MALFORMED_PACKET
+    );
     // QoS 3.
-    assert_eq!(decode_error(&[0x36, 0x03, 0x00, 0x01, b'a'], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x36, 0x03, 0x00, 0x01, b'a'], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // QoS 0 with DUP.
-    assert_eq!(decode_error(&[0x38, 0x03, 0x00, 0x01, b'a'], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x38, 0x03, 0x00, 0x01, b'a'], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // Wildcard in a topic name.
-    assert_eq!(decode_error(&[0x30, 0x03, 0x00, 0x01, b'#'], V5), ReasonCode::TOPIC_NAME_INVALID);
+    assert_eq!(
+        decode_error(&[0x30, 0x03, 0x00, 0x01, b'#'], V5),
+        ReasonCode::TOPIC_NAME_INVALID
+    );
     // Invalid UTF-8 and U+0000 in a topic.
-    assert_eq!(decode_error(&[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28], V311), ReasonCode::MALFORMED_PACKET);
-    assert_eq!(decode_error(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
+    assert_eq!(
+        decode_error(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // SUBSCRIBE with wrong reserved flags, and with no filter.
-    assert_eq!(decode_error(&[0x80, 0x02, 0x00, 0x01], V311), ReasonCode::MALFORMED_PACKET);
-    assert_eq!(decode_error(&[0x82, 0x02, 0x00, 0x01], V311), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        decode_error(&[0x80, 0x02, 0x00, 0x01], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
+    assert_eq!(
+        decode_error(&[0x82, 0x02, 0x00, 0x01], V311),
+        ReasonCode::PROTOCOL_ERROR
+    );
     // Packet identifier 0.
-    assert_eq!(decode_error(&[0x40, 0x02, 0x00, 0x00], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x40, 0x02, 0x00, 0x00], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // Reserved bits in v3 subscription options.
-    assert_eq!(decode_error(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // Duplicate property (two message expiry intervals).
-    let dup = [0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2];
+    let dup = [
+        0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2,
+    ];
     assert_eq!(decode_error(&dup, V5), ReasonCode::PROTOCOL_ERROR);
     // A property not allowed in PUBLISH (session expiry).
-    assert_eq!(decode_error(&[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1], V5), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        decode_error(&[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1], V5),
+        ReasonCode::PROTOCOL_ERROR
+    );
     // Payload marked UTF-8 that is not.
     let bad_payload = [0x30, 0x07, 0x00, 0x01, b'a', 0x02, 0x01, 0x01, 0xFF];
-    assert_eq!(decode_error(&bad_payload, V5), ReasonCode::PAYLOAD_FORMAT_INVALID);
+    assert_eq!(
+        decode_error(&bad_payload, V5),
+        ReasonCode::PAYLOAD_FORMAT_INVALID
+    );
     // AUTH does not exist in 3.1.1.
-    assert_eq!(decode_error(&[0xF0, 0x00], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0xF0, 0x00], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
     // Trailing bytes after PINGREQ.
-    assert_eq!(decode_error(&[0xC0, 0x01, 0x00], V311), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_error(&[0xC0, 0x01, 0x00], V311),
+        ReasonCode::MALFORMED_PACKET
+    );
 }
 
 #[test]
@@ -281,21 +403,34 @@ fn oversized_packets_are_refused_from_the_header() {
 
 #[test]
 fn connect_errors_say_how_to_answer() {
-    let bad_level = [0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00];
+    let bad_level = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
     let e = decode_connect_frame(Bytes::copy_from_slice(&bad_level)).unwrap_err();
     assert_eq!(e.error.code, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
     assert_eq!(e.answer_in, Some(ProtocolVersion::V5));
-    let v3_name_mismatch = [0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00];
+    let v3_name_mismatch = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
     let e = decode_connect_frame(Bytes::copy_from_slice(&v3_name_mismatch)).unwrap_err();
     assert_eq!(e.answer_in, Some(ProtocolVersion::V311));
-    let bridge = [0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x84, 0x02, 0x00, 0x3C, 0x00, 0x00];
+    let bridge = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x84, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
     let c = decode_connect_frame(Bytes::copy_from_slice(&bridge)).unwrap();
     assert!(c.bridge);
-    let reserved = [0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x00];
+    let reserved = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x00,
+    ];
     let e = decode_connect_frame(Bytes::copy_from_slice(&reserved)).unwrap_err();
     assert_eq!(e.error.code, ReasonCode::MALFORMED_PACKET);
     let not_connect = [0xC0, 0x00];
-    assert_eq!(decode_connect_frame(Bytes::copy_from_slice(&not_connect)).unwrap_err().answer_in, None);
+    assert_eq!(
+        decode_connect_frame(Bytes::copy_from_slice(&not_connect))
+            .unwrap_err()
+            .answer_in,
+        None
+    );
 }
 
 #[test]
@@ -316,13 +451,22 @@ fn outgoing_publish_length_matches_encoding() {
     let mut buf = BytesMut::new();
     p.encode(ProtocolVersion::V5, &mut buf);
     assert_eq!(buf.len(), p.encoded_len(ProtocolVersion::V5));
-    match decode(&mut buf, ProtocolVersion::V5, usize::MAX).unwrap().unwrap() {
+    match decode(&mut buf, ProtocolVersion::V5, usize::MAX)
+        .unwrap()
+        .unwrap()
+    {
         Packet::Publish(d) => {
-            assert_eq!(d.properties.user_properties, all_properties().user_properties);
+            assert_eq!(
+                d.properties.user_properties,
+                all_properties().user_properties
+            );
             assert_eq!(d.properties.subscription_identifiers, vec![1, 200]);
             assert_eq!(
                 Properties::from_forwarded(&forwarded),
-                Properties { message_expiry_interval: None, ..all_properties() }
+                Properties {
+                    message_expiry_interval: None,
+                    ..all_properties()
+                }
             );
         }
         other => panic!("{other:?}"),

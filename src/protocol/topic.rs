@@ -115,7 +115,16 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/+/c", "a/#", "+/+", "/+", "sport/tennis/#", "$SYS/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "+/+",
+            "/+",
+            "sport/tennis/#",
+            "$SYS/#",
+        ] {
             assert!(validate_filter(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a/#/c", "a#", "a/b+", "sport+", "#/a", "a/+b"] {
@@ -138,8 +147,14 @@ mod tests {
     fn spec_matching_examples() {
         // MQTT 5.0 section 4.7.1.2 and 4.7.1.3.
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/score/wimbledon"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));

@@ -16,15 +16,24 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub fn malformed(what: impl Into<Cow<'static, str>>) -> DecodeError {
-        DecodeError { code: ReasonCode::MALFORMED_PACKET, what: what.into() }
+        DecodeError {
+            code: ReasonCode::MALFORMED_PACKET,
+            what: what.into(),
+        }
     }
 
     pub fn protocol(what: impl Into<Cow<'static, str>>) -> DecodeError {
-        DecodeError { code: ReasonCode::PROTOCOL_ERROR, what: what.into() }
+        DecodeError {
+            code: ReasonCode::PROTOCOL_ERROR,
+            what: what.into(),
+        }
     }
 
     pub fn with(code: ReasonCode, what: impl Into<Cow<'static, str>>) -> DecodeError {
-        DecodeError { code, what: what.into() }
+        DecodeError {
+            code,
+            what: what.into(),
+        }
     }
 }
 
@@ -81,7 +90,9 @@ impl Reader {
                 return Ok(value);
             }
         }
-        Err(DecodeError::malformed(format!("{what} is a variable byte integer longer than 4 bytes")))
+        Err(DecodeError::malformed(format!(
+            "{what} is a variable byte integer longer than 4 bytes"
+        )))
     }
 
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<Bytes, DecodeError> {

@@ -1,0 +1,878 @@
+//! One client's protocol state machine: it takes decoded packets and the current time,
+//! and writes the packets to send into `out`. No sockets and no clock, in the way
+//! quinn-proto drives QUIC, so every rule here is unit-tested without I/O and the
+//! connection task that drives it stays a thin loop.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::message::{Delivery, Message};
+use super::session::{Inflight, NEVER_EXPIRES, Session, Stage, Subscription};
+use super::{Broker, count};
+use crate::protocol::*;
+
+/// Stop encoding queued messages once this much is waiting to be written: the rest stay
+/// in the session queue, where the overload rules apply.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Why a connection ends, and what the client should be told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Close {
+    pub code: ReasonCode,
+    pub reason: Cow<'static, str>,
+    /// The client sent DISCONNECT: nothing to send back.
+    pub by_client: bool,
+}
+
+impl Close {
+    pub fn new(code: ReasonCode, reason: impl Into<Cow<'static, str>>) -> Close {
+        Close {
+            code,
+            reason: reason.into(),
+            by_client: false,
+        }
+    }
+}
+
+/// The result of a CONNECT: an accepted client (its CONNACK already in `out`), or a
+/// refusal with the CONNACK to send before closing.
+pub enum ConnectOutcome {
+    Accepted(Box<Client>),
+    Refused {
+        code: ReasonCode,
+        reason: String,
+        connack: BytesMut,
+    },
+}
+
+pub struct Client {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    generation: u64,
+    pub client_id: Arc<str>,
+    pub version: ProtocolVersion,
+    keep_alive: Option<Duration>,
+    last_received: Instant,
+    bridge: bool,
+    will: Option<Will>,
+    session_expiry_at_connect: u32,
+    peer_receive_maximum: usize,
+    peer_max_packet_size: usize,
+    peer_topic_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, Topic>,
+    outbound_aliases: HashMap<Box<str>, u16>,
+    resend_inflight: bool,
+    /// Encoded packets waiting to be written to the socket.
+    pub out: BytesMut,
+}
+
+fn refuse(version: ProtocolVersion, code: ReasonCode, reason: impl Into<String>) -> ConnectOutcome {
+    let reason = reason.into();
+    let mut connack = BytesMut::new();
+    let properties = Properties {
+        reason_string: Some(reason.clone()),
+        ..Properties::default()
+    };
+    encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties,
+        }),
+        version,
+        &mut connack,
+    );
+    ConnectOutcome::Refused {
+        code,
+        reason,
+        connack,
+    }
+}
+
+fn assign_client_id() -> String {
+    let random = RandomState::new().hash_one(Instant::now());
+    format!("auto-{random:016x}")
+}
+
+impl Client {
+    /// Handles CONNECT: authentication, the client identifier, the session (new,
+    /// resumed or taken over) and the CONNACK with what the broker grants.
+    pub fn connect(broker: &Arc<Broker>, connect: Connect, now: Instant) -> ConnectOutcome {
+        let settings = &broker.settings;
+        let v = connect.protocol;
+        let v5 = v == ProtocolVersion::V5;
+        if broker.is_shutting_down() {
+            return refuse(v, ReasonCode::SERVER_UNAVAILABLE, "server is shutting down");
+        }
+        if let Some(method) = &connect.properties.authentication_method {
+            return refuse(
+                v,
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                format!("authentication method {method:?} is not supported"),
+            );
+        }
+        if connect.username.is_none() && !settings.allow_anonymous {
+            return refuse(
+                v,
+                ReasonCode::NOT_AUTHORIZED,
+                "anonymous clients are not allowed",
+            );
+        }
+        if connect.username.is_some() && !settings.allow_anonymous {
+            return refuse(
+                v,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "no password file is configured",
+            );
+        }
+        let mut properties = Properties::default();
+        let client_id = if connect.client_id.is_empty() {
+            let refused = match v {
+                ProtocolVersion::V31 => true,
+                ProtocolVersion::V311 => !connect.clean_start,
+                ProtocolVersion::V5 => false,
+            };
+            if refused {
+                return refuse(
+                    v,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client identifier needs clean session",
+                );
+            }
+            let id = assign_client_id();
+            if v5 {
+                properties.assigned_client_identifier = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let expiry = match v {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => NEVER_EXPIRES,
+        };
+        let mut keep_alive = connect.keep_alive;
+        if v5
+            && settings.max_keepalive < u16::MAX
+            && (keep_alive == 0 || keep_alive > settings.max_keepalive)
+        {
+            keep_alive = settings.max_keepalive;
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry);
+        count(&broker.metrics.connections);
+        broker
+            .metrics
+            .clients_connected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if v5 {
+            properties.receive_maximum = Some(settings.receive_maximum);
+            if settings.max_packet_size < u32::MAX {
+                properties.maximum_packet_size = Some(settings.max_packet_size);
+            }
+            properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
+        }
+        let cp = &connect.properties;
+        let mut client = Client {
+            broker: broker.clone(),
+            client_id: opened.session.client_id.clone(),
+            session: opened.session,
+            generation: opened.generation,
+            version: v,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            last_received: now,
+            bridge: connect.bridge,
+            will: connect.will,
+            session_expiry_at_connect: expiry,
+            peer_receive_maximum: match v {
+                ProtocolVersion::V5 => usize::from(cp.receive_maximum.unwrap_or(u16::MAX)),
+                _ => usize::from(settings.max_inflight.max(1)),
+            },
+            peer_max_packet_size: cp.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            resend_inflight: opened.present,
+            out: BytesMut::new(),
+        };
+        let connack = ConnAck {
+            session_present: opened.present,
+            code: ReasonCode::SUCCESS,
+            properties,
+        };
+        client.send(&Packet::ConnAck(connack));
+        ConnectOutcome::Accepted(Box::new(client))
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        encode(packet, self.version, &mut self.out);
+    }
+
+    fn v5(&self) -> bool {
+        self.version == ProtocolVersion::V5
+    }
+
+    /// Resolves when the session has something for this connection: messages queued,
+    /// or a reason to close. Take it before [`Client::pump`] so no wake-up is missed.
+    pub fn wake_listener(&self) -> event_listener::EventListener {
+        self.session.wake.listen()
+    }
+
+    pub fn is_bridge(&self) -> bool {
+        self.bridge
+    }
+
+    /// When the connection must be closed for silence: 1.5 times the keep-alive after
+    /// the last packet received ([MQTT-3.1.2-24]).
+    pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        self.keep_alive.map(|k| self.last_received + k + k / 2)
+    }
+
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
+        self.last_received = now;
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(a) => {
+                self.complete(a.packet_id, Stage::AwaitingPubAck);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                self.on_pubrec(a);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                self.on_pubrel(a);
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.complete(a.packet_id, Stage::AwaitingPubComp);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(Close::new(
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT on one connection",
+            )),
+            Packet::Auth(_) => Err(Close::new(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method in CONNECT",
+            )),
+            other => Err(Close::new(
+                ReasonCode::PROTOCOL_ERROR,
+                format!("{} is not sent by clients", other.kind()),
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
+        if self.v5() {
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "PUBLISH from a client carries a subscription identifier",
+                ));
+            }
+            if let Some(alias) = p.properties.topic_alias.take() {
+                if alias > self.broker.settings.topic_alias_maximum {
+                    return Err(Close::new(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        format!(
+                            "topic alias {alias} exceeds the maximum of {}",
+                            self.broker.settings.topic_alias_maximum
+                        ),
+                    ));
+                }
+                if p.topic.is_empty() {
+                    p.topic = self.inbound_aliases.get(&alias).cloned().ok_or_else(|| {
+                        Close::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            format!("topic alias {alias} is not set"),
+                        )
+                    })?;
+                } else {
+                    self.inbound_aliases.insert(alias, p.topic.clone());
+                }
+            } else if p.topic.is_empty() {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "PUBLISH with neither topic nor topic alias",
+                ));
+            }
+        }
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        if qos == QoS::ExactlyOnce {
+            let mut st = self.session.lock();
+            if st.inbound_qos2.contains(&packet_id) {
+                // A resent QoS 2 PUBLISH already routed: acknowledge again, deliver once.
+                drop(st);
+                self.send(&Packet::PubRec(Ack::new(packet_id, ReasonCode::SUCCESS)));
+                return Ok(());
+            }
+            if st.inbound_qos2.len() >= usize::from(self.broker.settings.receive_maximum) {
+                return Err(Close::new(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    format!(
+                        "more than {} QoS 2 messages unreleased",
+                        self.broker.settings.receive_maximum
+                    ),
+                ));
+            }
+            st.inbound_qos2.push(packet_id);
+        }
+        let message = Message::from_publish(p, Some(self.client_id.clone()), now);
+        let reached = self.broker.publish(message, now);
+        let code = if reached == 0 && self.v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::new(packet_id, code))),
+        }
+        Ok(())
+    }
+
+    fn on_pubrel(&mut self, ack: Ack) {
+        let mut st = self.session.lock();
+        let code = match st.inbound_qos2.iter().position(|id| *id == ack.packet_id) {
+            Some(i) => {
+                st.inbound_qos2.swap_remove(i);
+                ReasonCode::SUCCESS
+            }
+            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        drop(st);
+        self.send(&Packet::PubComp(Ack::new(ack.packet_id, code)));
+    }
+
+    /// Ends an outbound flow waiting in `stage` for this acknowledgement.
+    fn complete(&mut self, packet_id: u16, stage: Stage) {
+        let mut st = self.session.lock();
+        match st.inflight_position(packet_id) {
+            Some(i) if st.inflight[i].stage == stage => {
+                st.inflight.remove(i);
+            }
+            _ => log::debug!(
+                "client_id={} acknowledged unknown packet id {packet_id}",
+                self.client_id
+            ),
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: Ack) {
+        let mut st = self.session.lock();
+        let code = match st.inflight_position(ack.packet_id) {
+            Some(i) if ack.code.is_error() => {
+                // The receiver refused it: the flow ends here (MQTT 5.0 section 4.3.3).
+                st.inflight.remove(i);
+                return;
+            }
+            Some(i) => {
+                st.inflight[i].stage = Stage::AwaitingPubComp;
+                ReasonCode::SUCCESS
+            }
+            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        drop(st);
+        self.send(&Packet::PubRel(Ack::new(ack.packet_id, code)));
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
+        let id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, mut options) in s.filters {
+            if let Err(e) = topic::validate_filter(&filter) {
+                if self.version == ProtocolVersion::V31 {
+                    return Err(Close::new(
+                        ReasonCode::TOPIC_FILTER_INVALID,
+                        format!("topic filter {filter:?}: {}", e.describe()),
+                    ));
+                }
+                log::info!(
+                    "client_id={} subscription refused filter={filter:?}: {}",
+                    self.client_id,
+                    e.describe()
+                );
+                codes.push(if self.v5() {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
+            if self.bridge {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
+            let subscription = Subscription { options, id };
+            let existed = self
+                .session
+                .lock()
+                .subscriptions
+                .insert(filter.clone(), subscription)
+                .is_some();
+            self.broker.subscribe(&self.session, &filter, subscription);
+            codes.push(ReasonCode(options.qos as u8));
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained && topic::parse_shared(&filter).is_none() {
+                for message in self.broker.retained_matching(&filter, now) {
+                    let qos = message.qos.min(options.qos);
+                    retained.push(Delivery {
+                        message,
+                        qos,
+                        retain: true,
+                        subscription_ids: id.into_iter().collect(),
+                        shared: None,
+                    });
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            codes,
+        }));
+        for delivery in retained {
+            self.broker.enqueue(&self.session, delivery);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.session.lock().subscriptions.remove(filter).is_some();
+            if existed {
+                self.broker.unsubscribe(&self.session, filter);
+            }
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        if !self.v5() {
+            codes.clear();
+        }
+        self.send(&Packet::UnsubAck(SubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes,
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry_at_connect == 0 && expiry != 0 {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "DISCONNECT sets a session expiry after CONNECT set 0",
+                ));
+            }
+            self.session.lock().expiry_interval = expiry;
+        }
+        if d.code != ReasonCode::DISCONNECT_WITH_WILL {
+            self.will = None;
+        }
+        Err(Close {
+            code: d.code,
+            reason: "client sent DISCONNECT".into(),
+            by_client: true,
+        })
+    }
+
+    /// Moves queued messages into `out` as far as the client's receive maximum and the
+    /// write high-water mark allow. Fails when the session must close (taken over,
+    /// queue overflow, shutdown).
+    pub fn pump(&mut self, now: Instant) -> Result<(), Close> {
+        let session = self.session.clone();
+        let mut st = session.lock();
+        if st.generation != self.generation {
+            return Err(Close::new(
+                ReasonCode::SESSION_TAKEN_OVER,
+                "another connection took the session",
+            ));
+        }
+        if let Some(code) = st.close_reason {
+            let reason = match code {
+                ReasonCode::QUOTA_EXCEEDED => "queue full: the client reads too slowly",
+                ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+                _ => "closed by the broker",
+            };
+            return Err(Close::new(code, reason));
+        }
+        if self.resend_inflight {
+            self.resend_inflight = false;
+            for f in st.inflight.iter() {
+                match f.stage {
+                    Stage::AwaitingPubComp => {
+                        self.send(&Packet::PubRel(Ack::new(f.packet_id, ReasonCode::SUCCESS)))
+                    }
+                    _ => {
+                        self.write_publish(&f.delivery, f.packet_id, true, now);
+                    }
+                }
+            }
+        }
+        while self.out.len() < WRITE_HIGH_WATER {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos > QoS::AtMostOnce && st.inflight.len() >= self.peer_receive_maximum {
+                break;
+            }
+            let delivery = st.pop_queued().expect("front exists");
+            if delivery.message.is_expired(now) {
+                count(&self.broker.metrics.dropped_expired);
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                self.write_publish(&delivery, 0, false, now);
+                continue;
+            }
+            let packet_id = st.allocate_packet_id();
+            if self.write_publish(&delivery, packet_id, false, now) {
+                let stage = if delivery.qos == QoS::AtLeastOnce {
+                    Stage::AwaitingPubAck
+                } else {
+                    Stage::AwaitingPubRec
+                };
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    stage,
+                    delivery,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes one delivery, choosing a topic alias where the client allows them.
+    /// Returns false when it is larger than the client accepts: then it is discarded
+    /// as if delivered ([MQTT-3.1.2-25]).
+    fn write_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> bool {
+        let v5 = self.v5();
+        let m = &d.message;
+        let topic = m.topic.as_str();
+        let mut publish = OutgoingPublish {
+            topic,
+            qos: d.qos,
+            retain: d.retain,
+            dup,
+            packet_id,
+            message_expiry: if v5 { m.remaining_expiry(now) } else { None },
+            topic_alias: None,
+            subscription_ids: if v5 { &d.subscription_ids } else { &[] },
+            forwarded_properties: if v5 { &m.forwarded_properties } else { &[] },
+            payload: &m.payload,
+        };
+        let mut new_alias = None;
+        if v5 && self.peer_topic_alias_maximum > 0 {
+            if let Some(&alias) = self.outbound_aliases.get(topic) {
+                publish.topic = "";
+                publish.topic_alias = Some(alias);
+            } else if self.outbound_aliases.len() < usize::from(self.peer_topic_alias_maximum) {
+                let alias = self.outbound_aliases.len() as u16 + 1;
+                publish.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+        }
+        if publish.encoded_len(self.version) > self.peer_max_packet_size {
+            count(&self.broker.metrics.dropped_too_large);
+            log::debug!(
+                "client_id={} not sent {topic:?}: larger than its maximum packet size",
+                self.client_id
+            );
+            return false;
+        }
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(topic.into(), alias);
+        }
+        publish.encode(self.version, &mut self.out);
+        count(&self.broker.metrics.messages_sent);
+        true
+    }
+
+    /// The DISCONNECT to send a v5 client before closing, where there is one to send.
+    pub fn write_disconnect(&mut self, close: &Close) {
+        if self.v5() && !close.by_client && close.code.is_error() {
+            let properties = Properties {
+                reason_string: Some(close.reason.to_string()),
+                ..Properties::default()
+            };
+            self.send(&Packet::Disconnect(Disconnect {
+                code: close.code,
+                properties,
+            }));
+        }
+    }
+
+    /// The connection is gone: publish or schedule the will, and end the session now
+    /// if it does not outlive its connection.
+    pub fn connection_lost(self, now: Instant) {
+        let broker = self.broker.clone();
+        broker
+            .metrics
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let taken_over;
+        {
+            let mut st = self.session.lock();
+            taken_over = st.generation != self.generation;
+            if !taken_over {
+                self.session.set_online(&mut st, false);
+                st.disconnected_at = Some(now);
+            }
+        }
+        let will_delay = self
+            .will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval)
+            .filter(|_| self.v5())
+            .unwrap_or(0);
+        let session_ended = !broker.is_current(&self.session);
+        if let Some(will) = self.will {
+            let message = Message::from_will(will, Some(self.client_id.clone()), now);
+            if will_delay == 0 || session_ended {
+                broker.publish(message, now);
+            } else if !taken_over {
+                let expiry = self.session.lock().expiry_interval;
+                let delay = Duration::from_secs(u64::from(will_delay.min(expiry)));
+                self.session.lock().pending_will = Some((message, now + delay));
+            }
+        }
+        if !taken_over && self.session.lock().expiry_interval == 0 {
+            broker.remove_session(&self.session, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Settings;
+    use bytes::Bytes;
+
+    fn connect(
+        broker: &Arc<Broker>,
+        id: &str,
+        version: ProtocolVersion,
+        clean: bool,
+        props: Properties,
+    ) -> Box<Client> {
+        let c = Connect {
+            protocol: version,
+            bridge: false,
+            clean_start: clean,
+            keep_alive: 10,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: props,
+        };
+        match Client::connect(broker, c, Instant::now()) {
+            ConnectOutcome::Accepted(c) => c,
+            ConnectOutcome::Refused { reason, .. } => panic!("refused: {reason}"),
+        }
+    }
+
+    fn drain(c: &mut Client) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Some(p) = decode(&mut c.out, c.version, usize::MAX).unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    fn publish(topic: &str, qos: QoS, packet_id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    fn subscribe(filter: &str, qos: QoS) -> Packet {
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                filter.into(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        })
+    }
+
+    #[test]
+    fn qos1_delivery_waits_for_the_receive_maximum() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let props = Properties {
+            receive_maximum: Some(2),
+            ..Properties::default()
+        };
+        let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
+        let mut publisher = connect(
+            &broker,
+            "pub",
+            ProtocolVersion::V311,
+            true,
+            Properties::default(),
+        );
+        sub.handle(subscribe("t/#", QoS::AtLeastOnce), now).unwrap();
+        drain(&mut sub);
+        for id in 1..=3 {
+            publisher
+                .handle(publish("t/a", QoS::AtLeastOnce, id), now)
+                .unwrap();
+        }
+        sub.pump(now).unwrap();
+        let sent = drain(&mut sub);
+        assert_eq!(sent.len(), 2, "receive maximum 2 holds the third back");
+        let Packet::Publish(first) = &sent[0] else {
+            panic!()
+        };
+        sub.handle(
+            Packet::PubAck(Ack::new(first.packet_id, ReasonCode::SUCCESS)),
+            now,
+        )
+        .unwrap();
+        sub.pump(now).unwrap();
+        assert_eq!(drain(&mut sub).len(), 1);
+    }
+
+    #[test]
+    fn qos2_inbound_is_delivered_once_and_released() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut sub = connect(
+            &broker,
+            "sub",
+            ProtocolVersion::V311,
+            true,
+            Properties::default(),
+        );
+        sub.handle(subscribe("t", QoS::ExactlyOnce), now).unwrap();
+        drain(&mut sub);
+        let mut publisher = connect(
+            &broker,
+            "pub",
+            ProtocolVersion::V311,
+            true,
+            Properties::default(),
+        );
+        publisher
+            .handle(publish("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        publisher
+            .handle(publish("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        assert!(matches!(
+            drain(&mut publisher)[..],
+            [Packet::ConnAck(_), Packet::PubRec(_), Packet::PubRec(_)]
+        ));
+        sub.pump(now).unwrap();
+        assert_eq!(
+            drain(&mut sub).len(),
+            1,
+            "the duplicate is not routed again"
+        );
+        publisher
+            .handle(Packet::PubRel(Ack::new(5, ReasonCode::SUCCESS)), now)
+            .unwrap();
+        assert!(
+            matches!(drain(&mut publisher)[..], [Packet::PubComp(ref a)] if a.code == ReasonCode::SUCCESS)
+        );
+    }
+
+    #[test]
+    fn session_takeover_closes_the_old_connection_with_0x8e() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut first = connect(
+            &broker,
+            "same",
+            ProtocolVersion::V5,
+            false,
+            Properties::default(),
+        );
+        let _second = connect(
+            &broker,
+            "same",
+            ProtocolVersion::V5,
+            false,
+            Properties::default(),
+        );
+        let close = first.pump(now).unwrap_err();
+        assert_eq!(close.code, ReasonCode::SESSION_TAKEN_OVER);
+    }
+
+    #[test]
+    fn outbound_topic_aliases_replace_repeated_topics() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let props = Properties {
+            topic_alias_maximum: Some(1),
+            ..Properties::default()
+        };
+        let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
+        sub.handle(subscribe("#", QoS::AtMostOnce), now).unwrap();
+        drain(&mut sub);
+        let mut publisher = connect(
+            &broker,
+            "pub",
+            ProtocolVersion::V5,
+            true,
+            Properties::default(),
+        );
+        for topic in ["a", "a", "b"] {
+            publisher
+                .handle(publish(topic, QoS::AtMostOnce, 0), now)
+                .unwrap();
+        }
+        sub.pump(now).unwrap();
+        let got: Vec<(String, Option<u16>)> = drain(&mut sub)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), Some(1)),
+                ("".into(), Some(1)),
+                ("b".into(), None)
+            ]
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! An application message as the router carries it: decoded once, shared by every
+//! subscriber through an `Arc`, its payload never copied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::protocol::{Properties, Publish, QoS, Topic, Will};
+
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Topic,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Payload format, content type, response topic, correlation data and user
+    /// properties, encoded once and copied into each v5 delivery unchanged.
+    pub forwarded_properties: Bytes,
+    /// When the message expires (monotonic clock); `None` means never.
+    pub expires_at: Option<Instant>,
+    /// The publishing session, for no-local subscriptions.
+    pub origin: Option<Arc<str>>,
+}
+
+impl Message {
+    pub fn from_publish(publish: Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
+        Message {
+            expires_at: expiry(publish.properties.message_expiry_interval, now),
+            forwarded_properties: publish.properties.forwarded_message_properties(),
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            origin,
+        }
+    }
+
+    pub fn from_will(will: Will, origin: Option<Arc<str>>, now: Instant) -> Message {
+        Message {
+            expires_at: expiry(will.properties.message_expiry_interval, now),
+            forwarded_properties: will.properties.forwarded_message_properties(),
+            topic: Topic::from(will.topic),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            origin,
+        }
+    }
+
+    /// Seconds left before expiry, rounded up; `None` when it never expires.
+    /// `Some(0)` means it has expired and must not be delivered.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let left = self.expires_at?.saturating_duration_since(now);
+        if left.is_zero() {
+            return Some(0);
+        }
+        Some(left.as_secs_f64().ceil().min(u32::MAX as f64) as u32)
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.remaining_expiry(now) == Some(0)
+    }
+
+    /// The message's properties as a v5 client would see them (for tests and the API).
+    pub fn properties(&self) -> Properties {
+        Properties::from_forwarded(&self.forwarded_properties)
+    }
+}
+
+fn expiry(interval: Option<u32>, now: Instant) -> Option<Instant> {
+    interval.map(|secs| now + Duration::from_secs(u64::from(secs)))
+}
+
+/// One message on its way to one session, with what that session's subscriptions
+/// made of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/group/filter`) it came through, so that it can
+    /// be handed to another member if this session ends before it is acknowledged.
+    pub shared: Option<Arc<str>>,
+}

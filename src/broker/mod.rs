@@ -1,0 +1,398 @@
+//! The broker core: sessions, routing, retained messages and wills, shared by every
+//! connection. No I/O and no clock of its own: callers hand in `now`, so all of it is
+//! tested without sockets and driven the same way by the listeners and the bridge.
+//!
+//! Locks are short and never nested the other way round: the session table, then the
+//! router or the retained store, then one session's state.
+
+mod client;
+pub mod message;
+pub mod retained;
+pub mod router;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+pub use client::{Client, Close, ConnectOutcome};
+use message::{Delivery, Message};
+use retained::Retained;
+use router::{Match, Router};
+use session::{Enqueued, NEVER_EXPIRES, QueueLimits, Session, Subscription};
+
+use crate::protocol::{QoS, ReasonCode};
+
+/// The broker-wide settings the core enforces; `config` fills them from the TOML file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    /// v5 clients asking for a longer keep-alive get Server Keep Alive = this.
+    pub max_keepalive: u16,
+    /// What the broker advertises and enforces for inbound QoS 1/2 (DISCONNECT 0x93).
+    pub receive_maximum: u16,
+    /// Outbound messages in flight per 3.x client (v5 clients say their own).
+    pub max_inflight: u16,
+    pub max_packet_size: u32,
+    pub topic_alias_maximum: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub allow_anonymous: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            node_name: "tern1".into(),
+            max_keepalive: 65535,
+            receive_maximum: 32,
+            max_inflight: 32,
+            max_packet_size: 1_048_576,
+            topic_alias_maximum: 16,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// Counters for logs and, later, `$SYS` and the metrics endpoint.
+#[derive(Default)]
+pub struct Metrics {
+    pub clients_connected: std::sync::atomic::AtomicI64,
+    pub connections: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub disconnected_quota_exceeded: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct Broker {
+    pub settings: Settings,
+    pub metrics: Metrics,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    router: RwLock<Router>,
+    retained: RwLock<Retained>,
+    shutting_down: AtomicBool,
+}
+
+/// What opening a session found.
+pub struct Opened {
+    pub session: Arc<Session>,
+    pub generation: u64,
+    pub present: bool,
+}
+
+impl Broker {
+    pub fn new(settings: Settings) -> Arc<Broker> {
+        Arc::new(Broker {
+            settings,
+            metrics: Metrics::default(),
+            sessions: Mutex::new(HashMap::new()),
+            router: RwLock::new(Router::default()),
+            retained: RwLock::new(Retained::default()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_queued_messages: self.settings.max_queued_messages,
+            max_queued_bytes: self.settings.max_queued_bytes,
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.router.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Takes the session for `client_id` for a new connection: a clean start discards
+    /// the old one, otherwise it resumes; a connection still attached is told to leave
+    /// with 0x8E (session taken over).
+    pub fn open_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        protocol: crate::protocol::ProtocolVersion,
+        expiry_interval: u32,
+    ) -> Opened {
+        let mut sessions = self.sessions();
+        let existing = sessions.get(client_id).cloned();
+        if let Some(old) = &existing {
+            let mut st = old.lock();
+            if st.connected {
+                st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
+                old.set_online(&mut st, false);
+                drop(st);
+                old.wake.notify(usize::MAX);
+            }
+        }
+        let resumable = existing.filter(|_| !clean_start);
+        let (session, present) = match resumable {
+            Some(session) => (session, true),
+            None => {
+                let session = Arc::new(Session::new(client_id.into(), protocol, expiry_interval));
+                if let Some(old) = sessions.insert(session.client_id.clone(), session.clone()) {
+                    drop(sessions);
+                    self.end_session(&old, Instant::now());
+                    sessions = self.sessions();
+                }
+                (session, false)
+            }
+        };
+        drop(sessions);
+        let mut st = session.lock();
+        st.generation += 1;
+        st.close_reason = None;
+        st.protocol = protocol;
+        st.expiry_interval = expiry_interval;
+        st.disconnected_at = None;
+        st.pending_will = None;
+        session.set_online(&mut st, true);
+        let generation = st.generation;
+        drop(st);
+        Opened {
+            session,
+            generation,
+            present,
+        }
+    }
+
+    /// Whether `session` is still the one registered for its client id.
+    pub fn is_current(&self, session: &Arc<Session>) -> bool {
+        self.sessions()
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+    }
+
+    /// Removes a session for good if it is still registered, and ends it.
+    pub fn remove_session(&self, session: &Arc<Session>, now: Instant) {
+        let removed = {
+            let mut sessions = self.sessions();
+            match sessions.get(&session.client_id) {
+                Some(s) if Arc::ptr_eq(s, session) => sessions.remove(&session.client_id),
+                _ => None,
+            }
+        };
+        if let Some(session) = removed {
+            self.end_session(&session, now);
+        }
+    }
+
+    /// A session's end: its subscriptions leave the router, its pending will is
+    /// published, and what it held from shared subscriptions goes to another member.
+    fn end_session(&self, session: &Arc<Session>, now: Instant) {
+        let (filters, will, held) = {
+            let mut st = session.lock();
+            let filters: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            let will = st.pending_will.take().map(|(w, _)| w);
+            let mut held: Vec<Delivery> = st.inflight.drain(..).map(|f| f.delivery).collect();
+            while let Some(d) = st.pop_queued() {
+                held.push(d);
+            }
+            (filters, will, held)
+        };
+        {
+            let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
+            for filter in &filters {
+                router.unsubscribe(filter, &session.client_id);
+            }
+        }
+        for delivery in held {
+            let Some(key) = &delivery.shared else {
+                continue;
+            };
+            if delivery.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let next = self
+                .router
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .pick_shared(key, &session.client_id);
+            if let Some(m) = next {
+                let qos = delivery.message.qos.min(m.subscription.options.qos);
+                self.enqueue(&m.session, Delivery { qos, ..delivery });
+            }
+        }
+        if let Some(will) = will {
+            self.publish(will, now);
+        }
+    }
+
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, subscription: Subscription) {
+        self.router
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe(filter, session, subscription);
+    }
+
+    pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
+        self.router
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .unsubscribe(filter, &session.client_id)
+    }
+
+    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matching(filter, now)
+    }
+
+    /// Routes a message to every matching subscription; returns how many sessions it
+    /// reached, so a v5 publisher can be told 0x10 (no matching subscribers).
+    pub fn publish(&self, message: Message, _now: Instant) -> usize {
+        count(&self.metrics.messages_received);
+        let message = Arc::new(message);
+        if message.retain {
+            self.retained
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&message);
+        }
+        let mut matches = Vec::new();
+        self.router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(message.topic.as_str(), &mut matches);
+        if matches.is_empty() {
+            return 0;
+        }
+        // One delivery per session however many of its subscriptions matched
+        // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
+        matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(&m.session)));
+        let mut reached = 0;
+        let mut i = 0;
+        while i < matches.len() {
+            let first = &matches[i];
+            let mut j = i + 1;
+            while j < matches.len()
+                && first.shared.is_none()
+                && matches[j].shared.is_none()
+                && Arc::ptr_eq(&matches[j].session, &first.session)
+            {
+                j += 1;
+            }
+            if let Some(delivery) = merge(&message, &matches[i..j]) {
+                self.enqueue(&first.session, delivery);
+                reached += 1;
+            }
+            i = j;
+        }
+        reached
+    }
+
+    fn enqueue(&self, session: &Session, delivery: Delivery) {
+        match session.deliver(delivery, &self.queue_limits()) {
+            Enqueued::Queued { .. } => {}
+            Enqueued::Dropped => count(&self.metrics.dropped_queue_full),
+            Enqueued::Overflow => {
+                count(&self.metrics.disconnected_quota_exceeded);
+                log::warn!(
+                    "queue full for clean session client_id={}: disconnecting it with 0x97 (quota exceeded)",
+                    session.client_id
+                );
+            }
+        }
+    }
+
+    /// Publishes wills whose delay is over and ends sessions past their expiry.
+    /// Called about once a second.
+    pub fn tick(&self, now: Instant) {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for session in sessions {
+            let (will, expired) = {
+                let mut st = session.lock();
+                if st.connected {
+                    continue;
+                }
+                let will = match &st.pending_will {
+                    Some((_, due)) if *due <= now => st.pending_will.take().map(|(w, _)| w),
+                    _ => None,
+                };
+                let expired = st.expiry_interval != NEVER_EXPIRES
+                    && st.disconnected_at.is_some_and(|at| {
+                        now >= at + Duration::from_secs(u64::from(st.expiry_interval))
+                    });
+                (will, expired)
+            };
+            if let Some(will) = will {
+                self.publish(will, now);
+            }
+            if expired {
+                log::info!("session expired client_id={}", session.client_id);
+                self.remove_session(&session, now);
+            }
+        }
+        self.retained
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .purge_expired(now);
+    }
+
+    /// Asks every connection to close with 0x8B (server shutting down).
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for session in sessions {
+            let mut st = session.lock();
+            if st.connected {
+                st.close_reason
+                    .get_or_insert(ReasonCode::SERVER_SHUTTING_DOWN);
+                drop(st);
+                session.wake.notify(usize::MAX);
+            }
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// What one session receives from the subscriptions of it that matched, or `None`
+/// when no-local rules them all out.
+fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
+    let mut delivery: Option<Delivery> = None;
+    for m in matches {
+        let o = &m.subscription.options;
+        if o.no_local && message.origin.as_deref() == Some(&*m.session.client_id) {
+            continue;
+        }
+        let d = delivery.get_or_insert_with(|| Delivery {
+            message: message.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: m.shared.clone(),
+        });
+        d.qos = d.qos.max(message.qos.min(o.qos));
+        d.retain |= o.retain_as_published && message.retain;
+        d.subscription_ids.extend(m.subscription.id);
+    }
+    delivery
+}

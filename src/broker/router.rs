@@ -1,0 +1,427 @@
+//! The subscription trie: which sessions a topic reaches (MQTT 5.0 section 4.7), with
+//! shared subscriptions (`$share/group/filter`, section 4.8.2) picked round-robin.
+//!
+//! One node per topic level; `+` and `#` have their own slots so a match walks only the
+//! branches that can match. Topics that start with `$` skip wildcards at the first level.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::session::{Session, Subscription};
+use crate::protocol::topic;
+
+/// One subscription that a topic matched.
+pub struct Match {
+    pub session: Arc<Session>,
+    pub subscription: Subscription,
+    /// The `$share/group/filter` it came through, if it is a shared subscription.
+    pub shared: Option<Arc<str>>,
+}
+
+struct Member {
+    session: Arc<Session>,
+    subscription: Subscription,
+}
+
+struct SharedGroup {
+    key: Arc<str>,
+    members: Vec<Member>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// The next member round-robin, preferring connected ones; `exclude` skips a
+    /// session that is going away.
+    fn pick(&self, exclude: Option<&str>) -> Option<&Member> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = || {
+            (0..n)
+                .map(move |i| &self.members[(start + i) % n])
+                .filter(|m| Some(&*m.session.client_id) != exclude)
+        };
+        candidates()
+            .find(|m| m.session.is_online())
+            .or_else(|| candidates().next())
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Subscriptions whose filter ends at this level.
+    here: Vec<Member>,
+    /// Subscriptions whose filter is this level followed by `#`.
+    hash: Vec<Member>,
+    shared_here: Vec<SharedGroup>,
+    shared_hash: Vec<SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.here.is_empty()
+            && self.hash.is_empty()
+            && self.shared_here.is_empty()
+            && self.shared_hash.is_empty()
+    }
+
+    fn collect(
+        &self,
+        mut levels: std::str::Split<'_, char>,
+        first: bool,
+        dollar: bool,
+        out: &mut Vec<Match>,
+    ) {
+        let wildcards = !(first && dollar);
+        if wildcards {
+            push_members(&self.hash, out);
+            push_groups(&self.shared_hash, out);
+        }
+        let Some(level) = levels.next() else {
+            push_members(&self.here, out);
+            push_groups(&self.shared_here, out);
+            return;
+        };
+        if let Some(child) = self.children.get(level) {
+            child.collect(levels.clone(), false, dollar, out);
+        }
+        if let (true, Some(plus)) = (wildcards, &self.plus) {
+            plus.collect(levels, false, dollar, out);
+        }
+    }
+}
+
+fn push_members(members: &[Member], out: &mut Vec<Match>) {
+    out.extend(members.iter().map(|m| Match {
+        session: m.session.clone(),
+        subscription: m.subscription,
+        shared: None,
+    }));
+}
+
+fn push_groups(groups: &[SharedGroup], out: &mut Vec<Match>) {
+    for group in groups {
+        if let Some(m) = group.pick(None) {
+            out.push(Match {
+                session: m.session.clone(),
+                subscription: m.subscription,
+                shared: Some(group.key.clone()),
+            });
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Router {
+    root: Node,
+    count: usize,
+}
+
+/// Where a filter lives: the plain filter, its shared group if any.
+fn split_filter(filter: &str) -> (&str, Option<&str>) {
+    match topic::parse_shared(filter) {
+        Some(Ok((group, inner))) => (inner, Some(group)),
+        _ => (filter, None),
+    }
+}
+
+impl Router {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter` (already validated).
+    pub fn subscribe(&mut self, filter: &str, session: &Arc<Session>, subscription: Subscription) {
+        let (plain, group) = split_filter(filter);
+        let (node, is_hash) = node_for(&mut self.root, plain);
+        let member = Member {
+            session: session.clone(),
+            subscription,
+        };
+        let added = match group {
+            None => {
+                let list = if is_hash {
+                    &mut node.hash
+                } else {
+                    &mut node.here
+                };
+                upsert(list, member)
+            }
+            Some(_) => {
+                let groups = if is_hash {
+                    &mut node.shared_hash
+                } else {
+                    &mut node.shared_here
+                };
+                let group = match groups.iter().position(|g| &*g.key == filter) {
+                    Some(i) => &mut groups[i],
+                    None => {
+                        groups.push(SharedGroup {
+                            key: filter.into(),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        groups.last_mut().expect("just pushed")
+                    }
+                };
+                upsert(&mut group.members, member)
+            }
+        };
+        if added {
+            self.count += 1;
+        }
+    }
+
+    /// Removes `client_id`'s subscription to `filter`; whether there was one.
+    pub fn unsubscribe(&mut self, filter: &str, client_id: &str) -> bool {
+        let (plain, group) = split_filter(filter);
+        let removed = remove_at(
+            &mut self.root,
+            plain.split('/'),
+            &mut |node, is_hash| match group {
+                None => {
+                    let list = if is_hash {
+                        &mut node.hash
+                    } else {
+                        &mut node.here
+                    };
+                    remove_member(list, client_id)
+                }
+                Some(_) => {
+                    let groups = if is_hash {
+                        &mut node.shared_hash
+                    } else {
+                        &mut node.shared_here
+                    };
+                    let Some(i) = groups.iter().position(|g| &*g.key == filter) else {
+                        return false;
+                    };
+                    let removed = remove_member(&mut groups[i].members, client_id);
+                    if groups[i].members.is_empty() {
+                        groups.swap_remove(i);
+                    }
+                    removed
+                }
+            },
+        );
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Appends every subscription that `topic` matches to `out`; for shared groups,
+    /// the one member chosen to receive it.
+    pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
+        self.root
+            .collect(topic.split('/'), true, topic.starts_with('$'), out);
+    }
+
+    /// Another member of the shared group `key` to hand a message to when the member
+    /// `leaving` goes away before acknowledging it.
+    pub fn pick_shared(&self, key: &str, leaving: &str) -> Option<Match> {
+        let (plain, _) = split_filter(key);
+        let mut node = &self.root;
+        let mut is_hash = false;
+        for level in plain.split('/') {
+            match level {
+                "#" => is_hash = true,
+                "+" => node = node.plus.as_deref()?,
+                _ => node = node.children.get(level)?,
+            }
+        }
+        let groups = if is_hash {
+            &node.shared_hash
+        } else {
+            &node.shared_here
+        };
+        let group = groups.iter().find(|g| &*g.key == key)?;
+        let m = group
+            .pick(Some(leaving))
+            .filter(|m| &*m.session.client_id != leaving)?;
+        Some(Match {
+            session: m.session.clone(),
+            subscription: m.subscription,
+            shared: Some(group.key.clone()),
+        })
+    }
+}
+
+fn upsert(list: &mut Vec<Member>, member: Member) -> bool {
+    match list
+        .iter_mut()
+        .find(|m| m.session.client_id == member.session.client_id)
+    {
+        Some(existing) => {
+            *existing = member;
+            false
+        }
+        None => {
+            list.push(member);
+            true
+        }
+    }
+}
+
+fn remove_member(list: &mut Vec<Member>, client_id: &str) -> bool {
+    match list.iter().position(|m| &*m.session.client_id == client_id) {
+        Some(i) => {
+            list.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The node a filter's subscriptions hang from, creating the path; `true` for `.../#`.
+fn node_for<'a>(root: &'a mut Node, filter: &str) -> (&'a mut Node, bool) {
+    let mut node = root;
+    for level in filter.split('/') {
+        node = match level {
+            "#" => return (node, true),
+            "+" => node.plus.get_or_insert_with(Box::default),
+            _ => node.children.entry(level.into()).or_default(),
+        };
+    }
+    (node, false)
+}
+
+/// Walks to a filter's node, applies `remove` there, and prunes nodes left empty.
+fn remove_at(
+    node: &mut Node,
+    mut levels: std::str::Split<'_, char>,
+    remove: &mut dyn FnMut(&mut Node, bool) -> bool,
+) -> bool {
+    let Some(level) = levels.next() else {
+        return remove(node, false);
+    };
+    match level {
+        "#" => remove(node, true),
+        "+" => {
+            let Some(plus) = node.plus.as_deref_mut() else {
+                return false;
+            };
+            let removed = remove_at(plus, levels, remove);
+            if plus.is_empty() {
+                node.plus = None;
+            }
+            removed
+        }
+        _ => {
+            let Some(child) = node.children.get_mut(level) else {
+                return false;
+            };
+            let removed = remove_at(child, levels, remove);
+            if child.is_empty() {
+                node.children.remove(level);
+            }
+            removed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ProtocolVersion, SubscriptionOptions};
+
+    fn session(id: &str) -> Arc<Session> {
+        Arc::new(Session::new(id.into(), ProtocolVersion::V5, 0))
+    }
+
+    fn sub() -> Subscription {
+        Subscription {
+            options: SubscriptionOptions::default(),
+            id: None,
+        }
+    }
+
+    fn matched(router: &Router, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        router.matches(topic, &mut out);
+        let mut ids: Vec<String> = out
+            .iter()
+            .map(|m| m.session.client_id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn wildcards_and_dollar_topics() {
+        let mut r = Router::default();
+        let (a, b, c, d) = (session("a"), session("b"), session("c"), session("d"));
+        r.subscribe("sport/#", &a, sub());
+        r.subscribe("sport/+/player1", &b, sub());
+        r.subscribe("#", &c, sub());
+        r.subscribe("$SYS/#", &d, sub());
+        assert_eq!(matched(&r, "sport"), ["a", "c"]);
+        assert_eq!(matched(&r, "sport/tennis/player1"), ["a", "b", "c"]);
+        assert_eq!(matched(&r, "$SYS/uptime"), ["d"]);
+        assert_eq!(r.len(), 4);
+        assert!(r.unsubscribe("sport/+/player1", "b"));
+        assert!(!r.unsubscribe("sport/+/player1", "b"));
+        assert_eq!(matched(&r, "sport/tennis/player1"), ["a", "c"]);
+        assert!(r.unsubscribe("#", "c"));
+        assert!(r.unsubscribe("sport/#", "a"));
+        assert!(r.unsubscribe("$SYS/#", "d"));
+        assert!(r.root.is_empty(), "empty branches are pruned");
+    }
+
+    #[test]
+    fn resubscribing_replaces() {
+        let mut r = Router::default();
+        let a = session("a");
+        r.subscribe("x", &a, sub());
+        r.subscribe("x", &a, sub());
+        assert_eq!(r.len(), 1);
+        assert_eq!(matched(&r, "x"), ["a"]);
+    }
+
+    #[test]
+    fn shared_groups_round_robin() {
+        let mut r = Router::default();
+        let (a, b, c) = (session("a"), session("b"), session("c"));
+        for s in [&a, &b, &c] {
+            s.set_online(&mut s.lock(), true);
+        }
+        r.subscribe("$share/g/t/+", &a, sub());
+        r.subscribe("$share/g/t/+", &b, sub());
+        r.subscribe("$share/h/t/+", &c, sub());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let got = matched(&r, "t/1");
+            assert_eq!(got.len(), 2, "one per group: {got:?}");
+            seen.extend(got);
+        }
+        assert_eq!(seen.iter().filter(|s| *s == "a").count(), 2);
+        assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2);
+        // An offline member is passed over while another is online.
+        b.set_online(&mut b.lock(), false);
+        for _ in 0..3 {
+            assert_eq!(matched(&r, "t/1"), ["a", "c"]);
+        }
+        assert_eq!(
+            r.pick_shared("$share/g/t/+", "a")
+                .unwrap()
+                .session
+                .client_id
+                .as_ref(),
+            "b"
+        );
+        assert!(r.unsubscribe("$share/g/t/+", "a"));
+        assert!(r.unsubscribe("$share/g/t/+", "b"));
+        assert_eq!(matched(&r, "t/1"), ["c"]);
+    }
+}

@@ -1,0 +1,281 @@
+//! A session: what the broker keeps for one client id between and across connections
+//! (MQTT 5.0 section 4.1): subscriptions, the queue of messages not yet sent, QoS 1/2
+//! messages in flight each way, the will, and when the session expires.
+//!
+//! Everything here is plain data behind one mutex, so the persistence issue can store
+//! and reload it as it is. The connection that currently owns the session is named by
+//! `generation`: a takeover bumps it and wakes the old connection, which then leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use event_listener::Event;
+
+use super::message::{Delivery, Message};
+use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+
+/// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Wakes the owning connection: messages queued, or the session taken over.
+    pub wake: Event,
+    /// Mirrors `state.connected` without the lock, for choosing shared-subscription members.
+    online: AtomicBool,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, protocol: ProtocolVersion, expiry: u32) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState::new(protocol, expiry)),
+            wake: Event::new(),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn set_online(&self, state: &mut SessionState, online: bool) {
+        state.connected = online;
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery and wakes the connection if it was idle.
+    pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
+        let outcome = self.lock().enqueue(delivery, limits);
+        if matches!(
+            outcome,
+            Enqueued::Queued { was_empty: true } | Enqueued::Overflow
+        ) {
+            self.wake.notify(usize::MAX);
+        }
+        outcome
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued {
+        was_empty: bool,
+    },
+    /// QoS 0 to a full queue, or to a session that is offline: dropped and counted.
+    Dropped,
+    /// QoS 1/2 to a full queue of a session that made no durability promise: its
+    /// connection is closed with 0x97 (quota exceeded).
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub stage: Stage,
+    pub delivery: Delivery,
+}
+
+pub struct SessionState {
+    pub protocol: ProtocolVersion,
+    /// Bumped by every connection that takes the session; see the module doc.
+    pub generation: u64,
+    /// Why the current connection must close (takeover, queue overflow, admin kick).
+    pub close_reason: Option<ReasonCode>,
+    pub connected: bool,
+    /// Session Expiry Interval in seconds, [`NEVER_EXPIRES`] for "never".
+    pub expiry_interval: u32,
+    pub disconnected_at: Option<Instant>,
+    pub subscriptions: HashMap<String, Subscription>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    /// Outbound QoS 1/2 messages sent and not yet completed, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
+    pub inbound_qos2: Vec<u16>,
+    next_packet_id: u16,
+    /// A will waiting for its delay (or the session's end) before it is published.
+    pub pending_will: Option<(Message, Instant)>,
+    pub dropped_messages: u64,
+}
+
+impl SessionState {
+    fn new(protocol: ProtocolVersion, expiry_interval: u32) -> SessionState {
+        SessionState {
+            protocol,
+            generation: 0,
+            close_reason: None,
+            connected: false,
+            expiry_interval,
+            disconnected_at: None,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            inbound_qos2: Vec::new(),
+            next_packet_id: 0,
+            pending_will: None,
+            dropped_messages: 0,
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    fn enqueue(&mut self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && !self.connected {
+            self.dropped_messages += 1;
+            return Enqueued::Dropped;
+        }
+        let size = delivery.message.payload.len() + delivery.message.topic.as_str().len();
+        let full = self.queue.len() >= limits.max_queued_messages
+            || self.queued_bytes + size > limits.max_queued_bytes;
+        if full {
+            if delivery.qos > QoS::AtMostOnce && self.connected && !self.is_persistent() {
+                self.close_reason.get_or_insert(ReasonCode::QUOTA_EXCEEDED);
+                return Enqueued::Overflow;
+            }
+            self.dropped_messages += 1;
+            return Enqueued::Dropped;
+        }
+        let was_empty = self.queue.is_empty();
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        Enqueued::Queued { was_empty }
+    }
+
+    pub fn pop_queued(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.message.payload.len() + delivery.message.topic.as_str().len();
+        Some(delivery)
+    }
+
+    /// The next packet id not used by a message in flight (ids wrap from 65535 to 1).
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            let id = self.next_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Topic;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Topic::from("t"),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+                forwarded_properties: Bytes::new(),
+                expires_at: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_queued_messages: 2,
+        max_queued_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn full_queue_drops_qos0_and_overflows_clean_qos1() {
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0);
+        s.set_online(&mut s.lock(), true);
+        assert_eq!(
+            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            Enqueued::Queued { was_empty: true }
+        );
+        assert_eq!(
+            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            Enqueued::Queued { was_empty: false }
+        );
+        assert_eq!(
+            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            Enqueued::Overflow
+        );
+        assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
+    }
+
+    #[test]
+    fn offline_sessions_do_not_queue_qos0() {
+        let s = Session::new("c".into(), ProtocolVersion::V5, 60);
+        assert_eq!(
+            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            Enqueued::Queued { was_empty: true }
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0);
+        let mut st = s.lock();
+        st.next_packet_id = 65534;
+        let id = st.allocate_packet_id();
+        assert_eq!(id, 65535);
+        st.inflight.push_back(Inflight {
+            packet_id: 1,
+            stage: Stage::AwaitingPubAck,
+            delivery: delivery(QoS::AtLeastOnce),
+        });
+        assert_eq!(st.allocate_packet_id(), 2);
+    }
+}

@@ -1,0 +1,140 @@
+//! Starting and stopping the broker: executor threads, listeners, the housekeeping
+//! tick, and signals. Start order: listeners bound (a port in use fails the start),
+//! then accepting; stop order: stop accepting, tell clients (v5: DISCONNECT 0x8B),
+//! let them flush, exit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use smol::Executor;
+use smol::future::FutureExt;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::transport::connection::ConnectionConfig;
+use crate::transport::tcp;
+
+/// How long clients get to receive their DISCONNECT and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+pub fn run(config: Config) -> Result<(), String> {
+    raise_open_file_limit();
+    let listeners = config.listeners()?;
+    let threads = match config.node.threads {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let broker = Broker::new(config.broker_settings());
+    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let executor = executor.clone();
+        let stopped = stopped.clone();
+        let worker = thread::Builder::new()
+            .name(format!("tern-worker-{i}"))
+            .spawn(move || smol::block_on(executor.run(async { stopped.recv().await.ok() })))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        workers.push(worker);
+    }
+
+    let mut accept_tasks = Vec::new();
+    for listener in &listeners {
+        let socket = tcp::bind(listener.bind).map_err(|e| {
+            format!(
+                "listener {} cannot bind {}: {e}",
+                listener.name, listener.bind
+            )
+        })?;
+        let addr = socket.get_ref().local_addr().map_err(|e| e.to_string())?;
+        log::info!("listening name={} addr={addr}", listener.name);
+        let conn_config = ConnectionConfig {
+            listener: listener.name.as_str().into(),
+            connect_timeout: config.connect_timeout(),
+        };
+        accept_tasks.push(executor.spawn(tcp::accept_loop(
+            socket,
+            broker.clone(),
+            executor.clone(),
+            conn_config,
+        )));
+    }
+    let ticker = executor.spawn({
+        let broker = broker.clone();
+        async move {
+            loop {
+                smol::Timer::after(Duration::from_secs(1)).await;
+                broker.tick(Instant::now());
+            }
+        }
+    });
+    log::info!(
+        "tern {} started node={} threads={threads}",
+        env!("CARGO_PKG_VERSION"),
+        config.node.name
+    );
+
+    let signal = smol::block_on(wait_for_signal())?;
+    log::info!("received {signal}: shutting down");
+    drop(accept_tasks);
+    broker.shut_down();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while broker.metrics.clients_connected.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    drop(ticker);
+    for _ in &workers {
+        let _ = stop.try_send(());
+    }
+    stop.close();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<&'static str, String> {
+    use async_signal::{Signal, Signals};
+    use smol::stream::StreamExt;
+    let mut signals = Signals::new([Signal::Term, Signal::Int])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signal = signals.next().or(smol::future::pending()).await;
+    Ok(match signal {
+        Some(Ok(Signal::Int)) => "SIGINT",
+        _ => "SIGTERM",
+    })
+}
+
+/// Raises the soft limit on open files to the hard limit: each client is a descriptor.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                log::warn!(
+                    "cannot read the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::warn!(
+                    "open-file limit stays at {before}: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            log::info!("open-file limit raised from {before} to {}", limit.rlim_cur);
+        }
+    }
+}

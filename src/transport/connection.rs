@@ -1,0 +1,316 @@
+//! Drives one client connection: reads bytes, decodes packets, hands them to the
+//! broker's [`Client`] state machine, and writes what it produced in batches.
+//!
+//! One task per connection and one loop: wait for whichever comes first of readable
+//! input, room to write, a wake-up from the session (messages queued, takeover) or the
+//! keep-alive deadline. Buffers are allocated when there is data and given back when
+//! drained, so an idle connection holds almost nothing.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use smol::Timer;
+use smol::future::{Future, FutureExt};
+use smol::io::{AsyncWrite, AsyncWriteExt};
+
+use super::Stream;
+use crate::broker::{Broker, Client, Close, ConnectOutcome};
+use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
+
+const READ_CHUNK: usize = 8 * 1024;
+/// A write buffer larger than this is given back once drained.
+const KEEP_WRITE_CAPACITY: usize = 4 * 1024;
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Per-listener facts a connection needs.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    pub listener: Arc<str>,
+    pub connect_timeout: Duration,
+}
+
+/// Serves one accepted stream until it closes.
+pub async fn serve<S: Stream>(
+    mut stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+) {
+    let max_packet = broker.settings.max_packet_size as usize;
+    let mut rbuf = BytesMut::new();
+    let first = read_frame(&mut stream, &mut rbuf, max_packet).or(async {
+        Timer::after(config.connect_timeout).await;
+        Err(FirstPacketError::Timeout)
+    });
+    let connect = match first.await {
+        Ok(frame) => match protocol::decode_connect_frame(frame) {
+            Ok(connect) => connect,
+            Err(e) => {
+                log::warn!(
+                    "refused connection addr={peer} listener={}: {}",
+                    config.listener,
+                    e.error
+                );
+                if let Some(version) = e.answer_in {
+                    let connack = protocol::ConnAck {
+                        session_present: false,
+                        code: e.error.code,
+                        properties: protocol::Properties::default(),
+                    };
+                    let mut out = BytesMut::new();
+                    protocol::encode(&Packet::ConnAck(connack), version, &mut out);
+                    let _ = flush_with_timeout(&mut stream, &out).await;
+                }
+                return;
+            }
+        },
+        Err(FirstPacketError::Timeout) => {
+            log::info!(
+                "closed connection addr={peer}: no CONNECT within {:?}",
+                config.connect_timeout
+            );
+            return;
+        }
+        Err(FirstPacketError::Closed) => {
+            log::debug!("connection addr={peer} closed before CONNECT");
+            return;
+        }
+        Err(FirstPacketError::Io(e)) => {
+            log::debug!("connection addr={peer} failed before CONNECT: {e}");
+            return;
+        }
+        Err(FirstPacketError::Decode(e)) => {
+            log::warn!(
+                "refused connection addr={peer} listener={}: {e}",
+                config.listener
+            );
+            return;
+        }
+    };
+    let (version, clean_start, keep_alive) =
+        (connect.protocol, connect.clean_start, connect.keep_alive);
+    let requested_id = connect.client_id.clone();
+    let mut client = match Client::connect(&broker, connect, Instant::now()) {
+        ConnectOutcome::Accepted(client) => client,
+        ConnectOutcome::Refused {
+            code,
+            reason,
+            connack,
+        } => {
+            log::warn!(
+                "refused client_id={requested_id:?} proto={} addr={peer} listener={}: {reason} ({code})",
+                version.name(),
+                config.listener
+            );
+            let _ = flush_with_timeout(&mut stream, &connack).await;
+            return;
+        }
+    };
+    log::info!(
+        "client connected client_id={} proto={}{} addr={peer} listener={} clean_start={clean_start} keep_alive={keep_alive}",
+        client.client_id,
+        version.name(),
+        if client.is_bridge() { " (bridge)" } else { "" },
+        config.listener
+    );
+    let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
+    let level = if close.by_client || close.code == ReasonCode::SERVER_SHUTTING_DOWN {
+        log::Level::Info
+    } else {
+        log::Level::Warn
+    };
+    log::log!(
+        level,
+        "client disconnected client_id={} addr={peer}: {} ({})",
+        client.client_id,
+        close.reason,
+        close.code
+    );
+    client.write_disconnect(&close);
+    if !client.out.is_empty() {
+        let _ = flush_with_timeout(&mut stream, &client.out).await;
+    }
+    client.connection_lost(Instant::now());
+}
+
+enum FirstPacketError {
+    Timeout,
+    Closed,
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+/// Reads until one whole packet is buffered and returns it.
+async fn read_frame<S: Stream>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<bytes::Bytes, FirstPacketError> {
+    loop {
+        if let Some(len) =
+            protocol::frame_len(rbuf, max_packet).map_err(FirstPacketError::Decode)?
+        {
+            if rbuf.len() >= len {
+                return Ok(rbuf.split_to(len).freeze());
+            }
+        }
+        let n = poll_fn(|cx| poll_read_some(stream, cx, rbuf))
+            .await
+            .map_err(FirstPacketError::Io)?;
+        if n == 0 {
+            return Err(FirstPacketError::Closed);
+        }
+    }
+}
+
+/// Reads what is available into the spare room of `rbuf`.
+fn poll_read_some<S: Stream>(
+    stream: &mut S,
+    cx: &mut std::task::Context<'_>,
+    rbuf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let start = rbuf.len();
+    rbuf.resize(start + READ_CHUNK, 0);
+    let result = Pin::new(&mut *stream).poll_read(cx, &mut rbuf[start..]);
+    let n = match &result {
+        Poll::Ready(Ok(n)) => *n,
+        _ => 0,
+    };
+    rbuf.truncate(start + n);
+    result
+}
+
+enum Event {
+    Read(usize),
+    Wrote(usize),
+    Woken,
+    Deadline,
+}
+
+/// The connected phase: returns why the connection ended.
+async fn run<S: Stream>(
+    stream: &mut S,
+    client: &mut Client,
+    mut rbuf: BytesMut,
+    version: ProtocolVersion,
+    max_packet: usize,
+) -> Close {
+    let mut deadline = client.keep_alive_deadline();
+    let mut timer = deadline.map(Timer::at);
+    // Packets that arrived together with CONNECT.
+    if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
+        return close;
+    }
+    loop {
+        let mut listener = client.wake_listener();
+        if let Err(close) = client.pump(Instant::now()) {
+            return close;
+        }
+        let event = poll_fn(|cx| {
+            if !client.out.is_empty() {
+                if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, &client.out) {
+                    return Poll::Ready(r.map(Event::Wrote));
+                }
+            }
+            if let Poll::Ready(ready) = stream.poll_readable(cx) {
+                if let Err(e) = ready {
+                    return Poll::Ready(Err(e));
+                }
+                if let Poll::Ready(r) = poll_read_some(stream, cx, &mut rbuf) {
+                    return Poll::Ready(r.map(Event::Read));
+                }
+            }
+            if Pin::new(&mut listener).poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Woken));
+            }
+            if let Some(t) = timer.as_mut() {
+                if Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Deadline));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Ok(Event::Read(0)) => {
+                return Close::new(
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    "connection closed by the client without DISCONNECT",
+                );
+            }
+            Ok(Event::Read(_)) => {
+                if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
+                    return close;
+                }
+            }
+            Ok(Event::Wrote(n)) => {
+                client.out.advance(n);
+                if client.out.is_empty() && client.out.capacity() > KEEP_WRITE_CAPACITY {
+                    client.out = BytesMut::new();
+                }
+            }
+            Ok(Event::Woken) => {}
+            Ok(Event::Deadline) => {
+                let now = Instant::now();
+                deadline = client.keep_alive_deadline();
+                match deadline {
+                    Some(d) if d <= now => {
+                        return Close::new(
+                            ReasonCode::KEEP_ALIVE_TIMEOUT,
+                            "no packet within 1.5 times the keep-alive",
+                        );
+                    }
+                    Some(d) => timer = Some(Timer::at(d)),
+                    None => timer = None,
+                }
+            }
+            Err(e) => {
+                return Close::new(
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    format!("connection error: {e}"),
+                );
+            }
+        }
+    }
+}
+
+/// Decodes and handles every whole packet in `rbuf`, then gives the buffer back if
+/// it is drained.
+fn handle_buffered(
+    client: &mut Client,
+    rbuf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet: usize,
+) -> Result<(), Close> {
+    let now = Instant::now();
+    loop {
+        match protocol::decode(rbuf, version, max_packet) {
+            Ok(Some(packet)) => client.handle(packet, now)?,
+            Ok(None) => break,
+            Err(e) => return Err(Close::new(e.code, e.what)),
+        }
+    }
+    if rbuf.is_empty() {
+        *rbuf = BytesMut::new();
+    }
+    Ok(())
+}
+
+async fn flush_with_timeout<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    }
+    .or(async {
+        Timer::after(CLOSE_FLUSH_TIMEOUT).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "flush timed out"))
+    })
+    .await
+}
