@@ -154,6 +154,14 @@ async fn read_frame<S: Stream>(
     max_packet: usize,
 ) -> Result<bytes::Bytes, FirstPacketError> {
     loop {
+        // Refuse on the first byte rather than wait for a whole frame of garbage.
+        if let Some(&first) = rbuf.first() {
+            if first != 0x10 {
+                return Err(FirstPacketError::Decode(DecodeError::protocol(format!(
+                    "first packet starts with byte {first:#04x}, not CONNECT"
+                ))));
+            }
+        }
         if let Some(len) =
             protocol::frame_len(rbuf, max_packet).map_err(FirstPacketError::Decode)?
         {

@@ -1,0 +1,108 @@
+"""The command line, the configuration file and start/stop, through the real binary."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import BIN, Broker
+from mqttraw import DISCONNECT, RawClient
+from paho_helpers import Paho
+
+
+def run(*args, cwd=None):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=10, cwd=cwd)
+
+
+def test_version_flag():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("tern ")
+
+
+def test_check_config_accepts_a_valid_file(tmp_path):
+    f = tmp_path / "ok.toml"
+    f.write_text('[node]\nname = "edge"\n[limits]\nreceive_maximum = 10\n')
+    r = run("check-config", str(f))
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_names_file_line_and_key(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('[node]\nname = "edge"\n\n[limits]\nrecieve_maximum = 10\n')
+    r = run("check-config", str(f))
+    assert r.returncode != 0
+    assert str(f) in r.stderr and "line 5" in r.stderr and "recieve_maximum" in r.stderr, r.stderr
+
+
+def test_check_config_wrong_type(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('[limits]\nmax_packet_size = "big"\n')
+    r = run("check-config", str(f))
+    assert r.returncode != 0 and "line 2" in r.stderr and "max_packet_size" in r.stderr, r.stderr
+
+
+def test_check_config_duplicate_listener_address(tmp_path):
+    f = tmp_path / "dup.toml"
+    f.write_text('[listeners.tcp]\nbind = "127.0.0.1:1999"\n[listeners.other]\ntype = "tcp"\nbind = "127.0.0.1:1999"\n')
+    r = run("check-config", str(f))
+    assert r.returncode != 0 and "tcp" in r.stderr and "other" in r.stderr, r.stderr
+
+
+def test_broken_config_refuses_to_start(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[listeners.tcp\n")
+    r = run("--config", str(f))
+    assert r.returncode != 0 and str(f) in r.stderr
+
+
+def test_port_in_use_fails_the_start_with_a_clear_error(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    f = tmp_path / "c.toml"
+    f.write_text(f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n')
+    r = run("--config", str(f))
+    assert r.returncode != 0 and "cannot bind" in r.stderr
+
+
+def test_no_config_starts_on_1883_with_defaults(tmp_path):
+    proc = subprocess.Popen([BIN], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 10
+        while "listening name=tcp" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "addr=0.0.0.0:1883" in line, line
+        c = RawClient("127.0.0.1", 1883)
+        assert c.connect("default").code == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_extra_listener_from_config(make_broker):
+    broker = make_broker('[listeners.second]\ntype = "tcp"\nbind = "127.0.0.1:0"\n')
+    m = broker.wait_for_log(r"listening name=second addr=127.0.0.1:(\d+)")
+    c = RawClient("127.0.0.1", int(m.group(1)))
+    assert c.connect("via-second").code == 0
+
+
+def test_sigterm_sends_v5_clients_0x8b_and_exits_0(broker):
+    c = RawClient(broker.host, broker.port)
+    c.connect("at-shutdown")
+    broker.proc.send_signal(signal.SIGTERM)
+    assert [p.code for p in c.closed() if p.kind == DISCONNECT] == [0x8B]
+    assert broker.proc.wait(10) == 0
+
+
+def test_connect_and_disconnect_are_logged_with_id_version_and_address(broker):
+    c = Paho(broker, "logged")
+    broker.wait_for_log(r"client connected client_id=logged proto=5.0 addr=127.0.0.1:\d+")
+    c.disconnect()
+    broker.wait_for_log(r"client disconnected client_id=logged addr=127.0.0.1:\d+")
+
+
+def test_open_file_limit_is_raised_and_logged(broker):
+    broker.wait_for_log(r"open-file limit (raised|stays)")
