@@ -165,7 +165,7 @@ impl Client {
             keep_alive = settings.max_keepalive;
             properties.server_keep_alive = Some(keep_alive);
         }
-        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry);
+        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, now);
         count(&broker.metrics.connections);
         broker
             .metrics

@@ -137,6 +137,7 @@ impl Broker {
         clean_start: bool,
         protocol: crate::protocol::ProtocolVersion,
         expiry_interval: u32,
+        now: Instant,
     ) -> Opened {
         let mut sessions = self.sessions();
         let existing = sessions.get(client_id).cloned();
@@ -144,6 +145,7 @@ impl Broker {
             let mut st = old.lock();
             if st.connected {
                 st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
+                st.generation += 1;
                 old.set_online(&mut st, false);
                 drop(st);
                 old.wake.notify(usize::MAX);
@@ -156,7 +158,7 @@ impl Broker {
                 let session = Arc::new(Session::new(client_id.into(), protocol, expiry_interval));
                 if let Some(old) = sessions.insert(session.client_id.clone(), session.clone()) {
                     drop(sessions);
-                    self.end_session(&old, Instant::now());
+                    self.end_session(&old, now);
                     sessions = self.sessions();
                 }
                 (session, false)

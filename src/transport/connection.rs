@@ -24,6 +24,12 @@ use crate::broker::{Broker, Client, Close, ConnectOutcome};
 use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
 
 const READ_CHUNK: usize = 8 * 1024;
+/// Stop reading from a client whose replies (acknowledgements) pile up unread: it gets
+/// back-pressure instead of growing our write buffer.
+const READ_PAUSE: usize = 256 * 1024;
+/// Events handled in a row before the task yields, so one busy connection cannot
+/// starve the others on its executor thread.
+const EVENTS_BEFORE_YIELD: u32 = 32;
 /// A write buffer larger than this is given back once drained.
 const KEEP_WRITE_CAPACITY: usize = 4 * 1024;
 /// How long a closing connection may take to flush its last packets.
@@ -216,7 +222,13 @@ async fn run<S: Stream>(
     if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
         return close;
     }
+    let mut busy = 0;
     loop {
+        busy += 1;
+        if busy >= EVENTS_BEFORE_YIELD {
+            busy = 0;
+            smol::future::yield_now().await;
+        }
         let mut listener = client.wake_listener();
         if let Err(close) = client.pump(Instant::now()) {
             return close;
@@ -227,7 +239,9 @@ async fn run<S: Stream>(
                     return Poll::Ready(r.map(Event::Wrote));
                 }
             }
-            if let Poll::Ready(ready) = stream.poll_readable(cx) {
+            if client.out.len() >= READ_PAUSE {
+                // Only writing (or a wake-up) can make progress now.
+            } else if let Poll::Ready(ready) = stream.poll_readable(cx) {
                 if let Err(e) = ready {
                     return Poll::Ready(Err(e));
                 }
