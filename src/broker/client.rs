@@ -67,6 +67,9 @@ pub struct Client {
     inbound_aliases: HashMap<u16, Topic>,
     outbound_aliases: HashMap<Box<str>, u16>,
     resend_inflight: bool,
+    /// A subscriber's queue this client's messages are filling: read no more from the
+    /// client until it drains (or stalls).
+    backpressure: Option<Arc<Session>>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -199,6 +202,7 @@ impl Client {
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
             resend_inflight: opened.present,
+            backpressure: None,
             out: BytesMut::new(),
         };
         let connack = ConnAck {
@@ -222,6 +226,19 @@ impl Client {
     /// or a reason to close. Take it before [`Client::pump`] so no wake-up is missed.
     pub fn wake_listener(&self) -> event_listener::EventListener {
         self.session.wake.listen()
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        self.broker.settings.stall_timeout
+    }
+
+    pub fn has_backpressure(&self) -> bool {
+        self.backpressure.is_some()
+    }
+
+    /// The session this client must wait for before more of its packets are read.
+    pub fn take_backpressure(&mut self) -> Option<Arc<Session>> {
+        self.backpressure.take()
     }
 
     pub fn is_bridge(&self) -> bool {
@@ -335,8 +352,11 @@ impl Client {
             st.inbound_qos2.push(packet_id);
         }
         let message = Message::from_publish(p, Some(self.client_id.clone()), now);
-        let reached = self.broker.publish(message, now);
-        let code = if reached == 0 && self.v5() {
+        let routed = self.broker.publish(message, now);
+        if self.backpressure.is_none() {
+            self.backpressure = routed.pressure;
+        }
+        let code = if routed.reached == 0 && self.v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
@@ -542,6 +562,9 @@ impl Client {
                 break;
             }
             let delivery = st.pop_queued().expect("front exists");
+            if st.take_drained() {
+                session.drained.notify(usize::MAX);
+            }
             if delivery.message.is_expired(now) {
                 count(&self.broker.metrics.dropped_expired);
                 continue;

@@ -39,6 +39,9 @@ pub struct Settings {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub allow_anonymous: bool,
+    /// How long publishers are held back for a subscriber that does not drain its
+    /// queue before it counts as stalled and the overload rules apply to it.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -47,12 +50,13 @@ impl Default for Settings {
             node_name: "tern1".into(),
             max_keepalive: 65535,
             receive_maximum: 32,
-            max_inflight: 32,
+            max_inflight: 256,
             max_packet_size: 1_048_576,
             topic_alias_maximum: 16,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             allow_anonymous: true,
+            stall_timeout: Duration::from_millis(1000),
         }
     }
 }
@@ -67,7 +71,6 @@ pub struct Metrics {
     pub dropped_queue_full: AtomicU64,
     pub dropped_too_large: AtomicU64,
     pub dropped_expired: AtomicU64,
-    pub disconnected_quota_exceeded: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -81,6 +84,14 @@ pub struct Broker {
     router: RwLock<Router>,
     retained: RwLock<Retained>,
     shutting_down: AtomicBool,
+}
+
+/// Where a publish went.
+#[derive(Default)]
+pub struct Routed {
+    pub reached: usize,
+    /// A session whose queue passed its high-water mark.
+    pub pressure: Option<Arc<Session>>,
 }
 
 /// What opening a session found.
@@ -265,9 +276,10 @@ impl Broker {
             .matching(filter, now)
     }
 
-    /// Routes a message to every matching subscription; returns how many sessions it
-    /// reached, so a v5 publisher can be told 0x10 (no matching subscribers).
-    pub fn publish(&self, message: Message, _now: Instant) -> usize {
+    /// Routes a message to every matching subscription: how many sessions it reached
+    /// (a v5 publisher is told 0x10 when none), and a session whose queue is filling
+    /// up, which the publisher should wait for before sending more.
+    pub fn publish(&self, message: Message, _now: Instant) -> Routed {
         count(&self.metrics.messages_received);
         let message = Arc::new(message);
         if message.retain {
@@ -281,13 +293,13 @@ impl Broker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .matches(message.topic.as_str(), &mut matches);
+        let mut routed = Routed::default();
         if matches.is_empty() {
-            return 0;
+            return routed;
         }
         // One delivery per session however many of its subscriptions matched
         // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
         matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(&m.session)));
-        let mut reached = 0;
         let mut i = 0;
         while i < matches.len() {
             let first = &matches[i];
@@ -300,26 +312,24 @@ impl Broker {
                 j += 1;
             }
             if let Some(delivery) = merge(&message, &matches[i..j]) {
-                self.enqueue(&first.session, delivery);
-                reached += 1;
+                if self.enqueue(&first.session, delivery) && routed.pressure.is_none() {
+                    routed.pressure = Some(first.session.clone());
+                }
+                routed.reached += 1;
             }
             i = j;
         }
-        reached
+        routed
     }
 
-    fn enqueue(&self, session: &Session, delivery: Delivery) {
+    /// Queues a delivery; true when the session asks its publishers to wait.
+    fn enqueue(&self, session: &Session, delivery: Delivery) -> bool {
         match session.deliver(delivery, &self.queue_limits()) {
-            Enqueued::Queued { .. } => {}
+            Enqueued::Queued { pressure, .. } => return pressure,
             Enqueued::Dropped => count(&self.metrics.dropped_queue_full),
-            Enqueued::Overflow => {
-                count(&self.metrics.disconnected_quota_exceeded);
-                log::warn!(
-                    "queue full for clean session client_id={}: disconnecting it with 0x97 (quota exceeded)",
-                    session.client_id
-                );
-            }
+            Enqueued::Overflow => count(&self.metrics.dropped_queue_full),
         }
+        false
     }
 
     /// Publishes wills whose delay is over and ends sessions past their expiry.

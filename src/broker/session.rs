@@ -24,6 +24,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wakes the owning connection: messages queued, or the session taken over.
     pub wake: Event,
+    /// Wakes publishers held back by this session's full queue once it has drained.
+    pub drained: Event,
     /// Mirrors `state.connected` without the lock, for choosing shared-subscription members.
     online: AtomicBool,
 }
@@ -34,6 +36,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(protocol, expiry)),
             wake: Event::new(),
+            drained: Event::new(),
             online: AtomicBool::new(false),
         }
     }
@@ -52,6 +55,28 @@ impl Session {
     pub fn set_online(&self, state: &mut SessionState, online: bool) {
         state.connected = online;
         self.online.store(online, Ordering::Relaxed);
+        if !online {
+            // Nobody drains an offline session: publishers must not wait for it.
+            state.pressured = false;
+            self.drained.notify(usize::MAX);
+        }
+    }
+
+    /// Whether publishers should still wait for this session to drain.
+    pub fn is_pressured(&self) -> bool {
+        self.lock().pressured
+    }
+
+    /// A publisher waited out the stall timeout: stop holding publishers back for this
+    /// session until it drains; meanwhile the overload rules apply to it.
+    pub fn mark_stalled(&self) -> bool {
+        let mut st = self.lock();
+        let newly = !st.stalled;
+        st.stalled = true;
+        st.pressured = false;
+        drop(st);
+        self.drained.notify(usize::MAX);
+        newly
     }
 
     /// Queues a delivery and wakes the connection if it was idle.
@@ -59,7 +84,10 @@ impl Session {
         let outcome = self.lock().enqueue(delivery, limits);
         if matches!(
             outcome,
-            Enqueued::Queued { was_empty: true } | Enqueued::Overflow
+            Enqueued::Queued {
+                was_empty: true,
+                ..
+            } | Enqueued::Overflow
         ) {
             self.wake.notify(usize::MAX);
         }
@@ -75,9 +103,9 @@ pub struct QueueLimits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    Queued {
-        was_empty: bool,
-    },
+    /// `pressure`: the queue is past half its limit, so the publisher should pause
+    /// until it drains (back-pressure) rather than push it over the edge.
+    Queued { was_empty: bool, pressure: bool },
     /// QoS 0 to a full queue, or to a session that is offline: dropped and counted.
     Dropped,
     /// QoS 1/2 to a full queue of a session that made no durability promise: its
@@ -129,6 +157,11 @@ pub struct SessionState {
     /// A will waiting for its delay (or the session's end) before it is published.
     pub pending_will: Option<(Message, Instant)>,
     pub dropped_messages: u64,
+    /// The queue passed its high-water mark; publishers are waiting on `drained`.
+    pub pressured: bool,
+    /// The session did not drain within the stall timeout: publishers no longer wait.
+    pub stalled: bool,
+    high_water: (usize, usize),
 }
 
 impl SessionState {
@@ -148,6 +181,9 @@ impl SessionState {
             next_packet_id: 0,
             pending_will: None,
             dropped_messages: 0,
+            pressured: false,
+            stalled: false,
+            high_water: (usize::MAX, usize::MAX),
         }
     }
 
@@ -174,7 +210,30 @@ impl SessionState {
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         self.queue.push_back(delivery);
-        Enqueued::Queued { was_empty }
+        self.high_water = (limits.max_queued_messages / 2, limits.max_queued_bytes / 2);
+        let pressure = self.connected
+            && !self.stalled
+            && (self.queue.len() >= self.high_water.0 || self.queued_bytes >= self.high_water.1);
+        self.pressured |= pressure;
+        Enqueued::Queued {
+            was_empty,
+            pressure,
+        }
+    }
+
+    /// True once when the queue has drained to half its high-water mark after being
+    /// pressured or stalled: the caller wakes waiting publishers.
+    pub fn take_drained(&mut self) -> bool {
+        let (messages, bytes) = self.high_water;
+        if (self.pressured || self.stalled)
+            && self.queue.len() <= messages / 2
+            && self.queued_bytes <= bytes / 2
+        {
+            self.pressured = false;
+            self.stalled = false;
+            return true;
+        }
+        false
     }
 
     pub fn pop_queued(&mut self) -> Option<Delivery> {
@@ -234,11 +293,17 @@ mod tests {
         s.set_online(&mut s.lock(), true);
         assert_eq!(
             s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
-            Enqueued::Queued { was_empty: true }
+            Enqueued::Queued {
+                was_empty: true,
+                pressure: true
+            }
         );
         assert_eq!(
             s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
-            Enqueued::Queued { was_empty: false }
+            Enqueued::Queued {
+                was_empty: false,
+                pressure: true
+            }
         );
         assert_eq!(
             s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
@@ -260,7 +325,10 @@ mod tests {
         );
         assert_eq!(
             s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
-            Enqueued::Queued { was_empty: true }
+            Enqueued::Queued {
+                was_empty: true,
+                pressure: false
+            }
         );
     }
 

@@ -78,6 +78,8 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// Milliseconds publishers are held back for a subscriber that does not drain.
+    pub stall_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +122,7 @@ impl Default for Limits {
             max_queued_messages: s.max_queued_messages,
             max_queued_bytes: s.max_queued_bytes,
             connect_timeout: 10,
+            stall_timeout_ms: s.stall_timeout.as_millis() as u64,
         }
     }
 }
@@ -310,6 +313,7 @@ impl Config {
             max_queued_messages: l.max_queued_messages,
             max_queued_bytes: l.max_queued_bytes,
             allow_anonymous: self.auth.allow_anonymous,
+            stall_timeout: Duration::from_millis(l.stall_timeout_ms),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! keep-alive deadline. Buffers are allocated when there is data and given back when
 //! drained, so an idle connection holds almost nothing.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -20,18 +21,18 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
+use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
 use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use event_listener::EventListener;
 
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// Stop reading from a client whose replies (acknowledgements) pile up unread: it gets
 /// back-pressure instead of growing our write buffer.
 const READ_PAUSE: usize = 256 * 1024;
 /// Events handled in a row before the task yields, so one busy connection cannot
 /// starve the others on its executor thread.
 const EVENTS_BEFORE_YIELD: u32 = 32;
-/// A write buffer larger than this is given back once drained.
-const KEEP_WRITE_CAPACITY: usize = 4 * 1024;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -127,14 +128,16 @@ pub async fn serve<S: Stream>(
         config.listener
     );
     let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
-    let level = if close.by_client || close.code == ReasonCode::SERVER_SHUTTING_DOWN {
-        log::Level::Info
-    } else {
-        log::Level::Warn
-    };
+    let level =
+        if close.code.is_error() && !close.by_client && close.code != ReasonCode::UNSPECIFIED_ERROR
+        {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
     log::log!(
         level,
-        "client disconnected client_id={} addr={peer}: {} ({})",
+        "client disconnected client_id={} addr={peer}: {} (reason code {})",
         client.client_id,
         close.reason,
         close.code
@@ -184,21 +187,26 @@ async fn read_frame<S: Stream>(
     }
 }
 
-/// Reads what is available into the spare room of `rbuf`.
+thread_local! {
+    /// Each executor thread reads into one scratch buffer and copies out exactly what
+    /// arrived, so a connection holds no read buffer while it waits.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Reads what is available and appends it to `rbuf`.
 fn poll_read_some<S: Stream>(
     stream: &mut S,
     cx: &mut std::task::Context<'_>,
     rbuf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    let start = rbuf.len();
-    rbuf.resize(start + READ_CHUNK, 0);
-    let result = Pin::new(&mut *stream).poll_read(cx, &mut rbuf[start..]);
-    let n = match &result {
-        Poll::Ready(Ok(n)) => *n,
-        _ => 0,
-    };
-    rbuf.truncate(start + n);
-    result
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let result = Pin::new(&mut *stream).poll_read(cx, &mut scratch);
+        if let Poll::Ready(Ok(n)) = result {
+            rbuf.extend_from_slice(&scratch[..n]);
+        }
+        result
+    })
 }
 
 enum Event {
@@ -206,6 +214,30 @@ enum Event {
     Wrote(usize),
     Woken,
     Deadline,
+    Drained,
+    Stalled,
+}
+
+/// A publisher held back until a subscriber's queue drains, or the stall timeout.
+struct Pressure {
+    session: Arc<Session>,
+    drained: EventListener,
+    timeout: Timer,
+}
+
+impl Pressure {
+    /// `None` when the session has drained already.
+    fn new(session: Arc<Session>, stall_timeout: Duration) -> Option<Pressure> {
+        let drained = session.drained.listen();
+        if !session.is_pressured() {
+            return None;
+        }
+        Some(Pressure {
+            session,
+            drained,
+            timeout: Timer::after(stall_timeout),
+        })
+    }
 }
 
 /// The connected phase: returns why the connection ended.
@@ -222,6 +254,8 @@ async fn run<S: Stream>(
     if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
         return close;
     }
+    let stall_timeout = client.stall_timeout();
+    let mut pressure: Option<Pressure> = None;
     let mut busy = 0;
     loop {
         busy += 1;
@@ -233,20 +267,39 @@ async fn run<S: Stream>(
         if let Err(close) = client.pump(Instant::now()) {
             return close;
         }
+        if pressure.is_none() {
+            if let Some(session) = client.take_backpressure() {
+                pressure = Pressure::new(session, stall_timeout);
+                if pressure.is_none() {
+                    // Drained already: carry on with what is buffered.
+                    if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
+                        return close;
+                    }
+                    continue;
+                }
+            }
+        }
         let event = poll_fn(|cx| {
             if !client.out.is_empty() {
                 if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, &client.out) {
                     return Poll::Ready(r.map(Event::Wrote));
                 }
             }
-            if client.out.len() >= READ_PAUSE {
-                // Only writing (or a wake-up) can make progress now.
-            } else if let Poll::Ready(ready) = stream.poll_readable(cx) {
-                if let Err(e) = ready {
-                    return Poll::Ready(Err(e));
+            if let Some(p) = pressure.as_mut() {
+                if Pin::new(&mut p.drained).poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Drained));
                 }
-                if let Poll::Ready(r) = poll_read_some(stream, cx, &mut rbuf) {
-                    return Poll::Ready(r.map(Event::Read));
+                if Pin::new(&mut p.timeout).poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Stalled));
+                }
+            } else if client.out.len() < READ_PAUSE {
+                if let Poll::Ready(ready) = stream.poll_readable(cx) {
+                    if let Err(e) = ready {
+                        return Poll::Ready(Err(e));
+                    }
+                    if let Poll::Ready(r) = poll_read_some(stream, cx, &mut rbuf) {
+                        return Poll::Ready(r.map(Event::Read));
+                    }
                 }
             }
             if Pin::new(&mut listener).poll(cx).is_ready() {
@@ -274,11 +327,32 @@ async fn run<S: Stream>(
             }
             Ok(Event::Wrote(n)) => {
                 client.out.advance(n);
-                if client.out.is_empty() && client.out.capacity() > KEEP_WRITE_CAPACITY {
+                if client.out.is_empty() {
+                    // Give the buffer back: an idle connection should hold nothing.
                     client.out = BytesMut::new();
                 }
             }
             Ok(Event::Woken) => {}
+            Ok(Event::Drained) => {
+                pressure = None;
+                if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
+                    return close;
+                }
+            }
+            Ok(Event::Stalled) => {
+                if let Some(p) = pressure.take() {
+                    if p.session.mark_stalled() {
+                        log::warn!(
+                            "subscriber client_id={} has not drained its queue for {stall_timeout:?}: \
+                             no longer holding publishers back for it",
+                            p.session.client_id
+                        );
+                    }
+                }
+                if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
+                    return close;
+                }
+            }
             Ok(Event::Deadline) => {
                 let now = Instant::now();
                 deadline = client.keep_alive_deadline();
@@ -313,6 +387,10 @@ fn handle_buffered(
 ) -> Result<(), Close> {
     let now = Instant::now();
     loop {
+        if client.has_backpressure() {
+            // Leave the rest buffered until the subscriber it feeds has drained.
+            return Ok(());
+        }
         match protocol::decode(rbuf, version, max_packet) {
             Ok(Some(packet)) => client.handle(packet, now)?,
             Ok(None) => break,

@@ -1,0 +1,577 @@
+//! The benchmark scenarios. Each one connects its clients, runs for a fixed time while
+//! sampling the broker's CPU and memory and its own CPU, drains, and returns one line of
+//! `key=value` figures.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use smol::future::FutureExt;
+use smol::io::AsyncWriteExt;
+use smol::{Executor, Timer};
+use tern::protocol::QoS;
+
+use crate::client::{Conn, PUBACK, PUBLISH, puback_packet, publish_packet};
+use crate::proc::{CpuWindow, PeakRss, rss_kib};
+
+pub type Line = Vec<(&'static str, String)>;
+type Result<T> = std::io::Result<T>;
+
+pub struct Opts {
+    pub addr: SocketAddr,
+    pub broker_pid: String,
+    pub duration: Duration,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub window: u64,
+    pub connections: usize,
+}
+
+const PAYLOAD: usize = 64;
+
+fn payload() -> [u8; PAYLOAD] {
+    [b'x'; PAYLOAD]
+}
+
+fn counter() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
+}
+
+fn flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+/// Waits until `received` stops growing for `quiet` or reaches `target`.
+async fn drain(received: &AtomicU64, target: u64, quiet: Duration) {
+    let mut last = received.load(Ordering::Relaxed);
+    let mut since = Instant::now();
+    while received.load(Ordering::Relaxed) < target {
+        Timer::after(Duration::from_millis(10)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() > quiet {
+            break;
+        }
+    }
+}
+
+/// A subscriber task: counts PUBLISH packets, acknowledges QoS 1 in batches, and
+/// records latencies from the timestamp in the payload when `epoch` is given.
+fn spawn_subscriber(
+    ex: &Executor<'static>,
+    mut conn: Conn,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    epoch: Option<Instant>,
+) -> smol::Task<Vec<u64>> {
+    ex.spawn(async move {
+        let mut acks = BytesMut::new();
+        let mut latencies = Vec::new();
+        loop {
+            let read = conn
+                .read_frames(|f| {
+                    if f.kind == PUBLISH {
+                        let (id, body) = f.publish();
+                        if id != 0 {
+                            puback_packet(id, &mut acks);
+                        }
+                        if let Some(epoch) = epoch {
+                            let sent = u64::from_be_bytes(body[..8].try_into().unwrap());
+                            latencies
+                                .push((epoch.elapsed().as_nanos() as u64).saturating_sub(sent));
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .or(async {
+                    Timer::after(Duration::from_millis(200)).await;
+                    Ok(0)
+                })
+                .await;
+            if !acks.is_empty() {
+                if conn.stream.write_all(&acks).await.is_err() {
+                    break;
+                }
+                acks.clear();
+            }
+            if read.is_err() || (stop.load(Ordering::Relaxed) && matches!(read, Ok(0))) {
+                break;
+            }
+        }
+        latencies
+    })
+}
+
+fn figures(line: &mut Line, cpu: &CpuWindow, peak: PeakRss) {
+    let (broker_cpu, gen_cpu) = cpu.finish();
+    line.push(("broker_cpu", format!("{broker_cpu:.0}")));
+    line.push(("gen_cpu", format!("{gen_cpu:.0}")));
+    line.push(("peak_rss_kb", peak.finish().to_string()));
+}
+
+/// `publishers` clients publish to `bench/N` as fast as a window of `window` messages
+/// ahead of the subscriber (QoS 0) or of the broker's PUBACKs (QoS 1) allows; one
+/// subscriber on `bench/#` receives.
+pub async fn fan_in(ex: &Executor<'static>, o: &Opts, qos: QoS) -> Result<Line> {
+    let mut sub = Conn::open(o.addr, "bench-sub", 60).await?;
+    sub.subscribe("bench/#", qos).await?;
+    let (received, sent, stop, sub_stop) = (counter(), counter(), flag(), flag());
+    let sub_task = spawn_subscriber(ex, sub, received.clone(), sub_stop.clone(), None);
+    let mut pubs = Vec::new();
+    for i in 0..o.publishers {
+        let conn = Conn::open(o.addr, &format!("bench-pub-{i}"), 60).await?;
+        let (received, sent, stop) = (received.clone(), sent.clone(), stop.clone());
+        let window = o.window;
+        let topic = format!("bench/{i}");
+        pubs.push(ex.spawn(async move {
+            match qos {
+                QoS::AtMostOnce => {
+                    publish_qos0(conn, &topic, window, &sent, &received, &stop).await
+                }
+                _ => publish_qos1(conn, &topic, window, None, &sent, &stop).await,
+            }
+        }));
+    }
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let peak = PeakRss::start(&o.broker_pid);
+    Timer::after(o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let in_window = received.load(Ordering::Relaxed);
+    let mut line: Line = vec![(
+        "rate",
+        format!("{:.0}", in_window as f64 / o.duration.as_secs_f64()),
+    )];
+    figures(&mut line, &cpu, peak);
+    for p in pubs {
+        p.await?;
+    }
+    let total = sent.load(Ordering::Relaxed);
+    drain(&received, total, Duration::from_secs(2)).await;
+    sub_stop.store(true, Ordering::Relaxed);
+    sub_task.await;
+    let got = received.load(Ordering::Relaxed);
+    line.push(("sent", total.to_string()));
+    line.push(("received", got.to_string()));
+    line.push(("loss", total.saturating_sub(got).to_string()));
+    Ok(line)
+}
+
+/// Publishes QoS 0 in pre-encoded 64 KiB batches, staying at most `window` messages
+/// ahead of what the subscribers have received in all.
+async fn publish_qos0(
+    mut conn: Conn,
+    topic: &str,
+    window: u64,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut one = BytesMut::new();
+    publish_packet(topic, QoS::AtMostOnce, 0, &payload(), &mut one);
+    let per_batch = (window / 4).clamp(1, (64 * 1024 / one.len()) as u64);
+    let batch: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * per_batch as usize)
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        if sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(received.load(Ordering::Relaxed))
+            + per_batch
+            > window
+        {
+            Timer::after(Duration::from_micros(100)).await;
+            continue;
+        }
+        conn.stream.write_all(&batch).await?;
+        sent.fetch_add(per_batch, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Publishes QoS 1 keeping `window` messages unacknowledged, optionally paced to
+/// `rate` messages a second; `acked` counts what the broker acknowledged.
+async fn publish_qos1(
+    mut conn: Conn,
+    topic: &str,
+    window: u64,
+    rate: Option<f64>,
+    acked: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut next_id: u16 = 0;
+    let mut inflight = 0u64;
+    let mut sent = 0u64;
+    let mut out = BytesMut::new();
+    let pay = payload();
+    loop {
+        let allowed = match rate {
+            Some(r) => (start.elapsed().as_secs_f64() * r) as u64,
+            None => u64::MAX,
+        };
+        out.clear();
+        while !stop.load(Ordering::Relaxed) && inflight < window && sent < allowed {
+            next_id = next_id.checked_add(1).unwrap_or(1);
+            publish_packet(topic, QoS::AtLeastOnce, next_id, &pay, &mut out);
+            inflight += 1;
+            sent += 1;
+        }
+        if !out.is_empty() {
+            conn.stream.write_all(&out).await?;
+        }
+        if inflight == 0 {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            Timer::after(Duration::from_micros(200)).await;
+            continue;
+        }
+        let mut acks = 0;
+        let read = conn
+            .read_frames(|f| {
+                if f.kind == PUBACK {
+                    acks += 1;
+                }
+            })
+            .or(async {
+                Timer::after(Duration::from_millis(if rate.is_some() { 1 } else { 2000 })).await;
+                Ok(0)
+            })
+            .await?;
+        if read == 0 && rate.is_none() {
+            return Err(std::io::Error::other("no PUBACK within 2 s"));
+        }
+        inflight -= acks;
+        acked.fetch_add(acks, Ordering::Relaxed);
+    }
+}
+
+/// Raises the offered QoS 1 rate step by step; each step reports what the broker
+/// acknowledged and what reached the subscriber. The lossless rate is the highest
+/// delivered rate of a step where every acknowledged message arrived.
+pub async fn qos1_sweep(ex: &Executor<'static>, o: &Opts, rates: &[f64]) -> Result<Line> {
+    let mut best = 0.0f64;
+    let mut first_loss = None;
+    let mut steps = Vec::new();
+    let mut peak_rss = 0;
+    let (mut broker_cpu, mut gen_cpu) = (0.0f64, 0.0f64);
+    for &rate in rates {
+        let mut sub = Conn::open(o.addr, "sweep-sub", 60).await?;
+        sub.subscribe("sweep/#", QoS::AtLeastOnce).await?;
+        let (received, acked, stop, sub_stop) = (counter(), counter(), flag(), flag());
+        let sub_task = spawn_subscriber(ex, sub, received.clone(), sub_stop.clone(), None);
+        let mut pubs = Vec::new();
+        for i in 0..o.publishers {
+            let conn = Conn::open(o.addr, &format!("sweep-pub-{i}"), 60).await?;
+            let (acked, stop) = (acked.clone(), stop.clone());
+            let per = rate / o.publishers as f64;
+            let window = o.window;
+            pubs.push(ex.spawn(async move {
+                publish_qos1(
+                    conn,
+                    &format!("sweep/{i}"),
+                    window,
+                    Some(per),
+                    &acked,
+                    &stop,
+                )
+                .await
+            }));
+        }
+        let cpu = CpuWindow::start(&o.broker_pid);
+        let peak = PeakRss::start(&o.broker_pid);
+        Timer::after(o.duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let (b, g) = cpu.finish();
+        for p in pubs {
+            p.await?;
+        }
+        let total = acked.load(Ordering::Relaxed);
+        drain(&received, total, Duration::from_secs(2)).await;
+        sub_stop.store(true, Ordering::Relaxed);
+        sub_task.await;
+        peak_rss = peak_rss.max(peak.finish());
+        let got = received.load(Ordering::Relaxed);
+        let loss = total.saturating_sub(got);
+        let delivered = got as f64 / o.duration.as_secs_f64();
+        steps.push(format!("{rate:.0}:{delivered:.0}:{loss}"));
+        if loss == 0 {
+            if delivered > best {
+                best = delivered;
+                broker_cpu = b;
+                gen_cpu = g;
+            }
+        } else if first_loss.is_none() {
+            first_loss = Some(rate);
+        }
+        if loss > 0 || delivered < 0.8 * rate {
+            break;
+        }
+    }
+    Ok(vec![
+        ("rate", format!("{best:.0}")),
+        (
+            "first_loss_offered",
+            first_loss.map_or("none".into(), |r| format!("{r:.0}")),
+        ),
+        ("steps", steps.join(",")),
+        ("broker_cpu", format!("{broker_cpu:.0}")),
+        ("gen_cpu", format!("{gen_cpu:.0}")),
+        ("peak_rss_kb", peak_rss.to_string()),
+    ])
+}
+
+/// One publisher to `subscribers` subscribers of the same topic, QoS 0, at most
+/// `window` messages ahead of the slowest subscriber.
+pub async fn fan_out(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let (stop, sub_stop) = (flag(), flag());
+    let mut counters = Vec::new();
+    let mut subs = Vec::new();
+    for i in 0..o.subscribers {
+        let mut conn = Conn::open(o.addr, &format!("fan-sub-{i}"), 60).await?;
+        conn.subscribe("fan/t", QoS::AtMostOnce).await?;
+        let received = counter();
+        subs.push(spawn_subscriber(
+            ex,
+            conn,
+            received.clone(),
+            sub_stop.clone(),
+            None,
+        ));
+        counters.push(received);
+    }
+    let slowest = {
+        let counters = counters.clone();
+        move || {
+            counters
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0)
+        }
+    };
+    let total = {
+        let counters = counters.clone();
+        move || {
+            counters
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>()
+        }
+    };
+    let mut conn = Conn::open(o.addr, "fan-pub", 60).await?;
+    let sent = counter();
+    let publisher = {
+        let (sent, stop, slowest) = (sent.clone(), stop.clone(), slowest.clone());
+        let window = o.window;
+        ex.spawn(async move {
+            let mut one = BytesMut::new();
+            publish_packet("fan/t", QoS::AtMostOnce, 0, &payload(), &mut one);
+            let per_batch = (window / 4).clamp(1, 64);
+            let batch: Vec<u8> = one
+                .iter()
+                .copied()
+                .cycle()
+                .take(one.len() * per_batch as usize)
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                if sent.load(Ordering::Relaxed).saturating_sub(slowest()) + per_batch > window {
+                    Timer::after(Duration::from_micros(100)).await;
+                    continue;
+                }
+                conn.stream.write_all(&batch).await?;
+                sent.fetch_add(per_batch, Ordering::Relaxed);
+            }
+            Result::Ok(())
+        })
+    };
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let peak = PeakRss::start(&o.broker_pid);
+    let before = total();
+    Timer::after(o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let in_window = total() - before;
+    let mut line: Line = vec![(
+        "rate",
+        format!("{:.0}", in_window as f64 / o.duration.as_secs_f64()),
+    )];
+    figures(&mut line, &cpu, peak);
+    publisher.await?;
+    let expected = sent.load(Ordering::Relaxed) * o.subscribers as u64;
+    let all = counter();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while total() < expected && Instant::now() < deadline {
+        Timer::after(Duration::from_millis(10)).await;
+    }
+    all.store(total(), Ordering::Relaxed);
+    sub_stop.store(true, Ordering::Relaxed);
+    for s in subs {
+        s.await;
+    }
+    line.push(("sent", sent.load(Ordering::Relaxed).to_string()));
+    line.push((
+        "loss",
+        expected
+            .saturating_sub(all.load(Ordering::Relaxed))
+            .to_string(),
+    ));
+    Ok(line)
+}
+
+/// QoS 1 at a fixed rate from one publisher to one subscriber; latency from the
+/// send time carried in each payload.
+pub async fn latency(ex: &Executor<'static>, o: &Opts, rate: f64) -> Result<Line> {
+    let epoch = Instant::now();
+    let mut sub = Conn::open(o.addr, "lat-sub", 60).await?;
+    sub.subscribe("lat/t", QoS::AtLeastOnce).await?;
+    let (received, sub_stop) = (counter(), flag());
+    let sub_task = spawn_subscriber(ex, sub, received.clone(), sub_stop.clone(), Some(epoch));
+    let mut conn = Conn::open(o.addr, "lat-pub", 60).await?;
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let peak = PeakRss::start(&o.broker_pid);
+    let sent = counter();
+    let publisher = {
+        let sent = sent.clone();
+        let duration = o.duration;
+        ex.spawn(async move {
+            let start = Instant::now();
+            let mut id: u16 = 0;
+            let mut out = BytesMut::new();
+            let mut acks = 0u64;
+            let mut n = 0u64;
+            while start.elapsed() < duration {
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                out.clear();
+                while n < due {
+                    id = id.checked_add(1).unwrap_or(1);
+                    let mut pay = payload();
+                    pay[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                    publish_packet("lat/t", QoS::AtLeastOnce, id, &pay, &mut out);
+                    n += 1;
+                }
+                if !out.is_empty() {
+                    conn.stream.write_all(&out).await?;
+                }
+                // Read acknowledgements without waiting past the next send time.
+                let _ = conn
+                    .read_frames(|f| acks += u64::from(f.kind == PUBACK))
+                    .or(async {
+                        Timer::after(Duration::from_micros(200)).await;
+                        Ok(0)
+                    })
+                    .await?;
+            }
+            sent.store(n, Ordering::Relaxed);
+            Result::Ok(())
+        })
+    };
+    publisher.await?;
+    let mut line: Line = Vec::new();
+    let total = sent.load(Ordering::Relaxed);
+    drain(&received, total, Duration::from_secs(2)).await;
+    figures(&mut line, &cpu, peak);
+    sub_stop.store(true, Ordering::Relaxed);
+    let mut lat = sub_task.await;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    line.insert(0, ("p50_us", format!("{:.1}", pct(0.50) as f64 / 1000.0)));
+    line.insert(1, ("p99_us", format!("{:.1}", pct(0.99) as f64 / 1000.0)));
+    line.insert(2, ("p999_us", format!("{:.1}", pct(0.999) as f64 / 1000.0)));
+    line.push(("sent", total.to_string()));
+    line.push((
+        "loss",
+        total
+            .saturating_sub(received.load(Ordering::Relaxed))
+            .to_string(),
+    ));
+    Ok(line)
+}
+
+/// `connections` idle clients (keep-alive 60, one subscription each), opened with at
+/// most 64 handshakes in flight: the connect rate and the broker's RSS per connection.
+pub async fn connections(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let rss_before = rss_kib(&o.broker_pid);
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let start = Instant::now();
+    let next = counter();
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (next, n, addr) = (next.clone(), o.connections as u64, o.addr);
+        workers.push(ex.spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Result::Ok(held);
+                }
+                let mut c = Conn::open(addr, &format!("idle-{i}"), 60).await?;
+                c.subscribe(&format!("idle/{i}"), QoS::AtLeastOnce).await?;
+                held.push(c);
+            }
+        }));
+    }
+    let mut held = Vec::new();
+    for w in workers {
+        held.extend(w.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (broker_cpu, gen_cpu) = cpu.finish();
+    Timer::after(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(&o.broker_pid);
+    let per_conn = (rss_after.saturating_sub(rss_before) * 1024) as f64 / held.len().max(1) as f64;
+    let line = vec![
+        ("rate", format!("{:.0}", held.len() as f64 / elapsed)),
+        ("connections", held.len().to_string()),
+        ("rss_per_conn_bytes", format!("{per_conn:.0}")),
+        ("rss_kb", rss_after.to_string()),
+        ("broker_cpu", format!("{broker_cpu:.0}")),
+        ("gen_cpu", format!("{gen_cpu:.0}")),
+        ("peak_rss_kb", rss_after.to_string()),
+    ];
+    drop(held);
+    Ok(line)
+}
+
+/// Starts `command`, then connects as soon as it accepts: time from exec to CONNACK.
+pub fn startup(addr: SocketAddr, command: &[String]) -> Result<Line> {
+    let start = Instant::now();
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = smol::block_on(async {
+        loop {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(std::io::Error::other("no CONNACK within 10 s"));
+            }
+            match Conn::open(addr, "startup", 60).await {
+                Ok(_) => return Ok(start.elapsed()),
+                Err(_) => Timer::after(Duration::from_micros(100)).await,
+            };
+        }
+    });
+    let pid = child.id().to_string();
+    let idle = rss_kib(&pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let elapsed = result?;
+    Ok(vec![
+        (
+            "startup_ms",
+            format!("{:.2}", elapsed.as_secs_f64() * 1000.0),
+        ),
+        ("rss_at_start_kb", idle.to_string()),
+    ])
+}
