@@ -59,7 +59,7 @@ pub struct Client {
     keep_alive: Option<Duration>,
     last_received: Instant,
     bridge: bool,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     session_expiry_at_connect: u32,
     peer_receive_maximum: usize,
     peer_max_packet_size: usize,
@@ -191,7 +191,7 @@ impl Client {
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
             last_received: now,
             bridge: connect.bridge,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             session_expiry_at_connect: expiry,
             peer_receive_maximum: match v {
                 ProtocolVersion::V5 => usize::from(cp.receive_maximum.unwrap_or(u16::MAX)),
@@ -443,12 +443,7 @@ impl Client {
                 options.retain_as_published = true;
             }
             let subscription = Subscription { options, id };
-            let existed = self
-                .session
-                .lock()
-                .subscriptions
-                .insert(filter.clone(), subscription)
-                .is_some();
+            let existed = self.session.lock().add_subscription(&filter, subscription);
             self.broker.subscribe(&self.session, &filter, subscription);
             codes.push(ReasonCode(options.qos as u8));
             let send_retained = match options.retain_handling {
@@ -483,7 +478,7 @@ impl Client {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
-            let existed = self.session.lock().subscriptions.remove(filter).is_some();
+            let existed = self.session.lock().remove_subscription(filter);
             if existed {
                 self.broker.unsubscribe(&self.session, filter);
             }
@@ -675,13 +670,13 @@ impl Client {
             .unwrap_or(0);
         let session_ended = !broker.is_current(&self.session);
         if let Some(will) = self.will {
-            let message = Message::from_will(will, Some(self.client_id.clone()), now);
+            let message = Message::from_will(*will, Some(self.client_id.clone()), now);
             if will_delay == 0 || session_ended {
                 broker.publish(message, now);
             } else if !taken_over {
                 let expiry = self.session.lock().expiry_interval;
                 let delay = Duration::from_secs(u64::from(will_delay.min(expiry)));
-                self.session.lock().pending_will = Some((message, now + delay));
+                self.session.lock().pending_will = Some(Box::new((message, now + delay)));
             }
         }
         if !taken_over && self.session.lock().expiry_interval == 0 {

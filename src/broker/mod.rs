@@ -219,8 +219,11 @@ impl Broker {
     fn end_session(&self, session: &Arc<Session>, now: Instant) {
         let (filters, will, held) = {
             let mut st = session.lock();
-            let filters: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            let will = st.pending_will.take().map(|(w, _)| w);
+            let filters: Vec<String> = std::mem::take(&mut st.subscriptions)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
+            let will = st.pending_will.take().map(|w| w.0);
             let mut held: Vec<Delivery> = st.inflight.drain(..).map(|f| f.delivery).collect();
             while let Some(d) = st.pop_queued() {
                 held.push(d);
@@ -343,7 +346,7 @@ impl Broker {
                     continue;
                 }
                 let will = match &st.pending_will {
-                    Some((_, due)) if *due <= now => st.pending_will.take().map(|(w, _)| w),
+                    Some(w) if w.1 <= now => st.pending_will.take().map(|w| w.0),
                     _ => None,
                 };
                 let expired = st.expiry_interval != NEVER_EXPIRES

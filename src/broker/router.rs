@@ -50,10 +50,17 @@ impl SharedGroup {
     }
 }
 
+/// One topic level. Most levels are only a way through, so what hangs from a level
+/// is boxed and absent until something subscribes there.
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     plus: Option<Box<Node>>,
+    subscribers: Option<Box<Subscribers>>,
+}
+
+#[derive(Default)]
+struct Subscribers {
     /// Subscriptions whose filter ends at this level.
     here: Vec<Member>,
     /// Subscriptions whose filter is this level followed by `#`.
@@ -62,14 +69,41 @@ struct Node {
     shared_hash: Vec<SharedGroup>,
 }
 
-impl Node {
+impl Subscribers {
+    fn members(&mut self, hash: bool) -> &mut Vec<Member> {
+        if hash { &mut self.hash } else { &mut self.here }
+    }
+
+    fn groups(&mut self, hash: bool) -> &mut Vec<SharedGroup> {
+        if hash {
+            &mut self.shared_hash
+        } else {
+            &mut self.shared_here
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.here.is_empty()
+        self.here.is_empty()
             && self.hash.is_empty()
             && self.shared_here.is_empty()
             && self.shared_hash.is_empty()
+    }
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.plus.is_none() && self.subscribers.is_none()
+    }
+
+    fn subscribers_mut(&mut self) -> &mut Subscribers {
+        self.subscribers.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the subscriber lists once the last one has gone.
+    fn tidy(&mut self) {
+        if self.subscribers.as_ref().is_some_and(|s| s.is_empty()) {
+            self.subscribers = None;
+        }
     }
 
     fn collect(
@@ -80,13 +114,15 @@ impl Node {
         out: &mut Vec<Match>,
     ) {
         let wildcards = !(first && dollar);
-        if wildcards {
-            push_members(&self.hash, out);
-            push_groups(&self.shared_hash, out);
+        if let (true, Some(s)) = (wildcards, &self.subscribers) {
+            push_members(&s.hash, out);
+            push_groups(&s.shared_hash, out);
         }
         let Some(level) = levels.next() else {
-            push_members(&self.here, out);
-            push_groups(&self.shared_here, out);
+            if let Some(s) = &self.subscribers {
+                push_members(&s.here, out);
+                push_groups(&s.shared_here, out);
+            }
             return;
         };
         if let Some(child) = self.children.get(level) {
@@ -145,37 +181,27 @@ impl Router {
     pub fn subscribe(&mut self, filter: &str, session: &Arc<Session>, subscription: Subscription) {
         let (plain, group) = split_filter(filter);
         let (node, is_hash) = node_for(&mut self.root, plain);
+        let subs = node.subscribers_mut();
         let member = Member {
             session: session.clone(),
             subscription,
         };
         let added = match group {
-            None => {
-                let list = if is_hash {
-                    &mut node.hash
-                } else {
-                    &mut node.here
-                };
-                upsert(list, member)
-            }
+            None => upsert(subs.members(is_hash), member),
             Some(_) => {
-                let groups = if is_hash {
-                    &mut node.shared_hash
-                } else {
-                    &mut node.shared_here
-                };
-                let group = match groups.iter().position(|g| &*g.key == filter) {
-                    Some(i) => &mut groups[i],
+                let groups = subs.groups(is_hash);
+                let i = match groups.iter().position(|g| &*g.key == filter) {
+                    Some(i) => i,
                     None => {
                         groups.push(SharedGroup {
                             key: filter.into(),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
-                        groups.last_mut().expect("just pushed")
+                        groups.len() - 1
                     }
                 };
-                upsert(&mut group.members, member)
+                upsert(&mut groups[i].members, member)
             }
         };
         if added {
@@ -186,35 +212,30 @@ impl Router {
     /// Removes `client_id`'s subscription to `filter`; whether there was one.
     pub fn unsubscribe(&mut self, filter: &str, client_id: &str) -> bool {
         let (plain, group) = split_filter(filter);
-        let removed = remove_at(
-            &mut self.root,
-            plain.split('/'),
-            &mut |node, is_hash| match group {
-                None => {
-                    let list = if is_hash {
-                        &mut node.hash
-                    } else {
-                        &mut node.here
-                    };
-                    remove_member(list, client_id)
-                }
+        let mut remove = |node: &mut Node, is_hash: bool| {
+            let Some(subs) = node.subscribers.as_deref_mut() else {
+                return false;
+            };
+            let removed = match group {
+                None => remove_member(subs.members(is_hash), client_id),
                 Some(_) => {
-                    let groups = if is_hash {
-                        &mut node.shared_hash
-                    } else {
-                        &mut node.shared_here
-                    };
-                    let Some(i) = groups.iter().position(|g| &*g.key == filter) else {
-                        return false;
-                    };
-                    let removed = remove_member(&mut groups[i].members, client_id);
-                    if groups[i].members.is_empty() {
-                        groups.swap_remove(i);
+                    let groups = subs.groups(is_hash);
+                    match groups.iter().position(|g| &*g.key == filter) {
+                        Some(i) => {
+                            let removed = remove_member(&mut groups[i].members, client_id);
+                            if groups[i].members.is_empty() {
+                                groups.swap_remove(i);
+                            }
+                            removed
+                        }
+                        None => false,
                     }
-                    removed
                 }
-            },
-        );
+            };
+            node.tidy();
+            removed
+        };
+        let removed = remove_at(&mut self.root, plain.split('/'), &mut remove);
         if removed {
             self.count -= 1;
         }
@@ -241,10 +262,11 @@ impl Router {
                 _ => node = node.children.get(level)?,
             }
         }
+        let subs = node.subscribers.as_deref()?;
         let groups = if is_hash {
-            &node.shared_hash
+            &subs.shared_hash
         } else {
-            &node.shared_here
+            &subs.shared_here
         };
         let group = groups.iter().find(|g| &*g.key == key)?;
         let m = group
@@ -268,6 +290,8 @@ fn upsert(list: &mut Vec<Member>, member: Member) -> bool {
             false
         }
         None => {
+            // Most filters have one subscriber: do not reserve room for four.
+            list.reserve_exact(1);
             list.push(member);
             true
         }

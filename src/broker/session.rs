@@ -6,7 +6,7 @@
 //! and reload it as it is. The connection that currently owns the session is named by
 //! `generation`: a takeover bumps it and wakes the old connection, which then leaves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -146,7 +146,9 @@ pub struct SessionState {
     /// Session Expiry Interval in seconds, [`NEVER_EXPIRES`] for "never".
     pub expiry_interval: u32,
     pub disconnected_at: Option<Instant>,
-    pub subscriptions: HashMap<String, Subscription>,
+    /// By filter; a short list, since most clients have a handful and it is only
+    /// searched on SUBSCRIBE and UNSUBSCRIBE (routing uses the router's trie).
+    pub subscriptions: Vec<(String, Subscription)>,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
     /// Outbound QoS 1/2 messages sent and not yet completed, oldest first.
@@ -155,7 +157,7 @@ pub struct SessionState {
     pub inbound_qos2: Vec<u16>,
     next_packet_id: u16,
     /// A will waiting for its delay (or the session's end) before it is published.
-    pub pending_will: Option<(Message, Instant)>,
+    pub pending_will: Option<Box<(Message, Instant)>>,
     pub dropped_messages: u64,
     /// The queue passed its high-water mark; publishers are waiting on `drained`.
     pub pressured: bool,
@@ -173,7 +175,7 @@ impl SessionState {
             connected: false,
             expiry_interval,
             disconnected_at: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
@@ -185,6 +187,27 @@ impl SessionState {
             stalled: false,
             high_water: (usize::MAX, usize::MAX),
         }
+    }
+
+    /// Adds or replaces a subscription; whether one to that filter existed.
+    pub fn add_subscription(&mut self, filter: &str, subscription: Subscription) -> bool {
+        match self.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+            Some((_, existing)) => {
+                *existing = subscription;
+                true
+            }
+            None => {
+                self.subscriptions.push((filter.to_owned(), subscription));
+                false
+            }
+        }
+    }
+
+    /// Removes a subscription; whether there was one.
+    pub fn remove_subscription(&mut self, filter: &str) -> bool {
+        let before = self.subscriptions.len();
+        self.subscriptions.retain(|(f, _)| f != filter);
+        self.subscriptions.len() != before
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -50,9 +50,29 @@ pub async fn serve<S: Stream>(
     broker: Arc<Broker>,
     config: ConnectionConfig,
 ) {
+    // The handshake and the close run once each: boxed, their state is on the heap
+    // only while they run, and an idle connection's task stays small.
+    let Some((mut client, rbuf)) = Box::pin(handshake(&mut stream, peer, &broker, &config)).await
+    else {
+        return;
+    };
+    let max_packet = broker.settings.max_packet_size as usize;
+    let version = client.version;
+    let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
+    Box::pin(finish(&mut stream, client, close, peer)).await;
+}
+
+/// Reads and answers CONNECT: the accepted client and what arrived after CONNECT, or
+/// `None` when the connection was refused or closed.
+async fn handshake<S: Stream>(
+    stream: &mut S,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    config: &ConnectionConfig,
+) -> Option<(Box<Client>, BytesMut)> {
     let max_packet = broker.settings.max_packet_size as usize;
     let mut rbuf = BytesMut::new();
-    let first = read_frame(&mut stream, &mut rbuf, max_packet).or(async {
+    let first = read_frame(stream, &mut rbuf, max_packet).or(async {
         Timer::after(config.connect_timeout).await;
         Err(FirstPacketError::Timeout)
     });
@@ -73,9 +93,9 @@ pub async fn serve<S: Stream>(
                     };
                     let mut out = BytesMut::new();
                     protocol::encode(&Packet::ConnAck(connack), version, &mut out);
-                    let _ = flush_with_timeout(&mut stream, &out).await;
+                    let _ = flush_with_timeout(stream, &out).await;
                 }
-                return;
+                return None;
             }
         },
         Err(FirstPacketError::Timeout) => {
@@ -83,28 +103,28 @@ pub async fn serve<S: Stream>(
                 "closed connection addr={peer}: no CONNECT within {:?}",
                 config.connect_timeout
             );
-            return;
+            return None;
         }
         Err(FirstPacketError::Closed) => {
             log::debug!("connection addr={peer} closed before CONNECT");
-            return;
+            return None;
         }
         Err(FirstPacketError::Io(e)) => {
             log::debug!("connection addr={peer} failed before CONNECT: {e}");
-            return;
+            return None;
         }
         Err(FirstPacketError::Decode(e)) => {
             log::warn!(
                 "refused connection addr={peer} listener={}: {e}",
                 config.listener
             );
-            return;
+            return None;
         }
     };
     let (version, clean_start, keep_alive) =
         (connect.protocol, connect.clean_start, connect.keep_alive);
     let requested_id = connect.client_id.clone();
-    let mut client = match Client::connect(&broker, connect, Instant::now()) {
+    let client = match Client::connect(broker, connect, Instant::now()) {
         ConnectOutcome::Accepted(client) => client,
         ConnectOutcome::Refused {
             code,
@@ -116,8 +136,8 @@ pub async fn serve<S: Stream>(
                 version.name(),
                 config.listener
             );
-            let _ = flush_with_timeout(&mut stream, &connack).await;
-            return;
+            let _ = flush_with_timeout(stream, &connack).await;
+            return None;
         }
     };
     log::info!(
@@ -127,7 +147,17 @@ pub async fn serve<S: Stream>(
         if client.is_bridge() { " (bridge)" } else { "" },
         config.listener
     );
-    let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
+    Some((client, rbuf))
+}
+
+/// Logs why the connection ended, tells a v5 client, and lets the session go on
+/// without it.
+async fn finish<S: Stream>(
+    stream: &mut S,
+    mut client: Box<Client>,
+    close: Close,
+    peer: SocketAddr,
+) {
     let level =
         if close.code.is_error() && !close.by_client && close.code != ReasonCode::UNSPECIFIED_ERROR
         {
@@ -144,7 +174,7 @@ pub async fn serve<S: Stream>(
     );
     client.write_disconnect(&close);
     if !client.out.is_empty() {
-        let _ = flush_with_timeout(&mut stream, &client.out).await;
+        let _ = flush_with_timeout(stream, &client.out).await;
     }
     client.connection_lost(Instant::now());
 }

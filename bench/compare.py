@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Runs Tern and its peers (Mosquitto; rumqttd when installed) one after the other on
+the same scenarios, alternating the order each round and starting every broker fresh
+for every scenario, then prints medians, min-max and the Tern/peer ratios.
+
+    bench/compare.py                 # 3 rounds, full scenarios (about 10 minutes)
+    bench/compare.py --quick         # one short pass of every scenario (CI)
+    bench/compare.py --write-doc     # also replace the table in BENCHMARKS.md
+"""
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TERN = ROOT / "target" / "release" / "tern"
+BENCH = ROOT / "target" / "release" / "tern-bench"
+RESULTS = ROOT / "bench" / "results"
+
+# (scenario, headline metric, unit, higher is better)
+SCENARIOS = [
+    ("fanin-qos0", "rate", "msg/s", True),
+    ("fanin-qos1", "rate", "msg/s", True),
+    ("qos1-sweep", "rate", "msg/s lossless", True),
+    ("fanout", "rate", "deliveries/s", True),
+    ("latency", "p99_us", "µs p99", False),
+    ("connections", "rate", "connects/s", True),
+]
+EXTRA = [  # further figures shown per scenario: (scenario, metric, unit, higher is better)
+    ("fanin-qos0", "loss", "lost msgs", False),
+    ("fanin-qos1", "loss", "lost msgs", False),
+    ("latency", "p50_us", "µs p50", False),
+    ("latency", "p999_us", "µs p99.9", False),
+    ("connections", "rss_per_conn_bytes", "B RSS/conn", False),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+class Broker:
+    """How to start one kind of broker on a port."""
+
+    def __init__(self, name, binary):
+        self.name, self.binary = name, binary
+
+    def command(self, port, workdir):
+        if self.name == "tern":
+            conf = workdir / "tern.toml"
+            conf.write_text(f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n')
+            return [str(self.binary), "--config", str(conf)]
+        if self.name == "mosquitto":
+            conf = workdir / "mosquitto.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+            return [str(self.binary), "-c", str(conf)]
+        if self.name == "rumqttd":
+            conf = workdir / "rumqttd.toml"
+            conf.write_text(RUMQTTD_CONFIG.format(port=port))
+            return [str(self.binary), "--config", str(conf)]
+        raise ValueError(self.name)
+
+    def start(self, port, workdir):
+        proc = subprocess.Popen(self.command(port, workdir), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=workdir)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return proc
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {proc.returncode}")
+                time.sleep(0.01)
+        proc.kill()
+        raise RuntimeError(f"{self.name} did not listen on {port}")
+
+
+RUMQTTD_CONFIG = """id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 0
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 100
+dynamic_filters = true
+"""
+
+
+def rss_kb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def parse(line):
+    fields = dict(kv.split("=", 1) for kv in line.split())
+    return fields
+
+
+def run_scenario(broker, scenario, args, workdir):
+    port = free_port()
+    proc = broker.start(port, workdir)
+    try:
+        extra = []
+        if scenario == "connections":
+            extra = ["--connections", str(args.connections)]
+        duration = args.sweep_duration if scenario == "qos1-sweep" else args.duration
+        cmd = [str(BENCH), scenario, "--addr", f"127.0.0.1:{port}", "--pid", str(proc.pid),
+               "--duration", str(duration), *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            return {"error": out.stderr.strip().replace(" ", "_")[:200]}
+        return parse(out.stdout.strip())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_startup(broker, workdir):
+    port = free_port()
+    cmd = [str(BENCH), "startup", "--addr", f"127.0.0.1:{port}", "--", *broker.command(port, workdir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    fields = parse(out.stdout.strip()) if out.returncode == 0 else {"error": out.stderr.strip()[:200]}
+    # Idle RSS one second after start, with nothing connected.
+    port = free_port()
+    proc = broker.start(port, workdir)
+    time.sleep(1.0)
+    fields["idle_rss_kb"] = str(rss_kb(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    fields["binary_kb"] = str(os.path.getsize(broker.binary) // 1024)
+    return fields
+
+
+def fmt(v):
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="one short round of every scenario")
+    ap.add_argument("--peers", default="mosquitto,rumqttd")
+    ap.add_argument("--write-doc", action="store_true", help="replace the table in BENCHMARKS.md")
+    args = ap.parse_args()
+    args.duration, args.sweep_duration, args.connections = 5.0, 2.0, 10000
+    if args.quick:
+        args.rounds, args.duration, args.sweep_duration, args.connections = 1, 0.5, 0.3, 1000
+
+    nofile = raise_nofile()
+    subprocess.run(["cargo", "build", "--release", "--locked", "--workspace"], cwd=ROOT, check=True)
+    brokers = [Broker("tern", TERN)]
+    for peer in args.peers.split(","):
+        path = shutil_which(peer, ["/usr/sbin/mosquitto"] if peer == "mosquitto" else [])
+        if path:
+            brokers.append(Broker(peer, path))
+        elif peer == "mosquitto" or os.environ.get("CI") == "true" and peer == "mosquitto":
+            sys.exit("mosquitto is not installed (apt-get install mosquitto)")
+        else:
+            print(f"# {peer} not installed; left out", flush=True)
+
+    raw = []
+    results = {}  # (broker, scenario) -> list of dicts
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = pathlib.Path(tmp)
+        os.chmod(workdir, 0o777)
+        for r in range(args.rounds):
+            order = brokers if r % 2 == 0 else list(reversed(brokers))
+            for broker in order:
+                for scenario, *_ in SCENARIOS + [("startup",)]:
+                    if scenario == "startup":
+                        fields = run_startup(broker, workdir)
+                    else:
+                        fields = run_scenario(broker, scenario, args, workdir)
+                    line = f"round={r} broker={broker.name} scenario={scenario} " + " ".join(
+                        f"{k}={v}" for k, v in fields.items() if k != "scenario")
+                    print(line, flush=True)
+                    raw.append(line)
+                    results.setdefault((broker.name, scenario), []).append(fields)
+
+    table = render(brokers, results, args, nofile)
+    print()
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "quick" if args.quick else "latest"
+    (RESULTS / f"{suffix}-raw.txt").write_text("\n".join(raw) + "\n")
+    (RESULTS / f"{suffix}.md").write_text(table + "\n")
+    if args.write_doc:
+        doc = ROOT / "BENCHMARKS.md"
+        text = doc.read_text()
+        start, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        doc.write_text(before + start + "\n" + table + "\n" + end + after)
+    errors = [l for l in raw if "error=" in l]
+    if errors and os.environ.get("CI") == "true":
+        sys.exit("scenarios failed:\n" + "\n".join(errors))
+
+
+def shutil_which(name, extra):
+    import shutil
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in extra:
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def values(results, broker, scenario, metric):
+    out = []
+    for fields in results.get((broker, scenario), []):
+        try:
+            out.append(float(fields[metric]))
+        except (KeyError, ValueError):
+            pass
+    return out
+
+
+def render(brokers, results, args, nofile):
+    names = [b.name for b in brokers]
+    peers = names[1:]
+    head = (f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
+            f"{platform.node()}; {args.rounds} round(s), {args.duration:g} s per scenario, "
+            f"order alternating, every broker started fresh per scenario; open-file limit {nofile}. "
+            f"Cells: median (min–max). Ratio: Tern / peer, > 1 means Tern is better "
+            f"(for latency, loss and memory the peer's figure is divided by Tern's).")
+    cols = ["scenario", "metric"] + names + [f"tern vs {p}" for p in peers] + ["limit"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS]
+    rows += [(s, m, u, hb) for s, m, u, hb in EXTRA]
+    rows += [("startup", "startup_ms", "ms to first CONNACK", False), ("startup", "idle_rss_kb", "KiB idle RSS", False),
+             ("startup", "binary_kb", "KiB binary", False)]
+    rows += [(s, "peak_rss_kb", "KiB peak RSS", False) for s, *_ in SCENARIOS]
+    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)])}
+    rows.sort(key=lambda r: order[r[0]])
+    for scenario, metric, unit, higher in rows:
+        cells, medians = [], {}
+        for n in names:
+            v = values(results, n, scenario, metric)
+            if not v:
+                cells.append("—")
+                continue
+            med = statistics.median(v)
+            medians[n] = med
+            cells.append(fmt(med) if len(v) == 1 else f"{fmt(med)} ({fmt(min(v))}–{fmt(max(v))})")
+        ratios = []
+        for p in peers:
+            t, q = medians.get("tern"), medians.get(p)
+            if t is None or q is None:
+                ratios.append("—")
+            elif higher:
+                ratios.append(f"×{t / q:.2f}" if q else "—")
+            else:
+                ratios.append(f"×{q / t:.2f}" if t else ("×∞" if q else "="))
+        limit = ""
+        if metric in ("rate", "p99_us"):
+            bound = [n for n in names
+                     if statistics.median(values(results, n, scenario, "gen_cpu") or [0])
+                     > statistics.median(values(results, n, scenario, "broker_cpu") or [0])]
+            limit = ("generator-bound: " + ", ".join(bound)) if bound else "broker"
+        lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {limit} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
