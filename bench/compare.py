@@ -296,7 +296,7 @@ def render(brokers, results, args, nofile):
             else:
                 ratios.append(f"×{q / t:.2f}" if t else ("×∞" if q else "="))
         limit = ""
-        if metric in ("rate", "p99_us"):
+        if metric == "rate":
             bound = [n for n in names
                      if statistics.median(values(results, n, scenario, "gen_cpu") or [0])
                      > statistics.median(values(results, n, scenario, "broker_cpu") or [0])]

@@ -222,10 +222,10 @@ impl Client {
         self.version == ProtocolVersion::V5
     }
 
-    /// Resolves when the session has something for this connection: messages queued,
-    /// or a reason to close. Take it before [`Client::pump`] so no wake-up is missed.
-    pub fn wake_listener(&self) -> event_listener::EventListener {
-        self.session.wake.listen()
+    /// Ready when the session has had something new for this connection since the
+    /// last time: messages queued, or a reason to close (then call [`Client::pump`]).
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.session.poll_woken(cx)
     }
 
     pub fn stall_timeout(&self) -> Duration {

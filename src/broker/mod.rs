@@ -159,7 +159,7 @@ impl Broker {
                 st.generation += 1;
                 old.set_online(&mut st, false);
                 drop(st);
-                old.wake.notify(usize::MAX);
+                old.notify_owner();
             }
         }
         let resumable = existing.filter(|_| !clean_start);
@@ -379,7 +379,7 @@ impl Broker {
                 st.close_reason
                     .get_or_insert(ReasonCode::SERVER_SHUTTING_DOWN);
                 drop(st);
-                session.wake.notify(usize::MAX);
+                session.notify_owner();
             }
         }
     }

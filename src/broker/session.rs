@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
 use event_listener::Event;
 
 use super::message::{Delivery, Message};
@@ -22,8 +25,10 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,
-    /// Wakes the owning connection: messages queued, or the session taken over.
-    pub wake: Event,
+    /// Wakes the owning connection (messages queued, or a reason to close): one
+    /// waiter, so a waker slot and a flag, with nothing allocated per wait.
+    wake: AtomicWaker,
+    woken: AtomicBool,
     /// Wakes publishers held back by this session's full queue once it has drained.
     pub drained: Event,
     /// Mirrors `state.connected` without the lock, for choosing shared-subscription members.
@@ -35,7 +40,8 @@ impl Session {
         Session {
             client_id,
             state: Mutex::new(SessionState::new(protocol, expiry)),
-            wake: Event::new(),
+            wake: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             drained: Event::new(),
             online: AtomicBool::new(false),
         }
@@ -46,6 +52,24 @@ impl Session {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the connection that owns this session.
+    pub fn notify_owner(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+
+    /// Ready once after each [`Session::notify_owner`]; registers the waker otherwise.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.wake.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     pub fn is_online(&self) -> bool {
@@ -89,7 +113,7 @@ impl Session {
                 ..
             } | Enqueued::Overflow
         ) {
-            self.wake.notify(usize::MAX);
+            self.notify_owner();
         }
         outcome
     }
@@ -197,6 +221,7 @@ impl SessionState {
                 true
             }
             None => {
+                self.subscriptions.reserve_exact(1);
                 self.subscriptions.push((filter.to_owned(), subscription));
                 false
             }

@@ -293,7 +293,6 @@ async fn run<S: Stream>(
             busy = 0;
             smol::future::yield_now().await;
         }
-        let mut listener = client.wake_listener();
         if let Err(close) = client.pump(Instant::now()) {
             return close;
         }
@@ -332,7 +331,7 @@ async fn run<S: Stream>(
                     }
                 }
             }
-            if Pin::new(&mut listener).poll(cx).is_ready() {
+            if client.poll_woken(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Woken));
             }
             if let Some(t) = timer.as_mut() {
