@@ -16,6 +16,10 @@ use super::session::{Inflight, NEVER_EXPIRES, Session, Stage, Subscription};
 use super::{Broker, count};
 use crate::protocol::*;
 
+/// Publishes from one client routed together; small enough that back-pressure still
+/// stops a publisher within a few dozen messages of a subscriber's high-water mark.
+const PUBLISH_BATCH: usize = 32;
+
 /// Stop encoding queued messages once this much is waiting to be written: the rest stay
 /// in the session queue, where the overload rules apply.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -70,6 +74,11 @@ pub struct Client {
     /// A subscriber's queue this client's messages are filling: read no more from the
     /// client until it drains (or stalls).
     backpressure: Option<Arc<Session>>,
+    /// Publishes decoded but not yet routed, and the acknowledgements they owe:
+    /// (index in `pending`, QoS, packet id).
+    pending: Vec<Message>,
+    pending_acks: Vec<(usize, QoS, u16)>,
+    reached: Vec<usize>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -203,6 +212,9 @@ impl Client {
             outbound_aliases: HashMap::new(),
             resend_inflight: opened.present,
             backpressure: None,
+            pending: Vec::new(),
+            pending_acks: Vec::new(),
+            reached: Vec::new(),
             out: BytesMut::new(),
         };
         let connack = ConnAck {
@@ -253,6 +265,11 @@ impl Client {
 
     pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
         self.last_received = now;
+        if !matches!(packet, Packet::Publish(_)) {
+            // Route what came before, so a retained publish is there for the SUBSCRIBE
+            // that follows it, and a DISCONNECT finds everything delivered.
+            self.flush_publishes();
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p, now),
             Packet::PubAck(a) => {
@@ -337,6 +354,7 @@ impl Client {
             if st.inbound_qos2.contains(&packet_id) {
                 // A resent QoS 2 PUBLISH already routed: acknowledge again, deliver once.
                 drop(st);
+                self.flush_publishes();
                 self.send(&Packet::PubRec(Ack::new(packet_id, ReasonCode::SUCCESS)));
                 return Ok(());
             }
@@ -351,22 +369,44 @@ impl Client {
             }
             st.inbound_qos2.push(packet_id);
         }
-        let message = Message::from_publish(p, Some(self.client_id.clone()), now);
-        let routed = self.broker.publish(message, now);
-        if self.backpressure.is_none() {
-            self.backpressure = routed.pressure;
+        if qos > QoS::AtMostOnce {
+            self.pending_acks.push((self.pending.len(), qos, packet_id));
         }
-        let code = if routed.reached == 0 && self.v5() {
-            ReasonCode::NO_MATCHING_SUBSCRIBERS
-        } else {
-            ReasonCode::SUCCESS
-        };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::new(packet_id, code))),
+        self.pending
+            .push(Message::from_publish(p, Some(self.client_id.clone()), now));
+        if self.pending.len() >= PUBLISH_BATCH {
+            self.flush_publishes();
         }
         Ok(())
+    }
+
+    /// Routes the publishes decoded so far and writes the acknowledgements they owe.
+    /// The connection calls it after each read, and [`Client::handle`] before any other
+    /// packet and every [`PUBLISH_BATCH`] messages.
+    pub fn flush_publishes(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(&mut self.pending);
+        self.reached.clear();
+        let pressure = self.broker.publish_batch(messages, &mut self.reached);
+        if self.backpressure.is_none() {
+            self.backpressure = pressure;
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        for &(index, qos, packet_id) in &acks {
+            let code = if self.reached[index] == 0 && self.v5() {
+                ReasonCode::NO_MATCHING_SUBSCRIBERS
+            } else {
+                ReasonCode::SUCCESS
+            };
+            match qos {
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
+                _ => self.send(&Packet::PubRec(Ack::new(packet_id, code))),
+            }
+        }
+        self.pending_acks = acks;
+        self.pending_acks.clear();
     }
 
     fn on_pubrel(&mut self, ack: Ack) {
@@ -647,7 +687,9 @@ impl Client {
 
     /// The connection is gone: publish or schedule the will, and end the session now
     /// if it does not outlive its connection.
-    pub fn connection_lost(self, now: Instant) {
+    pub fn connection_lost(mut self, now: Instant) {
+        // What arrived before the connection dropped is still delivered.
+        self.flush_publishes();
         let broker = self.broker.clone();
         broker
             .metrics
@@ -772,6 +814,7 @@ mod tests {
                 .handle(publish("t/a", QoS::AtLeastOnce, id), now)
                 .unwrap();
         }
+        publisher.flush_publishes();
         sub.pump(now).unwrap();
         let sent = drain(&mut sub);
         assert_eq!(sent.len(), 2, "receive maximum 2 holds the third back");
@@ -876,6 +919,7 @@ mod tests {
                 .handle(publish(topic, QoS::AtMostOnce, 0), now)
                 .unwrap();
         }
+        publisher.flush_publishes();
         sub.pump(now).unwrap();
         let got: Vec<(String, Option<u16>)> = drain(&mut sub)
             .into_iter()

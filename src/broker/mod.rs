@@ -279,50 +279,84 @@ impl Broker {
             .matching(filter, now)
     }
 
-    /// Routes a message to every matching subscription: how many sessions it reached
-    /// (a v5 publisher is told 0x10 when none), and a session whose queue is filling
-    /// up, which the publisher should wait for before sending more.
+    /// Routes one message; see [`Broker::publish_batch`].
     pub fn publish(&self, message: Message, _now: Instant) -> Routed {
-        count(&self.metrics.messages_received);
-        let message = Arc::new(message);
-        if message.retain {
-            self.retained
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .set(&message);
+        let mut reached = Vec::with_capacity(1);
+        let pressure = self.publish_batch(vec![message], &mut reached);
+        Routed {
+            reached: reached[0],
+            pressure,
         }
+    }
+
+    /// Routes a batch of messages from one publisher, in order. Appends to `reached`
+    /// how many sessions each message reached (a v5 publisher is told 0x10 when none)
+    /// and returns a session whose queue is filling up, which the publisher should
+    /// wait for before sending more. Each session is locked and woken once per batch,
+    /// not once per message: that is what keeps fan-in and fan-out cheap.
+    pub fn publish_batch(
+        &self,
+        messages: Vec<Message>,
+        reached: &mut Vec<usize>,
+    ) -> Option<Arc<Session>> {
+        let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
+        for message in &messages {
+            count(&self.metrics.messages_received);
+            if message.retain {
+                self.retained
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set(message);
+            }
+        }
+        let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
+        let mut slots: HashMap<*const Session, usize> = HashMap::new();
         let mut matches = Vec::new();
-        self.router
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .matches(message.topic.as_str(), &mut matches);
-        let mut routed = Routed::default();
-        if matches.is_empty() {
-            return routed;
-        }
-        // One delivery per session however many of its subscriptions matched
-        // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
-        matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(&m.session)));
-        let mut i = 0;
-        while i < matches.len() {
-            let first = &matches[i];
-            let mut j = i + 1;
-            while j < matches.len()
-                && first.shared.is_none()
-                && matches[j].shared.is_none()
-                && Arc::ptr_eq(&matches[j].session, &first.session)
-            {
-                j += 1;
-            }
-            if let Some(delivery) = merge(&message, &matches[i..j]) {
-                if self.enqueue(&first.session, delivery) && routed.pressure.is_none() {
-                    routed.pressure = Some(first.session.clone());
+        {
+            let router = self.router.read().unwrap_or_else(|p| p.into_inner());
+            for message in &messages {
+                matches.clear();
+                router.matches(message.topic.as_str(), &mut matches);
+                // One delivery per session however many of its subscriptions matched
+                // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
+                matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(&m.session)));
+                let mut n = 0;
+                let mut i = 0;
+                while i < matches.len() {
+                    let first = &matches[i];
+                    let mut j = i + 1;
+                    while j < matches.len()
+                        && first.shared.is_none()
+                        && matches[j].shared.is_none()
+                        && Arc::ptr_eq(&matches[j].session, &first.session)
+                    {
+                        j += 1;
+                    }
+                    if let Some(delivery) = merge(message, &matches[i..j]) {
+                        let slot = *slots.entry(Arc::as_ptr(&first.session)).or_insert_with(|| {
+                            staged.push((first.session.clone(), Vec::new()));
+                            staged.len() - 1
+                        });
+                        staged[slot].1.push(delivery);
+                        n += 1;
+                    }
+                    i = j;
                 }
-                routed.reached += 1;
+                reached.push(n);
             }
-            i = j;
         }
-        routed
+        let limits = self.queue_limits();
+        let mut pressure = None;
+        for (session, deliveries) in staged {
+            let (pressured, dropped) = session.deliver_all(deliveries, &limits);
+            self.metrics
+                .dropped_queue_full
+                .fetch_add(dropped, Ordering::Relaxed);
+            if pressured && pressure.is_none() {
+                pressure = Some(session);
+            }
+        }
+        pressure
     }
 
     /// Queues a delivery; true when the session asks its publishers to wait.

@@ -119,6 +119,32 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Queues several deliveries under one lock and wakes the connection at most once.
+    /// Returns whether publishers should wait for this session, and how many were dropped.
+    pub fn deliver_all(&self, deliveries: Vec<Delivery>, limits: &QueueLimits) -> (bool, u64) {
+        let mut st = self.lock();
+        let was_empty = st.queue.is_empty();
+        let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
+        for delivery in deliveries {
+            match st.enqueue(delivery, limits) {
+                Enqueued::Queued { pressure: p, .. } => pressure |= p,
+                Enqueued::Dropped => dropped += 1,
+                Enqueued::Overflow => {
+                    dropped += 1;
+                    overflow = true;
+                }
+            }
+        }
+        let wake = overflow || (was_empty && !st.queue.is_empty());
+        drop(st);
+        if wake {
+            self.notify_owner();
+        }
+        (pressure, dropped)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     pub max_queued_messages: usize,

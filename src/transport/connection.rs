@@ -426,6 +426,7 @@ fn handle_buffered(
             Err(e) => return Err(Close::new(e.code, e.what)),
         }
     }
+    client.flush_publishes();
     if rbuf.is_empty() {
         *rbuf = BytesMut::new();
     }
