@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::message::{Delivery, Message};
-use super::session::{Inflight, NEVER_EXPIRES, Session, Stage, Subscription};
+use super::session::{Inflight, NEVER_EXPIRES, Owner, Session, Stage, Subscription};
 use super::{Broker, count};
 use crate::protocol::*;
 
@@ -57,6 +57,7 @@ pub enum ConnectOutcome {
 pub struct Client {
     broker: Arc<Broker>,
     session: Arc<Session>,
+    owner: Arc<Owner>,
     generation: u64,
     pub client_id: Arc<str>,
     pub version: ProtocolVersion,
@@ -195,6 +196,7 @@ impl Client {
             broker: broker.clone(),
             client_id: opened.session.client_id.clone(),
             session: opened.session,
+            owner: opened.owner,
             generation: opened.generation,
             version: v,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
@@ -237,7 +239,7 @@ impl Client {
     /// Ready when the session has had something new for this connection since the
     /// last time: messages queued, or a reason to close (then call [`Client::pump`]).
     pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.session.poll_woken(cx)
+        self.owner.poll_woken(cx)
     }
 
     pub fn stall_timeout(&self) -> Duration {
@@ -702,6 +704,7 @@ impl Client {
             if !taken_over {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
+                st.owner = None;
             }
         }
         let will_delay = self
@@ -878,6 +881,7 @@ mod tests {
     fn session_takeover_closes_the_old_connection_with_0x8e() {
         let broker = Broker::new(Settings::default());
         let now = Instant::now();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut first = connect(
             &broker,
             "same",
@@ -885,15 +889,20 @@ mod tests {
             false,
             Properties::default(),
         );
-        let _second = connect(
+        assert!(first.poll_woken(&mut cx).is_pending());
+        let mut second = connect(
             &broker,
             "same",
             ProtocolVersion::V5,
             false,
             Properties::default(),
         );
+        // Each connection has its own wake-up: the new one cannot swallow the old one's.
+        assert!(second.poll_woken(&mut cx).is_pending());
+        assert!(first.poll_woken(&mut cx).is_ready());
         let close = first.pump(now).unwrap_err();
         assert_eq!(close.code, ReasonCode::SESSION_TAKEN_OVER);
+        second.pump(now).unwrap();
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use client::{Client, Close, ConnectOutcome};
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{Enqueued, NEVER_EXPIRES, QueueLimits, Session, Subscription};
+use session::{Enqueued, NEVER_EXPIRES, Owner, QueueLimits, Session, Subscription};
 
 use crate::protocol::{QoS, ReasonCode};
 
@@ -97,6 +97,7 @@ pub struct Routed {
 /// What opening a session found.
 pub struct Opened {
     pub session: Arc<Session>,
+    pub owner: Arc<Owner>,
     pub generation: u64,
     pub present: bool,
 }
@@ -158,8 +159,9 @@ impl Broker {
                 st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
                 st.generation += 1;
                 old.set_online(&mut st, false);
-                drop(st);
-                old.notify_owner();
+                if let Some(owner) = st.owner.take() {
+                    owner.notify();
+                }
             }
         }
         let resumable = existing.filter(|_| !clean_start);
@@ -184,10 +186,13 @@ impl Broker {
         st.disconnected_at = None;
         st.pending_will = None;
         session.set_online(&mut st, true);
+        let owner = Arc::new(Owner::default());
+        st.owner = Some(owner.clone());
         let generation = st.generation;
         drop(st);
         Opened {
             session,
+            owner,
             generation,
             present,
         }

@@ -22,13 +22,38 @@ use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 /// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
+/// How the broker wakes one connection (messages queued for it, or a reason to close):
+/// a waker slot and a flag, nothing allocated per wait. Each connection has its own,
+/// so during a takeover the old and the new connection never steal each other's
+/// wake-ups.
+#[derive(Default)]
+pub struct Owner {
+    waker: AtomicWaker,
+    woken: AtomicBool,
+}
+
+impl Owner {
+    pub fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once after each [`Owner::notify`]; registers the waker otherwise.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,
-    /// Wakes the owning connection (messages queued, or a reason to close): one
-    /// waiter, so a waker slot and a flag, with nothing allocated per wait.
-    wake: AtomicWaker,
-    woken: AtomicBool,
     /// Wakes publishers held back by this session's full queue once it has drained.
     pub drained: Event,
     /// Mirrors `state.connected` without the lock, for choosing shared-subscription members.
@@ -40,8 +65,6 @@ impl Session {
         Session {
             client_id,
             state: Mutex::new(SessionState::new(protocol, expiry)),
-            wake: AtomicWaker::new(),
-            woken: AtomicBool::new(false),
             drained: Event::new(),
             online: AtomicBool::new(false),
         }
@@ -54,22 +77,12 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Wakes the connection that owns this session.
+    /// Wakes the connection that owns this session, if one does.
     pub fn notify_owner(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.wake.wake();
-    }
-
-    /// Ready once after each [`Session::notify_owner`]; registers the waker otherwise.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
+        let owner = self.lock().owner.clone();
+        if let Some(owner) = owner {
+            owner.notify();
         }
-        self.wake.register(cx.waker());
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        Poll::Pending
     }
 
     pub fn is_online(&self) -> bool {
@@ -105,15 +118,19 @@ impl Session {
 
     /// Queues a delivery and wakes the connection if it was idle.
     pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
-        let outcome = self.lock().enqueue(delivery, limits);
-        if matches!(
+        let mut st = self.lock();
+        let outcome = st.enqueue(delivery, limits);
+        let wake = matches!(
             outcome,
             Enqueued::Queued {
                 was_empty: true,
                 ..
             } | Enqueued::Overflow
-        ) {
-            self.notify_owner();
+        );
+        let owner = if wake { st.owner.clone() } else { None };
+        drop(st);
+        if let Some(owner) = owner {
+            owner.notify();
         }
         outcome
     }
@@ -137,9 +154,10 @@ impl Session {
             }
         }
         let wake = overflow || (was_empty && !st.queue.is_empty());
+        let owner = if wake { st.owner.clone() } else { None };
         drop(st);
-        if wake {
-            self.notify_owner();
+        if let Some(owner) = owner {
+            owner.notify();
         }
         (pressure, dropped)
     }
@@ -193,6 +211,8 @@ pub struct SessionState {
     /// Why the current connection must close (takeover, queue overflow, admin kick).
     pub close_reason: Option<ReasonCode>,
     pub connected: bool,
+    /// The connection attached to this session, to wake.
+    pub owner: Option<Arc<Owner>>,
     /// Session Expiry Interval in seconds, [`NEVER_EXPIRES`] for "never".
     pub expiry_interval: u32,
     pub disconnected_at: Option<Instant>,
@@ -223,6 +243,7 @@ impl SessionState {
             generation: 0,
             close_reason: None,
             connected: false,
+            owner: None,
             expiry_interval,
             disconnected_at: None,
             subscriptions: Vec::new(),
