@@ -16,8 +16,10 @@ use super::session::{Inflight, NEVER_EXPIRES, Owner, Session, Stage, Subscriptio
 use super::{Broker, count};
 use crate::protocol::*;
 
-/// Publishes from one client routed together; small enough that back-pressure still
-/// stops a publisher within a few dozen messages of a subscriber's high-water mark.
+/// Publishes from one client routed together, at most: small enough that back-pressure
+/// still stops a publisher within a few dozen messages of a subscriber's high-water
+/// mark, and at most a quarter of a session's queue limit, so one batch never
+/// overflows a queue that was below its high-water mark.
 const PUBLISH_BATCH: usize = 32;
 
 /// Stop encoding queued messages once this much is waiting to be written: the rest stay
@@ -80,6 +82,7 @@ pub struct Client {
     pending: Vec<Message>,
     pending_acks: Vec<(usize, QoS, u16)>,
     reached: Vec<usize>,
+    publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -217,6 +220,7 @@ impl Client {
             pending: Vec::new(),
             pending_acks: Vec::new(),
             reached: Vec::new(),
+            publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
         };
         let connack = ConnAck {
@@ -376,7 +380,7 @@ impl Client {
         }
         self.pending
             .push(Message::from_publish(p, Some(self.client_id.clone()), now));
-        if self.pending.len() >= PUBLISH_BATCH {
+        if self.pending.len() >= self.publish_batch {
             self.flush_publishes();
         }
         Ok(())
@@ -384,7 +388,7 @@ impl Client {
 
     /// Routes the publishes decoded so far and writes the acknowledgements they owe.
     /// The connection calls it after each read, and [`Client::handle`] before any other
-    /// packet and every [`PUBLISH_BATCH`] messages.
+    /// packet and every `publish_batch` messages.
     pub fn flush_publishes(&mut self) {
         if self.pending.is_empty() {
             return;
