@@ -253,9 +253,9 @@ impl Broker {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .pick_shared(key, &session.client_id);
-            if let Some(m) = next {
-                let qos = delivery.message.qos.min(m.subscription.options.qos);
-                self.enqueue(&m.session, Delivery { qos, ..delivery });
+            if let Some((session, subscription)) = next {
+                let qos = delivery.message.qos.min(subscription.options.qos);
+                self.enqueue(&session, Delivery { qos, ..delivery });
             }
         }
         if let Some(will) = will {
@@ -316,15 +316,15 @@ impl Broker {
         }
         let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
         let mut slots: HashMap<*const Session, usize> = HashMap::new();
-        let mut matches = Vec::new();
         {
             let router = self.router.read().unwrap_or_else(|p| p.into_inner());
+            let mut matches = Vec::new();
             for message in &messages {
                 matches.clear();
                 router.matches(message.topic.as_str(), &mut matches);
                 // One delivery per session however many of its subscriptions matched
                 // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
-                matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(&m.session)));
+                matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(m.session)));
                 let mut n = 0;
                 let mut i = 0;
                 while i < matches.len() {
@@ -333,12 +333,12 @@ impl Broker {
                     while j < matches.len()
                         && first.shared.is_none()
                         && matches[j].shared.is_none()
-                        && Arc::ptr_eq(&matches[j].session, &first.session)
+                        && Arc::ptr_eq(matches[j].session, first.session)
                     {
                         j += 1;
                     }
                     if let Some(delivery) = merge(message, &matches[i..j]) {
-                        let slot = *slots.entry(Arc::as_ptr(&first.session)).or_insert_with(|| {
+                        let slot = *slots.entry(Arc::as_ptr(first.session)).or_insert_with(|| {
                             staged.push((first.session.clone(), Vec::new()));
                             staged.len() - 1
                         });
@@ -442,7 +442,7 @@ fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
             qos: QoS::AtMostOnce,
             retain: false,
             subscription_ids: Vec::new(),
-            shared: m.shared.clone(),
+            shared: m.shared.cloned(),
         });
         d.qos = d.qos.max(message.qos.min(o.qos));
         d.retain |= o.retain_as_published && message.retain;

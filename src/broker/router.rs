@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::session::{Session, Subscription};
 use crate::protocol::topic;
 
-/// One subscription that a topic matched.
-pub struct Match {
-    pub session: Arc<Session>,
+/// One subscription that a topic matched, borrowed from the router while its read
+/// lock is held: matching a topic clones no `Arc`.
+pub struct Match<'a> {
+    pub session: &'a Arc<Session>,
     pub subscription: Subscription,
     /// The `$share/group/filter` it came through, if it is a shared subscription.
-    pub shared: Option<Arc<str>>,
+    pub shared: Option<&'a Arc<str>>,
 }
 
 struct Member {
@@ -106,12 +107,12 @@ impl Node {
         }
     }
 
-    fn collect(
-        &self,
+    fn collect<'a>(
+        &'a self,
         mut levels: std::str::Split<'_, char>,
         first: bool,
         dollar: bool,
-        out: &mut Vec<Match>,
+        out: &mut Vec<Match<'a>>,
     ) {
         let wildcards = !(first && dollar);
         if let (true, Some(s)) = (wildcards, &self.subscribers) {
@@ -134,21 +135,21 @@ impl Node {
     }
 }
 
-fn push_members(members: &[Member], out: &mut Vec<Match>) {
+fn push_members<'a>(members: &'a [Member], out: &mut Vec<Match<'a>>) {
     out.extend(members.iter().map(|m| Match {
-        session: m.session.clone(),
+        session: &m.session,
         subscription: m.subscription,
         shared: None,
     }));
 }
 
-fn push_groups(groups: &[SharedGroup], out: &mut Vec<Match>) {
+fn push_groups<'a>(groups: &'a [SharedGroup], out: &mut Vec<Match<'a>>) {
     for group in groups {
         if let Some(m) = group.pick(None) {
             out.push(Match {
-                session: m.session.clone(),
+                session: &m.session,
                 subscription: m.subscription,
-                shared: Some(group.key.clone()),
+                shared: Some(&group.key),
             });
         }
     }
@@ -244,14 +245,14 @@ impl Router {
 
     /// Appends every subscription that `topic` matches to `out`; for shared groups,
     /// the one member chosen to receive it.
-    pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
+    pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<Match<'a>>) {
         self.root
             .collect(topic.split('/'), true, topic.starts_with('$'), out);
     }
 
     /// Another member of the shared group `key` to hand a message to when the member
     /// `leaving` goes away before acknowledging it.
-    pub fn pick_shared(&self, key: &str, leaving: &str) -> Option<Match> {
+    pub fn pick_shared(&self, key: &str, leaving: &str) -> Option<(Arc<Session>, Subscription)> {
         let (plain, _) = split_filter(key);
         let mut node = &self.root;
         let mut is_hash = false;
@@ -272,11 +273,7 @@ impl Router {
         let m = group
             .pick(Some(leaving))
             .filter(|m| &*m.session.client_id != leaving)?;
-        Some(Match {
-            session: m.session.clone(),
-            subscription: m.subscription,
-            shared: Some(group.key.clone()),
-        })
+        Some((m.session.clone(), m.subscription))
     }
 }
 
@@ -439,7 +436,7 @@ mod tests {
         assert_eq!(
             r.pick_shared("$share/g/t/+", "a")
                 .unwrap()
-                .session
+                .0
                 .client_id
                 .as_ref(),
             "b"
