@@ -1,5 +1,6 @@
 //! Tern: an MQTT broker for the edge. See ARCHITECTURE.md for the map of the code.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod protocol;

@@ -23,6 +23,20 @@ struct Args {
 #[argh(subcommand)]
 enum Command {
     CheckConfig(CheckConfig),
+    Passwd(Passwd),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "passwd")]
+/// add or update a user in a password file (the format mosquitto_passwd writes)
+struct Passwd {
+    #[argh(positional)]
+    file: PathBuf,
+    #[argh(positional)]
+    user: String,
+    /// read the password from the first line of standard input instead of asking
+    #[argh(switch)]
+    stdin: bool,
 }
 
 #[derive(FromArgs)]
@@ -38,6 +52,22 @@ fn main() -> ExitCode {
     if args.version {
         println!("tern {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Passwd(p)) = &args.command {
+        let password = match read_password(p.stdin) {
+            Ok(password) => password,
+            Err(e) => {
+                eprintln!("tern passwd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match tern::auth::password::set_password(&p.file, &p.user, password.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::CheckConfig(check)) = args.command {
         return match Config::load(&check.file) {
@@ -67,6 +97,70 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The password from stdin's first line, or typed twice at the terminal without echo.
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let line = |prompt: &str| -> Result<String, String> {
+        if !from_stdin {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
+        }
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_line(&mut text)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if !from_stdin {
+            eprintln!();
+        }
+        Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    if from_stdin {
+        return line("");
+    }
+    if !stdin.is_terminal() {
+        return Err("standard input is not a terminal: use --stdin to pipe the password in".into());
+    }
+    let _echo = EchoOff::new();
+    let first = line("Password: ")?;
+    let second = line("Reenter password: ")?;
+    if first != second {
+        return Err("the passwords do not match".into());
+    }
+    Ok(first)
+}
+
+/// Turns terminal echo off for as long as it lives.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a valid termios buffer.
+        unsafe {
+            let mut term: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut term) != 0 {
+                return EchoOff(None);
+            }
+            let saved = term;
+            term.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &term);
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the attributes read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use smol::Executor;
-use smol::future::FutureExt;
 
+use crate::auth::AuthPolicy;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::transport::connection::ConnectionConfig;
@@ -41,6 +41,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
 
     let mut accept_tasks = Vec::new();
+    let mut policies: Vec<Arc<AuthPolicy>> = Vec::new();
     for listener in &listeners {
         let socket = tcp::bind(listener.bind).map_err(|e| {
             format!(
@@ -50,9 +51,21 @@ pub fn run(config: Config) -> Result<(), String> {
         })?;
         let addr = socket.get_ref().local_addr().map_err(|e| e.to_string())?;
         log::info!("listening name={} addr={addr}", listener.name);
+        let auth = Arc::new(
+            AuthPolicy::load(listener.auth.clone())
+                .map_err(|e| format!("listener {}: {e}", listener.name))?,
+        );
+        if listener.auth.allow_anonymous && !addr.ip().is_loopback() {
+            log::warn!(
+                "anonymous access is open on listener {} at {addr}: set allow_anonymous = false and a password_file to require credentials",
+                listener.name
+            );
+        }
+        policies.push(auth.clone());
         let conn_config = ConnectionConfig {
             listener: listener.name.as_str().into(),
             connect_timeout: config.connect_timeout(),
+            auth,
         };
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,
@@ -76,7 +89,14 @@ pub fn run(config: Config) -> Result<(), String> {
         config.node.name
     );
 
-    let signal = smol::block_on(wait_for_signal())?;
+    let signal = smol::block_on(wait_for_signal(|| {
+        for policy in &policies {
+            for error in policy.reload() {
+                log::error!("reload on SIGHUP kept the previous rules: {error}");
+            }
+        }
+        log::info!("SIGHUP: password and ACL files reloaded");
+    }))?;
     log::info!("received {signal}: shutting down");
     drop(accept_tasks);
     broker.shut_down();
@@ -96,16 +116,21 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<&'static str, String> {
+/// Waits for SIGTERM or SIGINT; SIGHUP runs `on_hangup` and keeps waiting.
+async fn wait_for_signal(on_hangup: impl Fn()) -> Result<&'static str, String> {
     use async_signal::{Signal, Signals};
     use smol::stream::StreamExt;
-    let mut signals = Signals::new([Signal::Term, Signal::Int])
+    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let signal = signals.next().or(smol::future::pending()).await;
-    Ok(match signal {
-        Some(Ok(Signal::Int)) => "SIGINT",
-        _ => "SIGTERM",
-    })
+    loop {
+        match signals.next().await {
+            Some(Ok(Signal::Hup)) => on_hangup(),
+            Some(Ok(Signal::Int)) => return Ok("SIGINT"),
+            Some(Ok(_)) => return Ok("SIGTERM"),
+            Some(Err(e)) => return Err(format!("signal handling failed: {e}")),
+            None => return Ok("end of signals"),
+        }
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: each client is a descriptor.

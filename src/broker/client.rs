@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use super::message::{Delivery, Message};
 use super::session::{Inflight, NEVER_EXPIRES, Owner, Session, Stage, Subscription};
 use super::{Broker, count};
+use crate::auth::{Access, AuthPolicy};
 use crate::protocol::*;
 
 /// Publishes from one client routed together, at most: small enough that back-pressure
@@ -60,6 +61,10 @@ pub struct Client {
     broker: Arc<Broker>,
     session: Arc<Session>,
     owner: Arc<Owner>,
+    auth: Arc<AuthPolicy>,
+    username: Option<String>,
+    /// Refusals by the ACL on this connection; the first is logged, the rest counted.
+    acl_refusals: u64,
     generation: u64,
     pub client_id: Arc<str>,
     pub version: ProtocolVersion,
@@ -110,6 +115,35 @@ fn refuse(version: ProtocolVersion, code: ReasonCode, reason: impl Into<String>)
     }
 }
 
+/// Mosquitto's rules: no user name needs `allow_anonymous`; a user name is checked
+/// against the password file when there is one, and accepted only where anonymous
+/// clients are when there is none.
+fn authenticate(auth: &AuthPolicy, connect: &Connect) -> Result<(), (ReasonCode, &'static str)> {
+    match (&connect.username, auth.passwords()) {
+        (None, _) if !auth.settings.allow_anonymous => Err((
+            ReasonCode::NOT_AUTHORIZED,
+            "anonymous clients are not allowed on this listener",
+        )),
+        (None, _) => Ok(()),
+        (Some(user), Some(passwords)) => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            if passwords.check(user, password) {
+                Ok(())
+            } else {
+                Err((
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    "bad user name or password",
+                ))
+            }
+        }
+        (Some(_), None) if !auth.settings.allow_anonymous => Err((
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "no password file to check the user name against",
+        )),
+        (Some(_), None) => Ok(()),
+    }
+}
+
 fn assign_client_id() -> String {
     let random = RandomState::new().hash_one(Instant::now());
     format!("auto-{random:016x}")
@@ -118,7 +152,12 @@ fn assign_client_id() -> String {
 impl Client {
     /// Handles CONNECT: authentication, the client identifier, the session (new,
     /// resumed or taken over) and the CONNACK with what the broker grants.
-    pub fn connect(broker: &Arc<Broker>, connect: Connect, now: Instant) -> ConnectOutcome {
+    pub fn connect(
+        broker: &Arc<Broker>,
+        auth: &Arc<AuthPolicy>,
+        connect: Connect,
+        now: Instant,
+    ) -> ConnectOutcome {
         let settings = &broker.settings;
         let v = connect.protocol;
         let v5 = v == ProtocolVersion::V5;
@@ -132,19 +171,8 @@ impl Client {
                 format!("authentication method {method:?} is not supported"),
             );
         }
-        if connect.username.is_none() && !settings.allow_anonymous {
-            return refuse(
-                v,
-                ReasonCode::NOT_AUTHORIZED,
-                "anonymous clients are not allowed",
-            );
-        }
-        if connect.username.is_some() && !settings.allow_anonymous {
-            return refuse(
-                v,
-                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                "no password file is configured",
-            );
+        if let Err((code, reason)) = authenticate(auth, &connect) {
+            return refuse(v, code, reason);
         }
         let mut properties = Properties::default();
         let client_id = if connect.client_id.is_empty() {
@@ -200,6 +228,9 @@ impl Client {
             client_id: opened.session.client_id.clone(),
             session: opened.session,
             owner: opened.owner,
+            auth: auth.clone(),
+            username: connect.username.clone(),
+            acl_refusals: 0,
             generation: opened.generation,
             version: v,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
@@ -257,6 +288,35 @@ impl Client {
     /// The session this client must wait for before more of its packets are read.
     pub fn take_backpressure(&mut self) -> Option<Arc<Session>> {
         self.backpressure.take()
+    }
+
+    /// Counts an ACL refusal; only the first on a connection is logged, so a client
+    /// cannot fill an SD card with them.
+    fn note_refusal(&mut self, topic: &str, access: Access) {
+        self.acl_refusals += 1;
+        if self.acl_refusals == 1 {
+            let what = match access {
+                Access::Read => "receive from",
+                Access::Write => "publish to",
+            };
+            log::warn!(
+                "client_id={} user={:?} is not authorized to {what} {topic:?} (further refusals on this connection are counted, not logged)",
+                self.client_id,
+                self.username
+            );
+        }
+    }
+
+    /// Whether the ACL lets this client publish to `topic` (or receive from it).
+    fn permitted(&mut self, topic: &str, access: Access) -> bool {
+        let allowed = match self.auth.acl() {
+            Some(acl) => acl.allows(&self.client_id, self.username.as_deref(), topic, access),
+            None => true,
+        };
+        if !allowed {
+            self.note_refusal(topic, access);
+        }
+        allowed
     }
 
     pub fn is_bridge(&self) -> bool {
@@ -355,6 +415,30 @@ impl Client {
             }
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
+        if !self.permitted(p.topic.as_str(), Access::Write) {
+            // v5 is told 0x87; v3 has no way to say no, so it is acknowledged and the
+            // message discarded ([MQTT-3.3.5-2]).
+            self.flush_publishes();
+            let code = if self.v5() {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
+                QoS::ExactlyOnce => {
+                    if !self.v5() {
+                        let mut st = self.session.lock();
+                        if !st.inbound_qos2.contains(&packet_id) {
+                            st.inbound_qos2.push(packet_id);
+                        }
+                    }
+                    self.send(&Packet::PubRec(Ack::new(packet_id, code)));
+                }
+            }
+            return Ok(());
+        }
         if qos == QoS::ExactlyOnce {
             let mut st = self.session.lock();
             if st.inbound_qos2.contains(&packet_id) {
@@ -484,6 +568,23 @@ impl Client {
                 });
                 continue;
             }
+            let readable = match self.auth.acl() {
+                Some(acl) => acl.may_subscribe(&self.client_id, self.username.as_deref(), &filter),
+                None => true,
+            };
+            if !readable {
+                log::info!(
+                    "client_id={} user={:?} subscription refused filter={filter:?}: the ACL grants no read access to it",
+                    self.client_id,
+                    self.username
+                );
+                codes.push(if self.v5() {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
             if self.bridge {
                 options.no_local = true;
                 options.retain_as_published = true;
@@ -597,12 +698,25 @@ impl Client {
                 }
             }
         }
+        let acl = self.auth.acl();
         while self.out.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos > QoS::AtMostOnce && st.inflight.len() >= self.peer_receive_maximum {
                 break;
             }
             let delivery = st.pop_queued().expect("front exists");
+            if let Some(acl) = &acl {
+                let topic = delivery.message.topic.as_str();
+                if !acl.allows(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    topic,
+                    Access::Read,
+                ) {
+                    self.note_refusal(topic, Access::Read);
+                    continue;
+                }
+            }
             if st.take_drained() {
                 session.drained.notify(usize::MAX);
             }
@@ -718,7 +832,11 @@ impl Client {
             .filter(|_| self.v5())
             .unwrap_or(0);
         let session_ended = !broker.is_current(&self.session);
-        if let Some(will) = self.will {
+        let will = self
+            .will
+            .take()
+            .filter(|w| self.permitted(&w.topic, Access::Write));
+        if let Some(will) = will {
             let message = Message::from_will(*will, Some(self.client_id.clone()), now);
             if will_delay == 0 || session_ended {
                 broker.publish(message, now);
@@ -758,7 +876,7 @@ mod tests {
             password: None,
             properties: props,
         };
-        match Client::connect(broker, c, Instant::now()) {
+        match Client::connect(broker, &Arc::new(AuthPolicy::open()), c, Instant::now()) {
             ConnectOutcome::Accepted(c) => c,
             ConnectOutcome::Refused { reason, .. } => panic!("refused: {reason}"),
         }

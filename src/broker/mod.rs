@@ -38,7 +38,6 @@ pub struct Settings {
     pub topic_alias_maximum: u16,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
-    pub allow_anonymous: bool,
     /// How long publishers are held back for a subscriber that does not drain its
     /// queue before it counts as stalled and the overload rules apply to it.
     pub stall_timeout: Duration,
@@ -55,7 +54,6 @@ impl Default for Settings {
             topic_alias_maximum: 16,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
-            allow_anonymous: true,
             stall_timeout: Duration::from_millis(1000),
         }
     }

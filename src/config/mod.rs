@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::{AuthPolicy, AuthSettings};
 use crate::broker::Settings;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +45,10 @@ pub struct ListenerTable {
     pub bind: Option<SocketAddr>,
     pub enabled: Option<bool>,
     pub proxy_protocol: Option<bool>,
+    /// Override `[auth]` for this listener.
+    pub allow_anonymous: Option<bool>,
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,6 +91,10 @@ pub struct Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub allow_anonymous: bool,
+    /// A password file as `mosquitto_passwd` writes it.
+    pub password_file: Option<PathBuf>,
+    /// An ACL file in Mosquitto's `acl_file` syntax.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -131,6 +140,8 @@ impl Default for Auth {
     fn default() -> Auth {
         Auth {
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -164,6 +175,7 @@ pub struct Listener {
     pub kind: ListenerKind,
     pub bind: SocketAddr,
     pub proxy_protocol: bool,
+    pub auth: AuthSettings,
 }
 
 /// A configuration problem, naming the file (and, from the TOML parser, line and key).
@@ -189,9 +201,19 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        config
+        let listeners = config
             .listeners()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        // A password or ACL file that does not parse is a configuration error too.
+        for listener in listeners {
+            AuthPolicy::load(listener.auth).map_err(|e| {
+                ConfigError(format!(
+                    "{} (listener {}): {e}",
+                    path.display(),
+                    listener.name
+                ))
+            })?;
+        }
         Ok(config)
     }
 
@@ -283,11 +305,26 @@ impl Config {
                     other.name
                 ));
             }
+            let resolve = |p: &PathBuf| self.base_dir.join(p);
+            let auth = AuthSettings {
+                allow_anonymous: table.allow_anonymous.unwrap_or(self.auth.allow_anonymous),
+                password_file: table
+                    .password_file
+                    .as_ref()
+                    .or(self.auth.password_file.as_ref())
+                    .map(resolve),
+                acl_file: table
+                    .acl_file
+                    .as_ref()
+                    .or(self.auth.acl_file.as_ref())
+                    .map(resolve),
+            };
             out.push(Listener {
                 name: name.clone(),
                 kind,
                 bind,
                 proxy_protocol: false,
+                auth,
             });
         }
         Ok(out)
@@ -312,7 +349,6 @@ impl Config {
             topic_alias_maximum: l.topic_alias_maximum,
             max_queued_messages: l.max_queued_messages,
             max_queued_bytes: l.max_queued_bytes,
-            allow_anonymous: self.auth.allow_anonymous,
             stall_timeout: Duration::from_millis(l.stall_timeout_ms),
         }
     }

@@ -21,6 +21,7 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
+use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
 use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
@@ -33,6 +34,8 @@ const READ_PAUSE: usize = 256 * 1024;
 /// Events handled in a row before the task yields, so one busy connection cannot
 /// starve the others on its executor thread.
 const EVENTS_BEFORE_YIELD: u32 = 32;
+/// How long a client that gave a wrong password waits for its CONNACK.
+const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -41,6 +44,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ConnectionConfig {
     pub listener: Arc<str>,
     pub connect_timeout: Duration,
+    pub auth: Arc<AuthPolicy>,
 }
 
 /// Serves one accepted stream until it closes.
@@ -124,7 +128,7 @@ async fn handshake<S: Stream>(
     let (version, clean_start, keep_alive) =
         (connect.protocol, connect.clean_start, connect.keep_alive);
     let requested_id = connect.client_id.clone();
-    let client = match Client::connect(broker, connect, Instant::now()) {
+    let client = match Client::connect(broker, &config.auth, connect, Instant::now()) {
         ConnectOutcome::Accepted(client) => client,
         ConnectOutcome::Refused {
             code,
@@ -136,6 +140,10 @@ async fn handshake<S: Stream>(
                 version.name(),
                 config.listener
             );
+            if code == ReasonCode::BAD_USER_NAME_OR_PASSWORD {
+                // Slow down guessing; the wait costs this task only.
+                Timer::after(WRONG_PASSWORD_DELAY).await;
+            }
             let _ = flush_with_timeout(stream, &connack).await;
             return None;
         }

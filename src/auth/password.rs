@@ -1,0 +1,232 @@
+//! Password files in the format Mosquitto's `mosquitto_passwd` writes, so a Pi moving
+//! from Mosquitto keeps its file: `user:$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512,
+//! base64) and, for reading, the older `user:$6$SALT$HASH` (SHA-512 of password then
+//! salt, Mosquitto's own scheme rather than crypt(3)).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+
+/// What `tern passwd` writes: Mosquitto 2.0's defaults, so Mosquitto reads it too.
+const ITERATIONS: u32 = 101;
+const SALT_LEN: usize = 12;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Hash {
+    Pbkdf2Sha512 {
+        iterations: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+    Sha512 {
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+}
+
+impl Hash {
+    fn parse(text: &str) -> Result<Hash, String> {
+        let decode = |part: &str, what: &str| {
+            B64.decode(part)
+                .map_err(|e| format!("{what} is not base64: {e}"))
+        };
+        let parts: Vec<&str> = text.split('$').collect();
+        match parts.as_slice() {
+            ["", "7", iterations, salt, hash] => {
+                let iterations: u32 = iterations
+                    .parse()
+                    .map_err(|_| format!("iteration count {iterations:?} is not a number"))?;
+                if iterations == 0 {
+                    return Err("iteration count is 0".into());
+                }
+                Ok(Hash::Pbkdf2Sha512 {
+                    iterations,
+                    salt: decode(salt, "salt")?,
+                    hash: decode(hash, "hash")?,
+                })
+            }
+            ["", "6", salt, hash] => Ok(Hash::Sha512 {
+                salt: decode(salt, "salt")?,
+                hash: decode(hash, "hash")?,
+            }),
+            _ => Err("password hash is neither $7$ (PBKDF2-SHA512) nor $6$ (SHA-512)".into()),
+        }
+    }
+
+    fn verify(&self, password: &[u8]) -> bool {
+        let computed = match self {
+            Hash::Pbkdf2Sha512 {
+                iterations,
+                salt,
+                hash,
+            } => {
+                let mut out = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+                out
+            }
+            Hash::Sha512 { salt, .. } => {
+                let mut h = Sha512::new();
+                h.update(password);
+                h.update(salt);
+                h.finalize().to_vec()
+            }
+        };
+        let stored = match self {
+            Hash::Pbkdf2Sha512 { hash, .. } | Hash::Sha512 { hash, .. } => hash,
+        };
+        computed.len() == stored.len() && bool::from(computed.ct_eq(stored))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PasswordFile {
+    users: HashMap<String, Hash>,
+}
+
+impl PasswordFile {
+    /// Parses a password file; an error names the line and what was wrong with it.
+    pub fn parse(text: &str) -> Result<PasswordFile, String> {
+        let mut users = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line
+                .split_once(':')
+                .ok_or_else(|| format!("line {}: expected USER:HASH", n + 1))?;
+            if user.is_empty() {
+                return Err(format!("line {}: empty user name", n + 1));
+            }
+            let hash =
+                Hash::parse(hash).map_err(|e| format!("line {}: user {user:?}: {e}", n + 1))?;
+            users.insert(user.to_owned(), hash);
+        }
+        Ok(PasswordFile { users })
+    }
+
+    pub fn load(path: &Path) -> Result<PasswordFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        PasswordFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Whether `user` exists and `password` is theirs. Unknown users cost the same
+    /// hash as known ones, so timing does not tell which names exist.
+    pub fn check(&self, user: &str, password: &[u8]) -> bool {
+        match self.users.get(user) {
+            Some(hash) => hash.verify(password),
+            None => {
+                let decoy = Hash::Pbkdf2Sha512 {
+                    iterations: ITERATIONS,
+                    salt: vec![0; SALT_LEN],
+                    hash: vec![0; 64],
+                };
+                let _ = decoy.verify(password);
+                false
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// A `$7$` line's hash part for `password` with a fresh random salt.
+pub fn hash_password(password: &[u8]) -> std::io::Result<String> {
+    let mut salt = [0u8; SALT_LEN];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
+    let mut out = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<Sha512>(password, &salt, ITERATIONS, &mut out);
+    Ok(format!(
+        "$7${ITERATIONS}${}${}",
+        B64.encode(salt),
+        B64.encode(out)
+    ))
+}
+
+/// Adds or replaces `user` in the password file at `path` (created if missing),
+/// keeping every other line as it was; the file is replaced atomically.
+pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), String> {
+    if user.is_empty() || user.contains(':') {
+        return Err(format!(
+            "user name {user:?} must be non-empty and free of ':'"
+        ));
+    }
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+    };
+    let hash = hash_password(password).map_err(|e| format!("cannot read random bytes: {e}"))?;
+    let mut lines: Vec<String> = Vec::new();
+    let mut replaced = false;
+    for line in existing.lines() {
+        if line.split_once(':').is_some_and(|(u, _)| u == user) {
+            lines.push(format!("{user}:{hash}"));
+            replaced = true;
+        } else {
+            lines.push(line.to_owned());
+        }
+    }
+    if !replaced {
+        lines.push(format!("{user}:{hash}"));
+    }
+    let tmp = path.with_extension("tmp");
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: cannot replace: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Written by Debian's mosquitto_passwd 2.0.11: alice/secret1.
+    const MOSQUITTO_LINE: &str = "alice:$7$101$0hnVttihzZfEw5h1$3cvkkzf0r1H4q9wcTSsPR/3gmY4Lin34dngMAIVQ5HHuazZfdq20oqsv7jQWh3JL/7BiGDN5tssaNmZpKgfNSA==";
+
+    #[test]
+    fn reads_mosquitto_passwd_output() {
+        let f = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+        assert!(f.check("alice", b"secret1"));
+        assert!(!f.check("alice", b"secret2"));
+        assert!(!f.check("mallory", b"secret1"));
+    }
+
+    #[test]
+    fn reads_the_older_sha512_scheme() {
+        let salt = b"0123456789ab";
+        let mut h = Sha512::new();
+        h.update(b"pw");
+        h.update(salt);
+        let line = format!("bob:$6${}${}", B64.encode(salt), B64.encode(h.finalize()));
+        let f = PasswordFile::parse(&line).unwrap();
+        assert!(f.check("bob", b"pw"));
+        assert!(!f.check("bob", b"PW"));
+    }
+
+    #[test]
+    fn round_trips_its_own_hashes() {
+        let line = format!("carol:{}", hash_password(b"x y:z").unwrap());
+        assert!(PasswordFile::parse(&line).unwrap().check("carol", b"x y:z"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = PasswordFile::parse("# c\nalice:$7$101$AAAA$BBBB\nbob\n").unwrap_err();
+        assert!(err.starts_with("line 3"), "{err}");
+        let err = PasswordFile::parse("alice:$5$x$y\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("alice"), "{err}");
+    }
+}
