@@ -81,20 +81,29 @@ pub fn decode(
     decode_frame(frame, version).map(Some)
 }
 
-/// Splits a whole frame into its first byte and body.
-fn split_frame(mut frame: Bytes) -> (u8, Bytes) {
+/// Splits a whole frame into its first byte and body; refuses anything that is not
+/// exactly one whole frame, so a caller's mistake is an error and never a panic.
+fn split_frame(mut frame: Bytes) -> Result<(u8, Bytes), DecodeError> {
+    match frame_len(&frame, usize::MAX)? {
+        Some(len) if len == frame.len() => {}
+        _ => {
+            return Err(DecodeError::malformed(
+                "bytes are not exactly one whole packet",
+            ));
+        }
+    }
     let first = frame[0];
     let mut header_len = 2;
     while frame[header_len - 1] & 0x80 != 0 {
         header_len += 1;
     }
-    (first, frame.split_off(header_len))
+    Ok((first, frame.split_off(header_len)))
 }
 
 /// Decodes one whole frame (as measured by [`frame_len`]) of a connection that has
 /// agreed on `version`. A CONNECT is decoded with the version it names itself.
 pub fn decode_frame(frame: Bytes, version: ProtocolVersion) -> Result<Packet, DecodeError> {
-    let (first, body) = split_frame(frame);
+    let (first, body) = split_frame(frame)?;
     let kind = first >> 4;
     let flags = first & 0x0F;
     let expected_flags = match kind {
@@ -144,7 +153,10 @@ pub fn decode_frame(frame: Bytes, version: ProtocolVersion) -> Result<Packet, De
 
 /// Decodes a frame that must be a CONNECT, reporting which CONNACK format to refuse it in.
 pub fn decode_connect_frame(frame: Bytes) -> Result<Connect, ConnectError> {
-    let (first, body) = split_frame(frame);
+    let (first, body) = split_frame(frame).map_err(|error| ConnectError {
+        error,
+        answer_in: None,
+    })?;
     if first >> 4 != CONNECT {
         return Err(ConnectError {
             error: DecodeError::protocol(format!(
@@ -300,7 +312,14 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     if ack_flags & 0xFE != 0 {
         return Err(DecodeError::malformed("CONNACK reserved flags set"));
     }
-    let code = ReasonCode(r.u8("connect reason code")?);
+    let raw = r.u8("connect reason code")?;
+    let code = if v5 {
+        ReasonCode(raw)
+    } else {
+        ReasonCode::from_v3_connack(raw).ok_or_else(|| {
+            DecodeError::malformed(format!("CONNACK return code {raw} is reserved"))
+        })?
+    };
     let properties = if v5 {
         Properties::decode(r, Context::ConnAck)?
     } else {

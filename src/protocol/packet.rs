@@ -124,7 +124,7 @@ pub struct Will {
 pub struct ConnAck {
     pub session_present: bool,
     /// A v5 reason code; for 3.x it is mapped with [`ReasonCode::to_v3_connack`] when
-    /// encoded, and a decoded 3.x return code is kept as its raw byte.
+    /// encoded and with [`ReasonCode::from_v3_connack`] when decoded.
     pub code: ReasonCode,
     pub properties: Properties,
 }

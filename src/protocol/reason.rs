@@ -75,6 +75,20 @@ impl ReasonCode {
         }
     }
 
+    /// The v5 reason code for an MQTT 3.1/3.1.1 CONNACK return code, the inverse of
+    /// [`ReasonCode::to_v3_connack`]; `None` for the reserved values 6-255.
+    pub fn from_v3_connack(code: u8) -> Option<Self> {
+        Some(match code {
+            0x00 => Self::SUCCESS,
+            0x01 => Self::UNSUPPORTED_PROTOCOL_VERSION,
+            0x02 => Self::CLIENT_IDENTIFIER_NOT_VALID,
+            0x03 => Self::SERVER_UNAVAILABLE,
+            0x04 => Self::BAD_USER_NAME_OR_PASSWORD,
+            0x05 => Self::NOT_AUTHORIZED,
+            _ => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self.0 {
             0x00 => "success",

@@ -102,13 +102,28 @@ fn connack_round_trips() {
         }),
         ProtocolVersion::V5,
     );
-    round_trip(
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ReasonCode(0),
-            properties: Properties::default(),
-        }),
-        ProtocolVersion::V311,
+    for code in [
+        ReasonCode::SUCCESS,
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ReasonCode::NOT_AUTHORIZED,
+    ] {
+        round_trip(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+                properties: Properties::default(),
+            }),
+            ProtocolVersion::V311,
+        );
+    }
+    let reserved = [0x20, 0x02, 0x00, 0x06];
+    assert!(
+        decode(
+            &mut BytesMut::from(&reserved[..]),
+            ProtocolVersion::V311,
+            64
+        )
+        .is_err()
     );
 }
 
@@ -471,4 +486,13 @@ fn outgoing_publish_length_matches_encoding() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn fuzz_findings_are_errors_not_panics() {
+    // Found by the decode fuzz target: an empty slice given as a whole frame.
+    assert!(decode_connect_frame(Bytes::new()).is_err());
+    assert!(decode_connect_frame(Bytes::from_static(&[0x10])).is_err());
+    assert!(decode_frame(Bytes::from_static(&[0x30, 0x05, 0x00]), ProtocolVersion::V5).is_err());
+    assert!(decode_frame(Bytes::from_static(&[0xC0, 0x80]), ProtocolVersion::V5).is_err());
 }
