@@ -13,6 +13,7 @@ use smol::Executor;
 use crate::auth::AuthPolicy;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
 use crate::transport::tcp;
 
@@ -40,6 +41,10 @@ pub fn run(config: Config) -> Result<(), String> {
         workers.push(worker);
     }
 
+    let admission = Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connection_rate,
+    );
     let mut accept_tasks = Vec::new();
     let mut policies: Vec<Arc<AuthPolicy>> = Vec::new();
     for listener in &listeners {
@@ -72,6 +77,7 @@ pub fn run(config: Config) -> Result<(), String> {
             broker.clone(),
             executor.clone(),
             conn_config,
+            admission.listener(listener.max_connections),
         )));
     }
     let ticker = executor.spawn({

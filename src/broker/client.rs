@@ -196,6 +196,16 @@ impl Client {
         } else {
             connect.client_id.clone()
         };
+        if client_id.len() > settings.max_client_id_len {
+            return refuse(
+                v,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                format!(
+                    "client identifier longer than max_client_id_len {}",
+                    settings.max_client_id_len
+                ),
+            );
+        }
         let expiry = match v {
             ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
             _ if connect.clean_start => 0,
@@ -415,6 +425,9 @@ impl Client {
             }
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
+        if let Some(why) = self.broker.topic_too_big(p.topic.as_str()) {
+            return Err(Close::new(ReasonCode::TOPIC_NAME_INVALID, why));
+        }
         if !self.permitted(p.topic.as_str(), Access::Write) {
             // v5 is told 0x87; v3 has no way to say no, so it is acknowledged and the
             // message discarded ([MQTT-3.3.5-2]).
@@ -563,6 +576,32 @@ impl Client {
                 );
                 codes.push(if self.v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
+            let refusal = match self.broker.topic_too_big(&filter) {
+                Some(why) => Some((ReasonCode::TOPIC_FILTER_INVALID, why)),
+                None => {
+                    let st = self.session.lock();
+                    let is_new = !st.subscriptions.iter().any(|(f, _)| *f == filter);
+                    let max = self.broker.settings.max_subscriptions;
+                    (is_new && st.subscriptions.len() >= max).then(|| {
+                        (
+                            ReasonCode::QUOTA_EXCEEDED,
+                            format!("already {max} subscriptions (max_subscriptions)"),
+                        )
+                    })
+                }
+            };
+            if let Some((code, why)) = refusal {
+                log::info!(
+                    "client_id={} subscription refused filter={filter:?}: {why}",
+                    self.client_id
+                );
+                codes.push(if self.v5() {
+                    code
                 } else {
                     ReasonCode::UNSPECIFIED_ERROR
                 });

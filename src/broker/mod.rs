@@ -41,6 +41,13 @@ pub struct Settings {
     /// How long publishers are held back for a subscriber that does not drain its
     /// queue before it counts as stalled and the overload rules apply to it.
     pub stall_timeout: Duration,
+    /// Longest client identifier accepted (CONNACK 0x85 / 3.x 0x02 beyond it).
+    pub max_client_id_len: usize,
+    /// Longest topic name or filter, in bytes, and most levels in one.
+    pub max_topic_len: usize,
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold (SUBACK 0x97 / 3.x 0x80 beyond it).
+    pub max_subscriptions: usize,
 }
 
 impl Default for Settings {
@@ -55,6 +62,10 @@ impl Default for Settings {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             stall_timeout: Duration::from_millis(1000),
+            max_client_id_len: 256,
+            max_topic_len: 65535,
+            max_topic_levels: 128,
+            max_subscriptions: 1000,
         }
     }
 }
@@ -419,6 +430,26 @@ impl Broker {
                 session.notify_owner();
             }
         }
+    }
+
+    /// Why `topic` (a name or a filter) is beyond the configured length or depth.
+    pub fn topic_too_big(&self, topic: &str) -> Option<String> {
+        let s = &self.settings;
+        if topic.len() > s.max_topic_len {
+            return Some(format!(
+                "topic of {} bytes is longer than max_topic_len {}",
+                topic.len(),
+                s.max_topic_len
+            ));
+        }
+        let levels = topic.split('/').count();
+        if levels > s.max_topic_levels {
+            return Some(format!(
+                "topic of {levels} levels is deeper than max_topic_levels {}",
+                s.max_topic_levels
+            ));
+        }
+        None
     }
 
     pub fn is_shutting_down(&self) -> bool {

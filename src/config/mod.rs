@@ -45,6 +45,8 @@ pub struct ListenerTable {
     pub bind: Option<SocketAddr>,
     pub enabled: Option<bool>,
     pub proxy_protocol: Option<bool>,
+    /// Connections open at once on this listener (the global `[limits]` one still applies).
+    pub max_connections: Option<usize>,
     /// Override `[auth]` for this listener.
     pub allow_anonymous: Option<bool>,
     pub password_file: Option<PathBuf>,
@@ -85,6 +87,14 @@ pub struct Limits {
     pub connect_timeout: u64,
     /// Milliseconds publishers are held back for a subscriber that does not drain.
     pub stall_timeout_ms: u64,
+    /// Connections open at once, all listeners together (per listener: `[listeners.NAME]`).
+    pub max_connections: usize,
+    /// New connections a second from one source address; 0 means no limit.
+    pub max_connection_rate: u32,
+    pub max_client_id_len: usize,
+    pub max_topic_len: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +142,12 @@ impl Default for Limits {
             max_queued_bytes: s.max_queued_bytes,
             connect_timeout: 10,
             stall_timeout_ms: s.stall_timeout.as_millis() as u64,
+            max_connections: 100_000,
+            max_connection_rate: 0,
+            max_client_id_len: s.max_client_id_len,
+            max_topic_len: s.max_topic_len,
+            max_topic_levels: s.max_topic_levels,
+            max_subscriptions: s.max_subscriptions,
         }
     }
 }
@@ -176,6 +192,7 @@ pub struct Listener {
     pub bind: SocketAddr,
     pub proxy_protocol: bool,
     pub auth: AuthSettings,
+    pub max_connections: Option<usize>,
 }
 
 /// A configuration problem, naming the file (and, from the TOML parser, line and key).
@@ -325,6 +342,7 @@ impl Config {
                 bind,
                 proxy_protocol: false,
                 auth,
+                max_connections: table.max_connections,
             });
         }
         Ok(out)
@@ -350,6 +368,10 @@ impl Config {
             max_queued_messages: l.max_queued_messages,
             max_queued_bytes: l.max_queued_bytes,
             stall_timeout: Duration::from_millis(l.stall_timeout_ms),
+            max_client_id_len: l.max_client_id_len,
+            max_topic_len: l.max_topic_len,
+            max_topic_levels: l.max_topic_levels,
+            max_subscriptions: l.max_subscriptions,
         }
     }
 }

@@ -21,6 +21,7 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
+use super::admission::{Throttle, Verdict};
 use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
@@ -53,11 +54,17 @@ pub async fn serve<S: Stream>(
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: ConnectionConfig,
+    verdict: Verdict,
 ) {
+    // The place in the connection counts is held until this function returns.
+    let (_slot, refusal) = match verdict {
+        Verdict::Admit(slot) => (Some(slot), None),
+        Verdict::Refuse(code, why) => (None, Some((code, why))),
+    };
     // The handshake and the close run once each: boxed, their state is on the heap
     // only while they run, and an idle connection's task stays small.
-    let Some((mut client, rbuf)) = Box::pin(handshake(&mut stream, peer, &broker, &config)).await
-    else {
+    let handshake = handshake(&mut stream, peer, &broker, &config, refusal);
+    let Some((mut client, rbuf)) = Box::pin(handshake).await else {
         return;
     };
     let max_packet = broker.settings.max_packet_size as usize;
@@ -66,6 +73,9 @@ pub async fn serve<S: Stream>(
     Box::pin(finish(&mut stream, client, close, peer)).await;
 }
 
+/// Refusals for limits come in floods: their log line is throttled.
+static LIMIT_REFUSALS: Throttle = Throttle::new();
+
 /// Reads and answers CONNECT: the accepted client and what arrived after CONNECT, or
 /// `None` when the connection was refused or closed.
 async fn handshake<S: Stream>(
@@ -73,6 +83,7 @@ async fn handshake<S: Stream>(
     peer: SocketAddr,
     broker: &Arc<Broker>,
     config: &ConnectionConfig,
+    refusal: Option<(ReasonCode, String)>,
 ) -> Option<(Box<Client>, BytesMut)> {
     let max_packet = broker.settings.max_packet_size as usize;
     let mut rbuf = BytesMut::new();
@@ -125,6 +136,32 @@ async fn handshake<S: Stream>(
             return None;
         }
     };
+    if let Some((code, why)) = refusal {
+        if let Some(suppressed) = LIMIT_REFUSALS.check(Instant::now()) {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar refusals in the last minute not logged)")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "refused connection addr={peer} listener={}: {why} ({code}){more}",
+                config.listener
+            );
+        }
+        let properties = protocol::Properties {
+            reason_string: Some(why),
+            ..protocol::Properties::default()
+        };
+        let connack = protocol::ConnAck {
+            session_present: false,
+            code,
+            properties,
+        };
+        let mut out = BytesMut::new();
+        protocol::encode(&Packet::ConnAck(connack), connect.protocol, &mut out);
+        let _ = flush_with_timeout(stream, &out).await;
+        return None;
+    }
     let (version, clean_start, keep_alive) =
         (connect.protocol, connect.clean_start, connect.keep_alive);
     let requested_id = connect.client_id.clone();

@@ -2,6 +2,7 @@
 //! streams and hands them to [`connection::serve`], which knows nothing of sockets
 //! beyond the [`Stream`] trait, so TLS and WebSocket can plug in beside TCP.
 
+pub mod admission;
 pub mod connection;
 pub mod tcp;
 

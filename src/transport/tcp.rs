@@ -4,10 +4,11 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::{Async, Executor};
 
+use super::admission::ListenerAdmission;
 use super::connection::{self, ConnectionConfig};
 use crate::broker::Broker;
 
@@ -35,15 +36,17 @@ pub async fn accept_loop(
     broker: Arc<Broker>,
     executor: Arc<Executor<'static>>,
     config: ConnectionConfig,
+    admission: ListenerAdmission,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.get_ref().set_nodelay(true);
+                let verdict = admission.admit(peer.ip(), Instant::now());
                 let broker = broker.clone();
                 let config = config.clone();
                 executor
-                    .spawn(connection::serve(stream, peer, broker, config))
+                    .spawn(connection::serve(stream, peer, broker, config, verdict))
                     .detach();
             }
             Err(e) => {
