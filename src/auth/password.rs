@@ -1,7 +1,8 @@
 //! Password files in the format Mosquitto's `mosquitto_passwd` writes, so a Pi moving
 //! from Mosquitto keeps its file: `user:$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512,
 //! base64) and, for reading, the older `user:$6$SALT$HASH` (SHA-512 of password then
-//! salt, Mosquitto's own scheme rather than crypt(3)).
+//! salt, Mosquitto's own scheme rather than crypt(3)) and `user:$argon2id$...` PHC
+//! strings.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -27,10 +28,19 @@ enum Hash {
         salt: Vec<u8>,
         hash: Vec<u8>,
     },
+    /// A PHC string, checked by the argon2 crate.
+    Argon2id(String),
 }
 
 impl Hash {
     fn parse(text: &str) -> Result<Hash, String> {
+        if text.starts_with("$argon2id$") {
+            let phc = argon2::PasswordHash::new(text).map_err(|e| format!("argon2id hash: {e}"))?;
+            if phc.salt.is_none() || phc.hash.is_none() {
+                return Err("argon2id hash has no salt or no hash part".into());
+            }
+            return Ok(Hash::Argon2id(text.to_owned()));
+        }
         let decode = |part: &str, what: &str| {
             B64.decode(part)
                 .map_err(|e| format!("{what} is not base64: {e}"))
@@ -54,12 +64,23 @@ impl Hash {
                 salt: decode(salt, "salt")?,
                 hash: decode(hash, "hash")?,
             }),
-            _ => Err("password hash is neither $7$ (PBKDF2-SHA512) nor $6$ (SHA-512)".into()),
+            _ => Err(
+                "password hash is none of $7$ (PBKDF2-SHA512), $6$ (SHA-512), $argon2id$".into(),
+            ),
         }
     }
 
     fn verify(&self, password: &[u8]) -> bool {
+        use argon2::PasswordVerifier;
         let computed = match self {
+            Hash::Argon2id(phc) => {
+                // Parsed once already in `parse`; the verifier compares in constant time.
+                return argon2::PasswordHash::new(phc).is_ok_and(|hash| {
+                    argon2::Argon2::default()
+                        .verify_password(password, &hash)
+                        .is_ok()
+                });
+            }
             Hash::Pbkdf2Sha512 {
                 iterations,
                 salt,
@@ -78,6 +99,7 @@ impl Hash {
         };
         let stored = match self {
             Hash::Pbkdf2Sha512 { hash, .. } | Hash::Sha512 { hash, .. } => hash,
+            Hash::Argon2id(_) => unreachable!("returned above"),
         };
         computed.len() == stored.len() && bool::from(computed.ct_eq(stored))
     }
@@ -214,6 +236,21 @@ mod tests {
         let f = PasswordFile::parse(&line).unwrap();
         assert!(f.check("bob", b"pw"));
         assert!(!f.check("bob", b"PW"));
+    }
+
+    #[test]
+    fn reads_argon2id_lines() {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = argon2::Argon2::default()
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
+        assert!(phc.starts_with("$argon2id$"));
+        let f = PasswordFile::parse(&format!("eve:{phc}")).unwrap();
+        assert!(f.check("eve", b"pw"));
+        assert!(!f.check("eve", b"pw2"));
+        assert!(PasswordFile::parse("eve:$argon2id$garbage").is_err());
     }
 
     #[test]

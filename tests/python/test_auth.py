@@ -223,3 +223,15 @@ def test_check_config_reports_a_broken_acl_file(tmp_path):
 def test_anonymous_on_a_public_address_is_warned_about(make_broker):
     broker = make_broker('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.pub]\ntype = "tcp"\nbind = "0.0.0.0:0"\n')
     broker.wait_for_log(r"anonymous access is open on listener pub")
+
+
+def test_argon2id_lines_authenticate(make_broker, tmp_path):
+    pw = tmp_path / "pw"
+    # eve / "pw", hashed by the argon2 crate (argon2id, v=19, m=19456, t=2, p=1).
+    pw.write_text("eve:$argon2id$v=19$m=19456,t=2,p=1$MDEyMzQ1Njc4OWFiY2RlZg$"
+                  "qhGYb1MyPEE+aES/CN6NCQDLQrWvmzyI+WAxnX2ZLmI\n")
+    broker = make_broker(f'[auth]\nallow_anonymous = false\npassword_file = "{pw}"\n')
+    _, ack = raw_connect(broker, "eve", "pw")
+    assert ack.code == 0
+    _, ack = raw_connect(broker, "eve", "nope")
+    assert ack.code == 0x86
