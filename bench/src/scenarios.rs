@@ -59,6 +59,25 @@ async fn drain(received: &AtomicU64, target: u64, quiet: Duration) {
     }
 }
 
+/// Waits for the publishers, then for the subscriber to receive all that was `sent`
+/// (or to go quiet for two seconds), and stops it: (sent, received).
+async fn wind_down(
+    publishers: Vec<smol::Task<Result<()>>>,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+    sub_stop: &AtomicBool,
+    sub_task: smol::Task<Vec<u64>>,
+) -> Result<(u64, u64)> {
+    for p in publishers {
+        p.await?;
+    }
+    let total = sent.load(Ordering::Relaxed);
+    drain(received, total, Duration::from_secs(2)).await;
+    sub_stop.store(true, Ordering::Relaxed);
+    sub_task.await;
+    Ok((total, received.load(Ordering::Relaxed)))
+}
+
 /// A subscriber task: counts PUBLISH packets, acknowledges QoS 1 in batches, and
 /// records latencies from the timestamp in the payload when `epoch` is given.
 fn spawn_subscriber(
@@ -151,14 +170,7 @@ pub async fn fan_in(ex: &Executor<'static>, o: &Opts, qos: QoS) -> Result<Line> 
         format!("{:.0}", in_window as f64 / o.duration.as_secs_f64()),
     )];
     figures(&mut line, &cpu, peak);
-    for p in pubs {
-        p.await?;
-    }
-    let total = sent.load(Ordering::Relaxed);
-    drain(&received, total, Duration::from_secs(2)).await;
-    sub_stop.store(true, Ordering::Relaxed);
-    sub_task.await;
-    let got = received.load(Ordering::Relaxed);
+    let (total, got) = wind_down(pubs, &sent, &received, &sub_stop, sub_task).await?;
     line.push(("sent", total.to_string()));
     line.push(("received", got.to_string()));
     line.push(("loss", total.saturating_sub(got).to_string()));
@@ -295,15 +307,8 @@ pub async fn qos1_sweep(ex: &Executor<'static>, o: &Opts, rates: &[f64]) -> Resu
         Timer::after(o.duration).await;
         stop.store(true, Ordering::Relaxed);
         let (b, g) = cpu.finish();
-        for p in pubs {
-            p.await?;
-        }
-        let total = acked.load(Ordering::Relaxed);
-        drain(&received, total, Duration::from_secs(2)).await;
-        sub_stop.store(true, Ordering::Relaxed);
-        sub_task.await;
+        let (total, got) = wind_down(pubs, &acked, &received, &sub_stop, sub_task).await?;
         peak_rss = peak_rss.max(peak.finish());
-        let got = received.load(Ordering::Relaxed);
         let loss = total.saturating_sub(got);
         let delivered = got as f64 / o.duration.as_secs_f64();
         steps.push(format!("{rate:.0}:{delivered:.0}:{loss}"));
