@@ -5,4 +5,5 @@ pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod server;
+pub mod systemd;
 pub mod transport;

@@ -13,6 +13,7 @@ use smol::Executor;
 use crate::auth::AuthPolicy;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::systemd;
 use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
 use crate::transport::tcp;
@@ -89,6 +90,17 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }
     });
+    if let Some(interval) = systemd::watchdog_interval() {
+        executor
+            .spawn(async move {
+                loop {
+                    systemd::notify("WATCHDOG=1");
+                    smol::Timer::after(interval).await;
+                }
+            })
+            .detach();
+    }
+    systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     log::info!(
         "tern {} started node={} threads={threads}",
         env!("CARGO_PKG_VERSION"),
@@ -104,6 +116,7 @@ pub fn run(config: Config) -> Result<(), String> {
         log::info!("SIGHUP: password and ACL files reloaded");
     }))?;
     log::info!("received {signal}: shutting down");
+    systemd::notify("STOPPING=1");
     drop(accept_tasks);
     broker.shut_down();
     let deadline = Instant::now() + SHUTDOWN_GRACE;

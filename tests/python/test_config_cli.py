@@ -106,3 +106,36 @@ def test_connect_and_disconnect_are_logged_with_id_version_and_address(broker):
 
 def test_open_file_limit_is_raised_and_logged(broker):
     broker.wait_for_log(r"open-file limit (raised|stays)")
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
+    notify = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(notify))
+    server.settimeout(10)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n')
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="200000")
+    proc = subprocess.Popen([BIN, "--config", str(conf)], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = server.recv(1024).decode()
+        assert "READY=1" in ready, ready
+        # READY=1 is sent once the listener is bound: its address is logged, and it accepts.
+        line = ""
+        while "listening name=tcp" not in line:
+            line = proc.stderr.readline()
+        port = int(line.rsplit(":", 1)[1])
+        assert RawClient("127.0.0.1", port).connect("after-ready").code == 0
+        watchdog = [server.recv(1024).decode() for _ in range(3)]
+        assert all(w == "WATCHDOG=1" for w in watchdog), watchdog
+        proc.send_signal(signal.SIGTERM)
+        while True:
+            message = server.recv(1024).decode()
+            if message != "WATCHDOG=1":
+                break
+        assert message == "STOPPING=1"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()
