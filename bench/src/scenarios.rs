@@ -177,6 +177,21 @@ pub async fn fan_in(ex: &Executor<'static>, o: &Opts, qos: QoS) -> Result<Line> 
     Ok(line)
 }
 
+/// Up to `wanted` QoS 0 publishes to `topic` encoded back to back (at least one, at
+/// most 64 KiB of them): the batch and how many it holds.
+fn qos0_batch(topic: &str, wanted: u64) -> (Vec<u8>, u64) {
+    let mut one = BytesMut::new();
+    publish_packet(topic, QoS::AtMostOnce, 0, &payload(), &mut one);
+    let count = wanted.clamp(1, (64 * 1024 / one.len()) as u64);
+    let batch = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * count as usize)
+        .collect();
+    (batch, count)
+}
+
 /// Publishes QoS 0 in pre-encoded batches, keeping all publishers together at most
 /// `window` messages ahead of what the subscriber has received.
 async fn publish_qos0(
@@ -187,15 +202,7 @@ async fn publish_qos0(
     received: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut one = BytesMut::new();
-    publish_packet(topic, QoS::AtMostOnce, 0, &payload(), &mut one);
-    let per_batch = (window / 4).clamp(1, (64 * 1024 / one.len()) as u64);
-    let batch: Vec<u8> = one
-        .iter()
-        .copied()
-        .cycle()
-        .take(one.len() * per_batch as usize)
-        .collect();
+    let (batch, per_batch) = qos0_batch(topic, window / 4);
     while !stop.load(Ordering::Relaxed) {
         if sent
             .load(Ordering::Relaxed)
@@ -382,15 +389,7 @@ pub async fn fan_out(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
         let (sent, stop, slowest) = (sent.clone(), stop.clone(), slowest.clone());
         let window = o.window;
         ex.spawn(async move {
-            let mut one = BytesMut::new();
-            publish_packet("fan/t", QoS::AtMostOnce, 0, &payload(), &mut one);
-            let per_batch = (window / 4).clamp(1, 64);
-            let batch: Vec<u8> = one
-                .iter()
-                .copied()
-                .cycle()
-                .take(one.len() * per_batch as usize)
-                .collect();
+            let (batch, per_batch) = qos0_batch("fan/t", (window / 4).min(64));
             while !stop.load(Ordering::Relaxed) {
                 if sent.load(Ordering::Relaxed).saturating_sub(slowest()) + per_batch > window {
                     Timer::after(Duration::from_micros(100)).await;

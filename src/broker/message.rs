@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::{Properties, Publish, QoS, Topic, Will};
+use crate::protocol::{Publish, QoS, Topic, Will};
 
 #[derive(Debug)]
 pub struct Message {
@@ -60,11 +60,6 @@ impl Message {
 
     pub fn is_expired(&self, now: Instant) -> bool {
         self.remaining_expiry(now) == Some(0)
-    }
-
-    /// The message's properties as a v5 client would see them (for tests and the API).
-    pub fn properties(&self) -> Properties {
-        Properties::from_forwarded(&self.forwarded_properties)
     }
 }
 

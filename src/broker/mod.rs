@@ -20,7 +20,7 @@ pub use client::{Client, Close, ConnectOutcome};
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{Enqueued, NEVER_EXPIRES, Owner, QueueLimits, Session, Subscription};
+use session::{NEVER_EXPIRES, Owner, QueueLimits, Session, Subscription};
 
 use crate::protocol::{QoS, ReasonCode};
 
@@ -132,21 +132,6 @@ impl Broker {
             max_queued_messages: self.settings.max_queued_messages,
             max_queued_bytes: self.settings.max_queued_bytes,
         }
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions().len()
-    }
-
-    pub fn subscription_count(&self) -> usize {
-        self.router.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn retained_count(&self) -> usize {
-        self.retained
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
     }
 
     /// Takes the session for `client_id` for a new connection: a clean start discards
@@ -362,7 +347,7 @@ impl Broker {
         let limits = self.queue_limits();
         let mut pressure = None;
         for (session, deliveries) in staged {
-            let (pressured, dropped) = session.deliver_all(deliveries, &limits);
+            let (pressured, dropped) = session.deliver(deliveries, &limits);
             self.metrics
                 .dropped_queue_full
                 .fetch_add(dropped, Ordering::Relaxed);
@@ -373,14 +358,13 @@ impl Broker {
         pressure
     }
 
-    /// Queues a delivery; true when the session asks its publishers to wait.
-    fn enqueue(&self, session: &Session, delivery: Delivery) -> bool {
-        match session.deliver(delivery, &self.queue_limits()) {
-            Enqueued::Queued { pressure, .. } => return pressure,
-            Enqueued::Dropped => count(&self.metrics.dropped_queue_full),
-            Enqueued::Overflow => count(&self.metrics.dropped_queue_full),
-        }
-        false
+    /// Queues one delivery outside a publish (retained on SUBSCRIBE, a shared message
+    /// handed on), counting it if the session's queue drops it.
+    fn enqueue(&self, session: &Session, delivery: Delivery) {
+        let (_, dropped) = session.deliver(vec![delivery], &self.queue_limits());
+        self.metrics
+            .dropped_queue_full
+            .fetch_add(dropped, Ordering::Relaxed);
     }
 
     /// Publishes wills whose delay is over and ends sessions past their expiry.

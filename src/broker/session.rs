@@ -116,30 +116,9 @@ impl Session {
         newly
     }
 
-    /// Queues a delivery and wakes the connection if it was idle.
-    pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
-        let mut st = self.lock();
-        let outcome = st.enqueue(delivery, limits);
-        let wake = matches!(
-            outcome,
-            Enqueued::Queued {
-                was_empty: true,
-                ..
-            } | Enqueued::Overflow
-        );
-        let owner = if wake { st.owner.clone() } else { None };
-        drop(st);
-        if let Some(owner) = owner {
-            owner.notify();
-        }
-        outcome
-    }
-}
-
-impl Session {
     /// Queues several deliveries under one lock and wakes the connection at most once.
     /// Returns whether publishers should wait for this session, and how many were dropped.
-    pub fn deliver_all(&self, deliveries: Vec<Delivery>, limits: &QueueLimits) -> (bool, u64) {
+    pub fn deliver(&self, deliveries: Vec<Delivery>, limits: &QueueLimits) -> (bool, u64) {
         let mut st = self.lock();
         let was_empty = st.queue.is_empty();
         let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
@@ -228,7 +207,6 @@ pub struct SessionState {
     next_packet_id: u16,
     /// A will waiting for its delay (or the session's end) before it is published.
     pub pending_will: Option<Box<(Message, Instant)>>,
-    pub dropped_messages: u64,
     /// The queue passed its high-water mark; publishers are waiting on `drained`.
     pub pressured: bool,
     /// The session did not drain within the stall timeout: publishers no longer wait.
@@ -253,7 +231,6 @@ impl SessionState {
             inbound_qos2: Vec::new(),
             next_packet_id: 0,
             pending_will: None,
-            dropped_messages: 0,
             pressured: false,
             stalled: false,
             high_water: (usize::MAX, usize::MAX),
@@ -288,7 +265,6 @@ impl SessionState {
 
     fn enqueue(&mut self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
         if delivery.qos == QoS::AtMostOnce && !self.connected {
-            self.dropped_messages += 1;
             return Enqueued::Dropped;
         }
         let size = delivery.message.payload.len() + delivery.message.topic.as_str().len();
@@ -299,7 +275,6 @@ impl SessionState {
                 self.close_reason.get_or_insert(ReasonCode::QUOTA_EXCEEDED);
                 return Enqueued::Overflow;
             }
-            self.dropped_messages += 1;
             return Enqueued::Dropped;
         }
         let was_empty = self.queue.is_empty();
@@ -387,25 +362,25 @@ mod tests {
         let s = Session::new("c".into(), ProtocolVersion::V5, 0);
         s.set_online(&mut s.lock(), true);
         assert_eq!(
-            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
             Enqueued::Queued {
                 was_empty: true,
                 pressure: true
             }
         );
         assert_eq!(
-            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
             Enqueued::Queued {
                 was_empty: false,
                 pressure: true
             }
         );
         assert_eq!(
-            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
             Enqueued::Dropped
         );
         assert_eq!(
-            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
             Enqueued::Overflow
         );
         assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
@@ -415,11 +390,11 @@ mod tests {
     fn offline_sessions_do_not_queue_qos0() {
         let s = Session::new("c".into(), ProtocolVersion::V5, 60);
         assert_eq!(
-            s.deliver(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
             Enqueued::Dropped
         );
         assert_eq!(
-            s.deliver(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
             Enqueued::Queued {
                 was_empty: true,
                 pressure: false

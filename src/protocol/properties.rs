@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::wire::{DecodeError, Reader, put_binary, put_str, put_vbi, vbi_len};
+use super::wire::{DecodeError, Reader, put_binary, put_str, put_vbi};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
@@ -243,13 +243,6 @@ impl Properties {
         buf.put_slice(&body);
     }
 
-    /// The length of [`Properties::encode`]'s output.
-    pub fn encoded_len(&self) -> usize {
-        let mut body = Vec::new();
-        self.encode_body(&mut body);
-        vbi_len(body.len()) + body.len()
-    }
-
     fn encode_body(&self, b: &mut Vec<u8>) {
         fn byte(b: &mut Vec<u8>, id: u8, v: Option<u8>) {
             if let Some(v) = v {
@@ -334,7 +327,8 @@ impl Properties {
         Bytes::from(body)
     }
 
-    /// The inverse of [`Properties::forwarded_message_properties`].
+    /// The inverse of [`Properties::forwarded_message_properties`], for tests.
+    #[cfg(test)]
     pub fn from_forwarded(encoded: &Bytes) -> Properties {
         let mut framed = BytesMut::with_capacity(encoded.len() + 4);
         put_vbi(&mut framed, encoded.len());
