@@ -5,5 +5,7 @@ pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod systemd;
+pub mod throttle;
 pub mod transport;

@@ -1,7 +1,8 @@
-//! Starting and stopping the broker: executor threads, listeners, the housekeeping
-//! tick, and signals. Start order: listeners bound (a port in use fails the start),
-//! then accepting; stop order: stop accepting, tell clients (v5: DISCONNECT 0x8B),
-//! let them flush, exit.
+//! Starting and stopping the broker: the store, executor threads, listeners, the
+//! housekeeping tick, and signals. Start order: the store opened and its sessions
+//! loaded, listeners bound (a port in use fails the start), then accepting; stop order:
+//! stop accepting, tell clients (v5: DISCONNECT 0x8B), let them flush, commit and
+//! close the store, exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use smol::Executor;
 use crate::auth::AuthPolicy;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::store::Store;
 use crate::systemd;
 use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
@@ -28,7 +30,26 @@ pub fn run(config: Config) -> Result<(), String> {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let broker = Broker::new(config.broker_settings());
+    let store = match config.store_config() {
+        Some(store_config) => {
+            let started = Instant::now();
+            let (store, loaded) = Store::open(&store_config)?;
+            log::info!(
+                "store {} opened (durability {}, commit interval {:?}) in {:?}",
+                store_config.path.display(),
+                store_config.durability,
+                store_config.commit_interval,
+                started.elapsed()
+            );
+            Some((store, loaded))
+        }
+        None => {
+            log::info!("durability = \"memory\": nothing is stored on disk");
+            None
+        }
+    };
+    let store_handle = store.as_ref().map(|(s, _)| s.clone());
+    let broker = Broker::with_store(config.broker_settings(), store);
     let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
     let (stop, stopped) = smol::channel::bounded::<()>(1);
     let mut workers = Vec::new();
@@ -130,6 +151,10 @@ pub fn run(config: Config) -> Result<(), String> {
     stop.close();
     for worker in workers {
         let _ = worker.join();
+    }
+    drop(broker);
+    if let Some(store) = store_handle {
+        store.close();
     }
     log::info!("stopped");
     Ok(())

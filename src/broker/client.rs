@@ -11,11 +11,19 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::message::{Delivery, Message};
-use super::session::{Inflight, NEVER_EXPIRES, Owner, Session, Stage, Subscription};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use event_listener::EventListener;
+
+use super::message::{DURABLE_PENDING, Delivery, Message};
+use super::session::{Inflight, Owner, Session, Stage, Subscription, done_op};
 use super::{Broker, count};
 use crate::auth::{Access, AuthPolicy};
 use crate::protocol::*;
+use crate::store::{Op, StoredMessage, TicketState};
 
 /// Publishes from one client routed together, at most: small enough that back-pressure
 /// still stops a publisher within a few dozen messages of a subscriber's high-water
@@ -84,12 +92,25 @@ pub struct Client {
     backpressure: Option<Arc<Session>>,
     /// Publishes decoded but not yet routed, and the acknowledgements they owe:
     /// (index in `pending`, QoS, packet id).
-    pending: Vec<Message>,
+    pending: Vec<Arc<Message>>,
     pending_acks: Vec<(usize, QoS, u16)>,
     reached: Vec<usize>,
     publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
+    /// Packets in `out` from this offset on wait for the store (`strict` durability).
+    hold: Option<Hold>,
+}
+
+/// The tail of the write buffer that may not be sent before the store has made
+/// something durable: an acknowledgement before the message it acknowledges, a QoS 2
+/// delivery before the exactly-once record it depends on.
+struct Hold {
+    from: usize,
+    ticket: u64,
+    /// QoS 2 messages whose ticket may not be known yet ([`DURABLE_PENDING`]).
+    messages: Vec<Arc<Message>>,
+    listener: Option<EventListener>,
 }
 
 fn refuse(version: ProtocolVersion, code: ReasonCode, reason: impl Into<String>) -> ConnectOutcome {
@@ -207,9 +228,17 @@ impl Client {
             );
         }
         let expiry = match v {
-            ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            ProtocolVersion::V5 => {
+                let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+                let granted = asked.min(settings.max_session_expiry);
+                if granted != asked {
+                    // The server's value goes back in CONNACK (MQTT 5.0 section 3.2.2.3.2).
+                    properties.session_expiry_interval = Some(granted);
+                }
+                granted
+            }
             _ if connect.clean_start => 0,
-            _ => NEVER_EXPIRES,
+            _ => settings.persistent_client_expiration,
         };
         let mut keep_alive = connect.keep_alive;
         if v5
@@ -263,7 +292,10 @@ impl Client {
             reached: Vec::new(),
             publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
+            hold: None,
         };
+        // The CONNACK waits for the session to be stored.
+        client.hold_for(opened.ticket);
         let connack = ConnAck {
             session_present: opened.present,
             code: ReasonCode::SUCCESS,
@@ -279,6 +311,143 @@ impl Client {
 
     fn v5(&self) -> bool {
         self.version == ProtocolVersion::V5
+    }
+
+    /// The session's store id when its changes are stored.
+    fn stored_sid(&self) -> Option<u64> {
+        self.broker.store.as_ref()?;
+        self.session.lock().stored.then_some(self.session.sid)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.broker.store().is_some_and(|s| s.is_strict())
+    }
+
+    /// Holds what is written to `out` from `from` on until `ticket` is durable, under
+    /// `strict` durability.
+    fn hold_from(&mut self, from: usize, ticket: u64) {
+        if ticket == 0 || !self.is_strict() {
+            return;
+        }
+        match &mut self.hold {
+            Some(h) => {
+                h.from = h.from.min(from);
+                h.ticket = h.ticket.max(ticket);
+            }
+            None => {
+                self.hold = Some(Hold {
+                    from,
+                    ticket,
+                    messages: Vec::new(),
+                    listener: None,
+                })
+            }
+        }
+    }
+
+    /// Holds what is written from now on until `ticket` is durable.
+    fn hold_for(&mut self, ticket: u64) {
+        self.hold_from(self.out.len(), ticket);
+    }
+
+    /// Holds what is written from now on until `message` may be seen by subscribers.
+    fn hold_for_message(&mut self, message: &Arc<Message>) {
+        match message.durable_after.load(Ordering::Acquire) {
+            0 => {}
+            DURABLE_PENDING => {
+                let from = self.out.len();
+                self.hold
+                    .get_or_insert_with(|| Hold {
+                        from,
+                        ticket: 0,
+                        messages: Vec::new(),
+                        listener: None,
+                    })
+                    .messages
+                    .push(message.clone());
+            }
+            ticket => self.hold_for(ticket),
+        }
+    }
+
+    /// The part of `out` that may be written now.
+    pub fn writable(&self) -> &[u8] {
+        match &self.hold {
+            Some(h) => &self.out[..h.from],
+            None => &self.out,
+        }
+    }
+
+    /// `n` bytes from the front of `out` were written.
+    pub fn wrote(&mut self, n: usize) {
+        use bytes::Buf;
+        self.out.advance(n);
+        if let Some(h) = &mut self.hold {
+            h.from -= n;
+        }
+        if self.out.is_empty() {
+            // Give the buffer back: an idle connection should hold nothing.
+            self.out = BytesMut::new();
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// Ready once the held packets may be written (at once when nothing is held); an
+    /// error when the store could not keep what they acknowledge, and then they are
+    /// never sent: the client will send its message again.
+    pub fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Close>> {
+        let Some(store) = self.broker.store.clone() else {
+            self.hold = None;
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            let Some(h) = &mut self.hold else {
+                return Poll::Ready(Ok(()));
+            };
+            let mut unknown = false;
+            let ticket = &mut h.ticket;
+            h.messages
+                .retain(|m| match m.durable_after.load(Ordering::Acquire) {
+                    DURABLE_PENDING => {
+                        unknown = true;
+                        true
+                    }
+                    t => {
+                        *ticket = (*ticket).max(t);
+                        false
+                    }
+                });
+            if !unknown {
+                match store.ticket_state(h.ticket) {
+                    TicketState::Durable => {
+                        self.hold = None;
+                        return Poll::Ready(Ok(()));
+                    }
+                    TicketState::Failed => {
+                        let from = h.from;
+                        self.out.truncate(from);
+                        self.hold = None;
+                        return Poll::Ready(Err(Close::new(
+                            ReasonCode::QUOTA_EXCEEDED,
+                            "the store could not keep the message (disk full or failing): not acknowledged",
+                        )));
+                    }
+                    TicketState::Pending => {}
+                }
+            }
+            match &mut h.listener {
+                None => h.listener = Some(store.listen()),
+                Some(listener) => {
+                    if Pin::new(listener).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    h.listener = None;
+                }
+            }
+        }
     }
 
     /// Ready when the session has had something new for this connection since the
@@ -445,6 +614,15 @@ impl Client {
                         let mut st = self.session.lock();
                         if !st.inbound_qos2.contains(&packet_id) {
                             st.inbound_qos2.push(packet_id);
+                            if st.stored {
+                                let op = Op::AddInbound {
+                                    sid: self.session.sid,
+                                    packet_id,
+                                };
+                                drop(st);
+                                let ticket = self.broker.submit(vec![op]);
+                                self.hold_for(ticket);
+                            }
                         }
                     }
                     self.send(&Packet::PubRec(Ack::new(packet_id, code)));
@@ -452,15 +630,23 @@ impl Client {
             }
             return Ok(());
         }
+        let mut exactly_once_stored = false;
         if qos == QoS::ExactlyOnce {
             let mut st = self.session.lock();
             if st.inbound_qos2.contains(&packet_id) {
-                // A resent QoS 2 PUBLISH already routed: acknowledge again, deliver once.
+                // A resent QoS 2 PUBLISH already routed: acknowledge again, deliver once
+                // (and not before the first one's record is durable).
+                let stored = st.stored;
                 drop(st);
                 self.flush_publishes();
+                if stored {
+                    let ticket = self.broker.store().map_or(0, |s| s.last_ticket());
+                    self.hold_for(ticket);
+                }
                 self.send(&Packet::PubRec(Ack::new(packet_id, ReasonCode::SUCCESS)));
                 return Ok(());
             }
+            exactly_once_stored = st.stored;
             if st.inbound_qos2.len() >= usize::from(self.broker.settings.receive_maximum) {
                 return Err(Close::new(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -475,8 +661,15 @@ impl Client {
         if qos > QoS::AtMostOnce {
             self.pending_acks.push((self.pending.len(), qos, packet_id));
         }
-        self.pending
-            .push(Message::from_publish(p, Some(self.client_id.clone()), now));
+        let message = Arc::new(Message::from_publish(p, Some(self.client_id.clone()), now));
+        if exactly_once_stored && self.is_strict() {
+            // Subscribers wait until the exactly-once record is durable; see
+            // `Message::durable_after`.
+            message
+                .durable_after
+                .store(DURABLE_PENDING, Ordering::Release);
+        }
+        self.pending.push(message);
         if self.pending.len() >= self.publish_batch {
             self.flush_publishes();
         }
@@ -491,12 +684,35 @@ impl Client {
             return;
         }
         let messages = std::mem::take(&mut self.pending);
+        let awaiting: Vec<Arc<Message>> = messages
+            .iter()
+            .filter(|m| m.durable_after.load(Ordering::Relaxed) == DURABLE_PENDING)
+            .cloned()
+            .collect();
         self.reached.clear();
-        let pressure = self.broker.publish_batch(messages, &mut self.reached);
+        let mut ops = Vec::new();
+        let pressure = self
+            .broker
+            .publish_batch(messages, &mut self.reached, &mut ops);
         if self.backpressure.is_none() {
             self.backpressure = pressure;
         }
         let acks = std::mem::take(&mut self.pending_acks);
+        if let Some(sid) = self.stored_sid() {
+            // After the deliveries they protect: once the id is durable, so are they.
+            ops.extend(
+                acks.iter()
+                    .filter(|(_, qos, _)| *qos == QoS::ExactlyOnce)
+                    .map(|&(_, _, packet_id)| Op::AddInbound { sid, packet_id }),
+            );
+        }
+        let ticket = self.broker.submit(ops);
+        for message in awaiting {
+            message.durable_after.store(ticket, Ordering::Release);
+        }
+        if !acks.is_empty() {
+            self.hold_for(ticket);
+        }
         for &(index, qos, packet_id) in &acks {
             let code = if self.reached[index] == 0 && self.v5() {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
@@ -514,14 +730,25 @@ impl Client {
 
     fn on_pubrel(&mut self, ack: Ack) {
         let mut st = self.session.lock();
+        let mut op = None;
         let code = match st.inbound_qos2.iter().position(|id| *id == ack.packet_id) {
             Some(i) => {
                 st.inbound_qos2.swap_remove(i);
+                if st.stored {
+                    op = Some(Op::DeleteInbound {
+                        sid: self.session.sid,
+                        packet_id: ack.packet_id,
+                    });
+                }
                 ReasonCode::SUCCESS
             }
             None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
         };
         drop(st);
+        // PUBCOMP only once the id is forgotten for good: a stored id would make the
+        // client's next message under it look like a duplicate after a crash.
+        let ticket = self.broker.submit(op.into_iter().collect());
+        self.hold_for(ticket);
         self.send(&Packet::PubComp(Ack::new(ack.packet_id, code)));
     }
 
@@ -530,7 +757,12 @@ impl Client {
         let mut st = self.session.lock();
         match st.inflight_position(packet_id) {
             Some(i) if st.inflight[i].stage == stage => {
-                st.inflight.remove(i);
+                let done = st
+                    .inflight
+                    .remove(i)
+                    .and_then(|f| done_op(self.session.sid, &f.delivery));
+                drop(st);
+                self.broker.submit(done.into_iter().collect());
             }
             _ => log::debug!(
                 "client_id={} acknowledged unknown packet id {packet_id}",
@@ -541,19 +773,36 @@ impl Client {
 
     fn on_pubrec(&mut self, ack: Ack) {
         let mut st = self.session.lock();
-        let code = match st.inflight_position(ack.packet_id) {
+        let sid = self.session.sid;
+        let (code, op) = match st.inflight_position(ack.packet_id) {
             Some(i) if ack.code.is_error() => {
                 // The receiver refused it: the flow ends here (MQTT 5.0 section 4.3.3).
-                st.inflight.remove(i);
+                let done = st
+                    .inflight
+                    .remove(i)
+                    .and_then(|f| done_op(sid, &f.delivery));
+                drop(st);
+                self.broker.submit(done.into_iter().collect());
                 return;
             }
             Some(i) => {
-                st.inflight[i].stage = Stage::AwaitingPubComp;
-                ReasonCode::SUCCESS
+                let f = &mut st.inflight[i];
+                f.stage = Stage::AwaitingPubComp;
+                let op = (f.delivery.seq != 0).then(|| Op::SentDelivery {
+                    sid,
+                    seq: f.delivery.seq,
+                    packet_id: ack.packet_id,
+                    stage: Stage::AwaitingPubComp,
+                });
+                (ReasonCode::SUCCESS, op)
             }
-            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            None => (ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None),
         };
         drop(st);
+        // PUBREL only once the stage is durable: after a crash the broker must resend
+        // PUBREL, not the PUBLISH the client has already passed on.
+        let ticket = self.broker.submit(op.into_iter().collect());
+        self.hold_for(ticket);
         self.send(&Packet::PubRel(Ack::new(ack.packet_id, code)));
     }
 
@@ -561,6 +810,8 @@ impl Client {
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut ops = Vec::new();
+        let sid = self.stored_sid();
         for (filter, mut options) in s.filters {
             if let Err(e) = topic::validate_filter(&filter) {
                 if self.version == ProtocolVersion::V31 {
@@ -631,6 +882,14 @@ impl Client {
             let subscription = Subscription { options, id };
             let existed = self.session.lock().add_subscription(&filter, subscription);
             self.broker.subscribe(&self.session, &filter, subscription);
+            if let Some(sid) = sid {
+                ops.push(Op::PutSubscription {
+                    sid,
+                    filter: filter.clone(),
+                    options: options.to_byte(),
+                    identifier: id,
+                });
+            }
             codes.push(ReasonCode(options.qos as u8));
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -646,10 +905,13 @@ impl Client {
                         retain: true,
                         subscription_ids: id.into_iter().collect(),
                         shared: None,
+                        seq: 0,
                     });
                 }
             }
         }
+        let ticket = self.broker.submit(ops);
+        self.hold_for(ticket);
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
@@ -663,10 +925,18 @@ impl Client {
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
+        let mut ops = Vec::new();
+        let sid = self.stored_sid();
         for filter in &u.filters {
             let existed = self.session.lock().remove_subscription(filter);
             if existed {
                 self.broker.unsubscribe(&self.session, filter);
+                if let Some(sid) = sid {
+                    ops.push(Op::DeleteSubscription {
+                        sid,
+                        filter: filter.clone(),
+                    });
+                }
             }
             codes.push(if existed {
                 ReasonCode::SUCCESS
@@ -677,6 +947,8 @@ impl Client {
         if !self.v5() {
             codes.clear();
         }
+        let ticket = self.broker.submit(ops);
+        self.hold_for(ticket);
         self.send(&Packet::UnsubAck(SubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -738,6 +1010,9 @@ impl Client {
             }
         }
         let acl = self.auth.acl();
+        let sid = session.sid;
+        let mut ops = Vec::new();
+        let mut hold_start = None;
         while self.out.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos > QoS::AtMostOnce && st.inflight.len() >= self.peer_receive_maximum {
@@ -753,6 +1028,7 @@ impl Client {
                     Access::Read,
                 ) {
                     self.note_refusal(topic, Access::Read);
+                    ops.extend(done_op(sid, &delivery));
                     continue;
                 }
             }
@@ -761,25 +1037,53 @@ impl Client {
             }
             if delivery.message.is_expired(now) {
                 count(&self.broker.metrics.dropped_expired);
+                ops.extend(done_op(sid, &delivery));
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 self.write_publish(&delivery, 0, false, now);
+                ops.extend(done_op(sid, &delivery));
                 continue;
             }
             let packet_id = st.allocate_packet_id();
+            if delivery.qos == QoS::ExactlyOnce {
+                self.hold_for_message(&delivery.message);
+            }
+            let before = self.out.len();
             if self.write_publish(&delivery, packet_id, false, now) {
                 let stage = if delivery.qos == QoS::AtLeastOnce {
                     Stage::AwaitingPubAck
                 } else {
                     Stage::AwaitingPubRec
                 };
+                if delivery.seq != 0 {
+                    ops.push(Op::SentDelivery {
+                        sid,
+                        seq: delivery.seq,
+                        packet_id,
+                        stage,
+                    });
+                    if stage == Stage::AwaitingPubRec {
+                        // A QoS 2 PUBLISH goes out only with its packet id durable, so
+                        // that after a crash it is resent under the same id and the
+                        // client can recognise it. QoS 1 may be sent again under a new
+                        // one; waiting for it would cost a sync per message.
+                        hold_start.get_or_insert(before);
+                    }
+                }
                 st.inflight.push_back(Inflight {
                     packet_id,
                     stage,
                     delivery,
                 });
+            } else {
+                ops.extend(done_op(sid, &delivery));
             }
+        }
+        drop(st);
+        let ticket = self.broker.submit(ops);
+        if let Some(from) = hold_start {
+            self.hold_from(from, ticket);
         }
         Ok(())
     }
@@ -885,9 +1189,41 @@ impl Client {
                 self.session.lock().pending_will = Some(Box::new((message, now + delay)));
             }
         }
+        if !taken_over {
+            self.store_disconnected(now);
+        }
         if !taken_over && self.session.lock().expiry_interval == 0 {
             broker.remove_session(&self.session, now);
         }
+    }
+
+    /// Stores when a persistent session lost its connection (its expiry runs from
+    /// then), its expiry as DISCONNECT may have changed it, and its pending will.
+    fn store_disconnected(&self, now: Instant) {
+        let Some(store) = self.broker.store() else {
+            return;
+        };
+        let st = self.session.lock();
+        if !st.stored || st.expiry_interval == 0 {
+            return;
+        }
+        let sid = self.session.sid;
+        let clock = &store.clock;
+        let mut ops = vec![Op::PutSession {
+            sid,
+            client_id: self.client_id.clone(),
+            protocol: st.protocol.level(),
+            expiry: st.expiry_interval,
+            disconnected_at: Some(clock.secs(now)),
+        }];
+        if let Some(will) = &st.pending_will {
+            let encoded = StoredMessage::from_message(&will.0, clock).encode();
+            ops.push(Op::SetWill {
+                sid,
+                will: Some((encoded, clock.secs(will.1))),
+            });
+        }
+        self.broker.submit(ops);
     }
 }
 

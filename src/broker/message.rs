@@ -2,6 +2,7 @@
 //! subscriber through an `Arc`, its payload never copied.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +22,17 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for no-local subscriptions.
     pub origin: Option<Arc<str>>,
+    /// Its id in the store, given when it is first stored; 0 until then.
+    pub store_id: AtomicU64,
+    /// The store ticket that must be durable before a subscriber may receive it:
+    /// set for a QoS 2 message from a stored session under `strict` durability, so that
+    /// no client sees a message whose exactly-once record a crash could still lose.
+    /// 0: nothing to wait for; [`DURABLE_PENDING`]: the ticket is not known yet.
+    pub durable_after: AtomicU64,
 }
+
+/// See [`Message::durable_after`].
+pub const DURABLE_PENDING: u64 = u64::MAX;
 
 impl Message {
     pub fn from_publish(publish: Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
@@ -33,6 +44,8 @@ impl Message {
             qos: publish.qos,
             retain: publish.retain,
             origin,
+            store_id: AtomicU64::new(0),
+            durable_after: AtomicU64::new(0),
         }
     }
 
@@ -45,6 +58,8 @@ impl Message {
             qos: will.qos,
             retain: will.retain,
             origin,
+            store_id: AtomicU64::new(0),
+            durable_after: AtomicU64::new(0),
         }
     }
 
@@ -78,4 +93,6 @@ pub struct Delivery {
     /// The shared subscription (`$share/group/filter`) it came through, so that it can
     /// be handed to another member if this session ends before it is acknowledged.
     pub shared: Option<Arc<str>>,
+    /// Its sequence number in the store; 0 when it is not stored.
+    pub seq: u64,
 }

@@ -11,18 +11,21 @@ pub mod retained;
 pub mod router;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 pub use client::{Client, Close, ConnectOutcome};
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{NEVER_EXPIRES, Owner, QueueLimits, Session, Subscription};
+use session::{Inflight, NEVER_EXPIRES, Owner, QueueLimits, Session, SessionState, Subscription};
 
-use crate::protocol::{QoS, ReasonCode};
+use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Topic};
+use crate::store::{Loaded, Op, Store};
 
 /// The broker-wide settings the core enforces; `config` fills them from the TOML file.
 #[derive(Debug, Clone)]
@@ -48,6 +51,16 @@ pub struct Settings {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold (SUBACK 0x97 / 3.x 0x80 beyond it).
     pub max_subscriptions: usize,
+    /// The longest session expiry granted to a v5 client, in seconds.
+    pub max_session_expiry: u32,
+    /// The expiry of a v3 persistent session (clean session 0), which states none
+    /// itself; [`NEVER_EXPIRES`] keeps it for ever, as Mosquitto does by default.
+    pub persistent_client_expiration: u32,
+    /// Queue QoS 0 messages for offline persistent sessions (and store them).
+    pub queue_qos0_offline: bool,
+    /// Retained messages kept, at most, and their bytes (topics and payloads).
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
 }
 
 impl Default for Settings {
@@ -66,8 +79,23 @@ impl Default for Settings {
             max_topic_len: 65535,
             max_topic_levels: 128,
             max_subscriptions: 1000,
+            max_session_expiry: NEVER_EXPIRES,
+            persistent_client_expiration: NEVER_EXPIRES,
+            queue_qos0_offline: false,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// Something an operator must look at (a corrupt store moved aside, say): logged,
+/// published as a retained `$SYS/tern/alarms/NAME` message, and listed by the
+/// management API.
+#[derive(Debug, Clone)]
+pub struct Alarm {
+    pub name: String,
+    pub message: String,
+    pub raised_at: SystemTime,
 }
 
 /// Counters for logs and, later, `$SYS` and the metrics endpoint.
@@ -80,6 +108,7 @@ pub struct Metrics {
     pub dropped_queue_full: AtomicU64,
     pub dropped_too_large: AtomicU64,
     pub dropped_expired: AtomicU64,
+    pub dropped_retained_full: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -93,6 +122,8 @@ pub struct Broker {
     router: RwLock<Router>,
     retained: RwLock<Retained>,
     shutting_down: AtomicBool,
+    store: Option<Arc<Store>>,
+    pub alarms: Mutex<Vec<Alarm>>,
 }
 
 /// Where a publish went.
@@ -109,18 +140,161 @@ pub struct Opened {
     pub owner: Arc<Owner>,
     pub generation: u64,
     pub present: bool,
+    /// The store ticket the CONNACK waits for (0: none).
+    pub ticket: u64,
 }
 
 impl Broker {
+    /// A broker that keeps everything in memory.
     pub fn new(settings: Settings) -> Arc<Broker> {
-        Arc::new(Broker {
+        Broker::with_store(settings, None)
+    }
+
+    /// A broker over a store, with what the store held loaded back: sessions (their
+    /// queues stay on disk until they resume), subscriptions and retained messages.
+    pub fn with_store(settings: Settings, store: Option<(Arc<Store>, Loaded)>) -> Arc<Broker> {
+        let (store, loaded) = match store {
+            Some((store, loaded)) => (Some(store), Some(loaded)),
+            None => (None, None),
+        };
+        let broker = Arc::new(Broker {
+            retained: RwLock::new(Retained::new(
+                settings.max_retained_messages,
+                settings.max_retained_bytes,
+            )),
             settings,
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
             router: RwLock::new(Router::default()),
-            retained: RwLock::new(Retained::default()),
             shutting_down: AtomicBool::new(false),
-        })
+            store,
+            alarms: Mutex::new(Vec::new()),
+        });
+        if let Some(loaded) = loaded {
+            broker.restore(loaded);
+        }
+        if let Some(q) = broker.store.as_ref().and_then(|s| s.quarantined.clone()) {
+            let files: Vec<String> = q.files.iter().map(|f| f.display().to_string()).collect();
+            broker.raise_alarm(
+                "store-corrupt",
+                format!(
+                    "the store was corrupt ({}) and was moved aside as {}; Tern started with an empty store",
+                    q.reason,
+                    files.join(", ")
+                ),
+            );
+        }
+        broker
+    }
+
+    fn restore(&self, loaded: Loaded) {
+        let Some(store) = &self.store else { return };
+        let clock = &store.clock;
+        let mut sessions = self.sessions();
+        let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
+        for stored in loaded.sessions {
+            let protocol = match stored.protocol {
+                3 => ProtocolVersion::V31,
+                4 => ProtocolVersion::V311,
+                _ => ProtocolVersion::V5,
+            };
+            let expiry = match protocol {
+                ProtocolVersion::V5 => stored.expiry.min(self.settings.max_session_expiry),
+                _ => self.settings.persistent_client_expiration,
+            };
+            let client_id: Arc<str> = stored.client_id.into();
+            let session = Arc::new(Session::new(
+                client_id.clone(),
+                protocol,
+                expiry,
+                stored.sid,
+            ));
+            {
+                let mut st = session.lock();
+                st.stored = true;
+                st.disconnected_at = Some(clock.instant(stored.disconnected_at));
+                st.inbound_qos2 = stored.inbound_qos2;
+                st.pending_will = stored.will.map(|(message, due)| {
+                    Box::new((
+                        message.into_message(Some(client_id.clone()), clock),
+                        clock.instant(due),
+                    ))
+                });
+                if stored.backlog_messages > 0 {
+                    st.backlog = Some((stored.backlog_messages, stored.backlog_bytes));
+                }
+                for (filter, options, id) in stored.subscriptions {
+                    let Some(options) = SubscriptionOptions::from_byte(options) else {
+                        log::warn!(
+                            "stored subscription {filter:?} of {client_id:?} has bad options {options:#04x}: skipped"
+                        );
+                        continue;
+                    };
+                    let subscription = Subscription { options, id };
+                    st.add_subscription(&filter, subscription);
+                    router.subscribe(&filter, &session, subscription);
+                }
+            }
+            sessions.insert(client_id, session);
+        }
+        let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+        for message in loaded.retained {
+            retained.set(&Arc::new(message));
+        }
+        log::info!(
+            "store loaded: {} sessions, {} retained messages ({} expired sessions and {} expired or orphaned queued messages purged)",
+            sessions.len(),
+            retained.len(),
+            loaded.purged_sessions,
+            loaded.purged_deliveries
+        );
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_deref()
+    }
+
+    /// Hands ops to the store; the ticket a strict acknowledgement waits for, 0 when
+    /// there is nothing to wait for.
+    pub fn submit(&self, ops: Vec<Op>) -> u64 {
+        match &self.store {
+            Some(store) if !ops.is_empty() => store.submit(ops),
+            _ => 0,
+        }
+    }
+
+    /// Logs an alarm, lists it, and publishes it retained under `$SYS/tern/alarms/`.
+    pub fn raise_alarm(&self, name: &str, message: String) {
+        log::error!("alarm {name}: {message}");
+        let payload = format!(
+            "{{\"alarm\":{:?},\"message\":{:?},\"raised_at\":{}}}",
+            name,
+            message,
+            crate::store::wall_secs()
+        );
+        let alarm = Message {
+            topic: Topic::from(format!("$SYS/tern/alarms/{name}")),
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            forwarded_properties: Bytes::new(),
+            expires_at: None,
+            origin: None,
+            store_id: Default::default(),
+            durable_after: Default::default(),
+        };
+        self.retained
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_unbounded(&Arc::new(alarm));
+        self.alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Alarm {
+                name: name.into(),
+                message,
+                raised_at: SystemTime::now(),
+            });
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
@@ -131,17 +305,18 @@ impl Broker {
         QueueLimits {
             max_queued_messages: self.settings.max_queued_messages,
             max_queued_bytes: self.settings.max_queued_bytes,
+            queue_qos0_offline: self.settings.queue_qos0_offline,
         }
     }
 
     /// Takes the session for `client_id` for a new connection: a clean start discards
-    /// the old one, otherwise it resumes; a connection still attached is told to leave
-    /// with 0x8E (session taken over).
+    /// the old one, otherwise it resumes (with its stored queue read back from disk);
+    /// a connection still attached is told to leave with 0x8E (session taken over).
     pub fn open_session(
         &self,
         client_id: &str,
         clean_start: bool,
-        protocol: crate::protocol::ProtocolVersion,
+        protocol: ProtocolVersion,
         expiry_interval: u32,
         now: Instant,
     ) -> Opened {
@@ -162,7 +337,13 @@ impl Broker {
         let (session, present) = match resumable {
             Some(session) => (session, true),
             None => {
-                let session = Arc::new(Session::new(client_id.into(), protocol, expiry_interval));
+                let sid = self.store.as_ref().map_or(0, |s| s.new_sid());
+                let session = Arc::new(Session::new(
+                    client_id.into(),
+                    protocol,
+                    expiry_interval,
+                    sid,
+                ));
                 if let Some(old) = sessions.insert(session.client_id.clone(), session.clone()) {
                     drop(sessions);
                     self.end_session(&old, now);
@@ -178,18 +359,56 @@ impl Broker {
         st.protocol = protocol;
         st.expiry_interval = expiry_interval;
         st.disconnected_at = None;
-        st.pending_will = None;
+        let had_will = st.pending_will.take().is_some();
         session.set_online(&mut st, true);
         let owner = Arc::new(Owner::default());
         st.owner = Some(owner.clone());
         let generation = st.generation;
+        let ticket = self.store_opened(&session, &mut st, had_will);
         drop(st);
         Opened {
             session,
             owner,
             generation,
             present,
+            ticket,
         }
+    }
+
+    /// Brings the store up to date with a session just opened: its stored queue read
+    /// back, its row written, updated or (expiry 0) deleted. Returns the ticket.
+    fn store_opened(&self, session: &Session, st: &mut SessionState, had_will: bool) -> u64 {
+        let Some(store) = &self.store else { return 0 };
+        if st.backlog.take().is_some() {
+            match store.load_backlog(session.sid) {
+                Ok(stored) => restore_backlog(st, stored),
+                Err(e) => log::error!("client_id={}: {e}", session.client_id),
+            }
+        }
+        let sid = session.sid;
+        let mut ops = Vec::new();
+        match (st.is_persistent(), st.stored) {
+            (true, true) => {
+                ops.push(Op::PutSession {
+                    sid,
+                    client_id: session.client_id.clone(),
+                    protocol: st.protocol.level(),
+                    expiry: st.expiry_interval,
+                    disconnected_at: None,
+                });
+                if had_will {
+                    ops.push(Op::SetWill { sid, will: None });
+                }
+            }
+            (true, false) => ops = st.snapshot(sid, &session.client_id, store),
+            (false, true) => {
+                st.stored = false;
+                ops.push(Op::DeleteSession { sid });
+            }
+            (false, false) => {}
+        }
+        // Under the session's lock, so a publisher's op for this session comes after.
+        self.submit(ops)
     }
 
     /// Whether `session` is still the one registered for its client id.
@@ -218,6 +437,9 @@ impl Broker {
     fn end_session(&self, session: &Arc<Session>, now: Instant) {
         let (filters, will, held) = {
             let mut st = session.lock();
+            if std::mem::take(&mut st.stored) {
+                self.submit(vec![Op::DeleteSession { sid: session.sid }]);
+            }
             let filters: Vec<String> = std::mem::take(&mut st.subscriptions)
                 .into_iter()
                 .map(|(f, _)| f)
@@ -249,7 +471,14 @@ impl Broker {
                 .pick_shared(key, &session.client_id);
             if let Some((session, subscription)) = next {
                 let qos = delivery.message.qos.min(subscription.options.qos);
-                self.enqueue(&session, Delivery { qos, ..delivery });
+                self.enqueue(
+                    &session,
+                    Delivery {
+                        qos,
+                        seq: 0,
+                        ..delivery
+                    },
+                );
             }
         }
         if let Some(will) = will {
@@ -278,10 +507,13 @@ impl Broker {
             .matching(filter, now)
     }
 
-    /// Routes one message; see [`Broker::publish_batch`].
+    /// Routes one message (a will, say) and stores what it left for stored sessions;
+    /// see [`Broker::publish_batch`].
     pub fn publish(&self, message: Message, _now: Instant) -> Routed {
         let mut reached = Vec::with_capacity(1);
-        let pressure = self.publish_batch(vec![message], &mut reached);
+        let mut ops = Vec::new();
+        let pressure = self.publish_batch(vec![Arc::new(message)], &mut reached, &mut ops);
+        self.submit(ops);
         Routed {
             reached: reached[0],
             pressure,
@@ -289,23 +521,22 @@ impl Broker {
     }
 
     /// Routes a batch of messages from one publisher, in order. Appends to `reached`
-    /// how many sessions each message reached (a v5 publisher is told 0x10 when none)
-    /// and returns a session whose queue is filling up, which the publisher should
-    /// wait for before sending more. Each session is locked and woken once per batch,
-    /// not once per message: that is what keeps fan-in and fan-out cheap.
+    /// how many sessions each message reached (a v5 publisher is told 0x10 when none),
+    /// appends to `ops` what the store must keep of it (the caller submits them,
+    /// together with its own), and returns a session whose queue is filling up, which
+    /// the publisher should wait for before sending more. Each session is locked and
+    /// woken once per batch, not once per message: that is what keeps fan-in and
+    /// fan-out cheap.
     pub fn publish_batch(
         &self,
-        messages: Vec<Message>,
+        messages: Vec<Arc<Message>>,
         reached: &mut Vec<usize>,
+        ops: &mut Vec<Op>,
     ) -> Option<Arc<Session>> {
-        let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
         for message in &messages {
             count(&self.metrics.messages_received);
             if message.retain {
-                self.retained
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set(message);
+                self.set_retained(message, ops);
             }
         }
         let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
@@ -347,7 +578,8 @@ impl Broker {
         let limits = self.queue_limits();
         let mut pressure = None;
         for (session, deliveries) in staged {
-            let (pressured, dropped) = session.deliver(deliveries, &limits);
+            let (pressured, dropped) =
+                session.deliver(deliveries, &limits, self.store.as_deref(), ops);
             self.metrics
                 .dropped_queue_full
                 .fetch_add(dropped, Ordering::Relaxed);
@@ -361,10 +593,45 @@ impl Broker {
     /// Queues one delivery outside a publish (retained on SUBSCRIBE, a shared message
     /// handed on), counting it if the session's queue drops it.
     fn enqueue(&self, session: &Session, delivery: Delivery) {
-        let (_, dropped) = session.deliver(vec![delivery], &self.queue_limits());
+        let mut ops = Vec::new();
+        let (_, dropped) = session.deliver(
+            vec![delivery],
+            &self.queue_limits(),
+            self.store.as_deref(),
+            &mut ops,
+        );
+        self.submit(ops);
         self.metrics
             .dropped_queue_full
             .fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Keeps (or, for an empty payload, deletes) a topic's retained message, within
+    /// the retained limits, and stores it.
+    fn set_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>) {
+        let kept = self
+            .retained
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(message);
+        if !kept {
+            count(&self.metrics.dropped_retained_full);
+            if let Some(suppressed) = RETAINED_FULL.check(Instant::now()) {
+                log::warn!(
+                    "retained message on {:?} not kept: max_retained_messages {} or max_retained_bytes {} reached ({suppressed} more not logged)",
+                    message.topic.as_str(),
+                    self.settings.max_retained_messages,
+                    self.settings.max_retained_bytes
+                );
+            }
+            return;
+        }
+        if self.store.is_some() {
+            ops.push(Op::SetRetained {
+                topic: message.topic.as_str().to_owned(),
+                message: (!message.payload.is_empty()).then(|| message.clone()),
+            });
+        }
     }
 
     /// Publishes wills whose delay is over and ends sessions past their expiry.
@@ -381,6 +648,12 @@ impl Broker {
                     Some(w) if w.1 <= now => st.pending_will.take().map(|w| w.0),
                     _ => None,
                 };
+                if will.is_some() && st.stored {
+                    self.submit(vec![Op::SetWill {
+                        sid: session.sid,
+                        will: None,
+                    }]);
+                }
                 let expired = st.expiry_interval != NEVER_EXPIRES
                     && st.disconnected_at.is_some_and(|at| {
                         now >= at + Duration::from_secs(u64::from(st.expiry_interval))
@@ -441,6 +714,42 @@ impl Broker {
     }
 }
 
+/// Refusals of retained messages for the limits come in floods: logged throttled.
+static RETAINED_FULL: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
+/// Puts a resumed session's stored deliveries before what was queued since: the ones
+/// sent before the restart back in flight, the rest at the head of the queue.
+fn restore_backlog(st: &mut SessionState, stored: Vec<crate::store::StoredDelivery>) {
+    let mut queue = VecDeque::with_capacity(stored.len() + st.queue.len());
+    let mut inflight = VecDeque::new();
+    for d in stored {
+        let delivery = Delivery {
+            message: Arc::new(d.message),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids,
+            shared: d.shared.map(Into::into),
+            seq: d.seq,
+        };
+        match d.inflight {
+            Some((packet_id, stage)) => inflight.push_back(Inflight {
+                packet_id,
+                stage,
+                delivery,
+            }),
+            None => {
+                st.queued_bytes +=
+                    delivery.message.payload.len() + delivery.message.topic.as_str().len();
+                queue.push_back(delivery);
+            }
+        }
+    }
+    queue.append(&mut st.queue);
+    st.queue = queue;
+    inflight.append(&mut st.inflight);
+    st.inflight = inflight;
+}
+
 /// What one session receives from the subscriptions of it that matched, or `None`
 /// when no-local rules them all out.
 fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
@@ -456,6 +765,7 @@ fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
             retain: false,
             subscription_ids: Vec::new(),
             shared: m.shared.cloned(),
+            seq: 0,
         });
         d.qos = d.qos.max(message.qos.min(o.qos));
         d.retain |= o.retain_as_published && message.retain;

@@ -1,5 +1,7 @@
 //! Retained messages (MQTT 5.0 section 3.3.1.3): the last retained message per topic,
-//! handed to new subscriptions whose filter matches it.
+//! handed to new subscriptions whose filter matches it. Bounded in count and bytes:
+//! a retained message for a new topic beyond either limit is not kept (replacing or
+//! deleting an existing topic's always works).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,19 +10,56 @@ use std::time::Instant;
 use super::message::Message;
 use crate::protocol::topic;
 
-#[derive(Default)]
 pub struct Retained {
     by_topic: HashMap<Box<str>, Arc<Message>>,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+fn size(message: &Message) -> usize {
+    message.topic.as_str().len() + message.payload.len()
 }
 
 impl Retained {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Retained {
+        Retained {
+            by_topic: HashMap::new(),
+            bytes: 0,
+            max_messages,
+            max_bytes,
+        }
+    }
+
     /// Stores a retained message, or deletes the topic's one for an empty payload.
-    pub fn set(&mut self, message: &Arc<Message>) {
+    /// Returns false when the limits leave no room for it.
+    pub fn set(&mut self, message: &Arc<Message>) -> bool {
+        let old = self
+            .by_topic
+            .get(message.topic.as_str())
+            .map_or(0, |m| size(m));
+        let is_new = old == 0 && !message.payload.is_empty();
+        if !message.payload.is_empty()
+            && ((is_new && self.by_topic.len() >= self.max_messages)
+                || self.bytes - old + size(message) > self.max_bytes)
+        {
+            return false;
+        }
+        self.set_unbounded(message);
+        true
+    }
+
+    /// [`Retained::set`] without the limits, for the broker's own `$SYS` messages.
+    pub fn set_unbounded(&mut self, message: &Arc<Message>) {
         let topic = message.topic.as_str();
-        if message.payload.is_empty() {
-            self.by_topic.remove(topic);
+        let old = if message.payload.is_empty() {
+            self.by_topic.remove(topic)
         } else {
-            self.by_topic.insert(topic.into(), message.clone());
+            self.by_topic.insert(topic.into(), message.clone())
+        };
+        self.bytes -= old.map_or(0, |m| size(&m));
+        if !message.payload.is_empty() {
+            self.bytes += size(message);
         }
     }
 
@@ -35,7 +74,15 @@ impl Retained {
 
     /// Forgets retained messages past their expiry.
     pub fn purge_expired(&mut self, now: Instant) {
-        self.by_topic.retain(|_, m| !m.is_expired(now));
+        let mut freed = 0;
+        self.by_topic.retain(|_, m| {
+            let keep = !m.is_expired(now);
+            if !keep {
+                freed += size(m);
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 
     pub fn len(&self) -> usize {
@@ -44,5 +91,47 @@ impl Retained {
 
     pub fn is_empty(&self) -> bool {
         self.by_topic.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{QoS, Topic};
+    use bytes::Bytes;
+
+    fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Topic::from(topic),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            forwarded_properties: Bytes::new(),
+            expires_at: None,
+            origin: None,
+            store_id: Default::default(),
+            durable_after: Default::default(),
+        })
+    }
+
+    #[test]
+    fn limits_refuse_new_topics_but_not_replacements() {
+        let mut r = Retained::new(2, 1000);
+        assert!(r.set(&retained("a", b"1")));
+        assert!(r.set(&retained("b", b"2")));
+        assert!(
+            !r.set(&retained("c", b"3")),
+            "a third topic is over the count"
+        );
+        assert!(
+            r.set(&retained("a", b"replaced")),
+            "replacing is always allowed"
+        );
+        assert!(r.set(&retained("a", b"")), "deleting too");
+        assert!(r.set(&retained("c", b"3")), "room again");
+        let mut small = Retained::new(10, 8);
+        assert!(small.set(&retained("t", b"12345")));
+        assert!(!small.set(&retained("u", b"12345")), "over the bytes");
+        assert_eq!(small.len(), 1);
     }
 }

@@ -358,7 +358,7 @@ mod tests {
     use crate::protocol::{ProtocolVersion, SubscriptionOptions};
 
     fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session::new(id.into(), ProtocolVersion::V5, 0))
+        Arc::new(Session::new(id.into(), ProtocolVersion::V5, 0, 0))
     }
 
     fn sub() -> Subscription {

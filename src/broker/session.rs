@@ -18,6 +18,7 @@ use event_listener::Event;
 
 use super::message::{Delivery, Message};
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use crate::store::{Op, Store};
 
 /// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -53,6 +54,9 @@ impl Owner {
 
 pub struct Session {
     pub client_id: Arc<str>,
+    /// Its id in the store, unique per session for the life of the database (a new
+    /// session under an old client id gets a new one); 0 without a store.
+    pub sid: u64,
     state: Mutex<SessionState>,
     /// Wakes publishers held back by this session's full queue once it has drained.
     pub drained: Event,
@@ -61,9 +65,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, protocol: ProtocolVersion, expiry: u32) -> Session {
+    pub fn new(client_id: Arc<str>, protocol: ProtocolVersion, expiry: u32, sid: u64) -> Session {
         Session {
             client_id,
+            sid,
             state: Mutex::new(SessionState::new(protocol, expiry)),
             drained: Event::new(),
             online: AtomicBool::new(false),
@@ -116,14 +121,22 @@ impl Session {
         newly
     }
 
-    /// Queues several deliveries under one lock and wakes the connection at most once.
-    /// Returns whether publishers should wait for this session, and how many were dropped.
-    pub fn deliver(&self, deliveries: Vec<Delivery>, limits: &QueueLimits) -> (bool, u64) {
+    /// Queues several deliveries under one lock and wakes the connection at most once;
+    /// for a stored session, appends the ops that store them to `ops`. Returns whether
+    /// publishers should wait for this session, and how many were dropped.
+    pub fn deliver(
+        &self,
+        deliveries: Vec<Delivery>,
+        limits: &QueueLimits,
+        store: Option<&Store>,
+        ops: &mut Vec<Op>,
+    ) -> (bool, u64) {
         let mut st = self.lock();
         let was_empty = st.queue.is_empty();
         let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
+        let store = store.filter(|_| st.stored).map(|s| (s, self.sid));
         for delivery in deliveries {
-            match st.enqueue(delivery, limits) {
+            match st.enqueue(delivery, limits, store, ops) {
                 Enqueued::Queued { pressure: p, .. } => pressure |= p,
                 Enqueued::Dropped => dropped += 1,
                 Enqueued::Overflow => {
@@ -146,6 +159,8 @@ impl Session {
 pub struct QueueLimits {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages for persistent sessions while they are offline.
+    pub queue_qos0_offline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +222,11 @@ pub struct SessionState {
     next_packet_id: u16,
     /// A will waiting for its delay (or the session's end) before it is published.
     pub pending_will: Option<Box<(Message, Instant)>>,
+    /// The session has a row in the store, so its changes are stored too.
+    pub stored: bool,
+    /// Deliveries an earlier run stored that stay on disk until the session resumes:
+    /// how many, and their bytes (counted against the queue limits meanwhile).
+    pub backlog: Option<(usize, usize)>,
     /// The queue passed its high-water mark; publishers are waiting on `drained`.
     pub pressured: bool,
     /// The session did not drain within the stall timeout: publishers no longer wait.
@@ -231,6 +251,8 @@ impl SessionState {
             inbound_qos2: Vec::new(),
             next_packet_id: 0,
             pending_will: None,
+            stored: false,
+            backlog: None,
             pressured: false,
             stalled: false,
             high_water: (usize::MAX, usize::MAX),
@@ -263,19 +285,36 @@ impl SessionState {
         self.expiry_interval > 0
     }
 
-    fn enqueue(&mut self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
-        if delivery.qos == QoS::AtMostOnce && !self.connected {
+    fn enqueue(
+        &mut self,
+        mut delivery: Delivery,
+        limits: &QueueLimits,
+        store: Option<(&Store, u64)>,
+        ops: &mut Vec<Op>,
+    ) -> Enqueued {
+        let offline = !self.connected;
+        if delivery.qos == QoS::AtMostOnce
+            && offline
+            && !(limits.queue_qos0_offline && self.is_persistent())
+        {
             return Enqueued::Dropped;
         }
         let size = delivery.message.payload.len() + delivery.message.topic.as_str().len();
-        let full = self.queue.len() >= limits.max_queued_messages
-            || self.queued_bytes + size > limits.max_queued_bytes;
+        let (backlog_messages, backlog_bytes) = self.backlog.unwrap_or_default();
+        let full = self.queue.len() + backlog_messages >= limits.max_queued_messages
+            || self.queued_bytes + backlog_bytes + size > limits.max_queued_bytes;
         if full {
             if delivery.qos > QoS::AtMostOnce && self.connected && !self.is_persistent() {
                 self.close_reason.get_or_insert(ReasonCode::QUOTA_EXCEEDED);
                 return Enqueued::Overflow;
             }
             return Enqueued::Dropped;
+        }
+        if let Some((store, sid)) = store {
+            if delivery.qos > QoS::AtMostOnce || offline {
+                delivery.seq = store.new_seq();
+                ops.push(add_op(sid, &delivery, store));
+            }
         }
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
@@ -326,6 +365,72 @@ impl SessionState {
     pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
         self.inflight.iter().position(|f| f.packet_id == packet_id)
     }
+
+    /// The ops that store this whole session as it is now, for a session that starts
+    /// to outlive its connection; its deliveries get new sequence numbers.
+    pub fn snapshot(&mut self, sid: u64, client_id: &Arc<str>, store: &Store) -> Vec<Op> {
+        self.stored = true;
+        let mut ops = vec![Op::PutSession {
+            sid,
+            client_id: client_id.clone(),
+            protocol: self.protocol.level(),
+            expiry: self.expiry_interval,
+            disconnected_at: None,
+        }];
+        ops.extend(
+            self.subscriptions
+                .iter()
+                .map(|(filter, s)| Op::PutSubscription {
+                    sid,
+                    filter: filter.clone(),
+                    options: s.options.to_byte(),
+                    identifier: s.id,
+                }),
+        );
+        ops.extend(
+            self.inbound_qos2
+                .iter()
+                .map(|&packet_id| Op::AddInbound { sid, packet_id }),
+        );
+        for f in self.inflight.iter_mut() {
+            f.delivery.seq = store.new_seq();
+            ops.push(add_op(sid, &f.delivery, store));
+            ops.push(Op::SentDelivery {
+                sid,
+                seq: f.delivery.seq,
+                packet_id: f.packet_id,
+                stage: f.stage,
+            });
+        }
+        for d in self.queue.iter_mut() {
+            d.seq = store.new_seq();
+            ops.push(add_op(sid, d, store));
+        }
+        ops
+    }
+}
+
+/// The op that stores one delivery.
+pub fn add_op(sid: u64, d: &Delivery, store: &Store) -> Op {
+    store.message_id(&d.message);
+    Op::AddDelivery {
+        sid,
+        seq: d.seq,
+        message: d.message.clone(),
+        qos: d.qos,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.clone(),
+        shared: d.shared.clone(),
+    }
+}
+
+/// The op that removes a stored delivery, once it is acknowledged or discarded.
+pub fn done_op(sid: u64, d: &Delivery) -> Option<Op> {
+    (d.seq != 0).then(|| Op::DoneDelivery {
+        sid,
+        seq: d.seq,
+        message_id: d.message.store_id.load(Ordering::Acquire),
+    })
 }
 
 #[cfg(test)]
@@ -344,43 +449,51 @@ mod tests {
                 forwarded_properties: Bytes::new(),
                 expires_at: None,
                 origin: None,
+                store_id: Default::default(),
+                durable_after: Default::default(),
             }),
             qos,
             retain: false,
             subscription_ids: vec![],
             shared: None,
+            seq: 0,
         }
     }
 
     const LIMITS: QueueLimits = QueueLimits {
         max_queued_messages: 2,
         max_queued_bytes: 1 << 20,
+        queue_qos0_offline: false,
     };
 
     #[test]
     fn full_queue_drops_qos0_and_overflows_clean_qos1() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 0);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0, 0);
         s.set_online(&mut s.lock(), true);
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtMostOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Queued {
                 was_empty: true,
                 pressure: true
             }
         );
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtLeastOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Queued {
                 was_empty: false,
                 pressure: true
             }
         );
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtMostOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Dropped
         );
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtLeastOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Overflow
         );
         assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
@@ -388,13 +501,15 @@ mod tests {
 
     #[test]
     fn offline_sessions_do_not_queue_qos0() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 60);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 60, 0);
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtMostOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtMostOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Dropped
         );
         assert_eq!(
-            s.lock().enqueue(delivery(QoS::AtLeastOnce), &LIMITS),
+            s.lock()
+                .enqueue(delivery(QoS::AtLeastOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Queued {
                 was_empty: true,
                 pressure: false
@@ -404,7 +519,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 0);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0, 0);
         let mut st = s.lock();
         st.next_packet_id = 65534;
         let id = st.allocate_packet_id();

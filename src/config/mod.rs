@@ -13,6 +13,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::auth::{AuthPolicy, AuthSettings};
 use crate::broker::Settings;
+use crate::broker::session::NEVER_EXPIRES;
+use crate::store::{Durability, OnCorrupt, StoreConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +23,7 @@ pub struct Config {
     pub listeners: BTreeMap<String, ListenerTable>,
     pub limits: Limits,
     pub auth: Auth,
+    pub storage: Storage,
     /// The directory relative paths resolve against: the config file's, or the
     /// working directory when there is no file.
     #[serde(skip)]
@@ -107,6 +110,46 @@ pub struct Auth {
     pub acl_file: Option<PathBuf>,
 }
 
+/// What is kept on disk, how durably, and the bounds on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub durability: Durability,
+    /// The SQLite file, relative to `[node] data_dir`.
+    pub file: PathBuf,
+    /// Milliseconds a commit batch stays open; by default 5 (strict) or 1000 (batched).
+    pub commit_interval_ms: Option<u64>,
+    pub commit_batch_ops: usize,
+    pub max_store_bytes: u64,
+    /// Seconds; caps the Session Expiry Interval v5 clients ask for.
+    pub max_session_expiry: Option<u32>,
+    /// Seconds a v3 persistent session lives after its client left; none: for ever.
+    pub persistent_client_expiration: Option<u32>,
+    pub queue_qos0: bool,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    pub on_corrupt_store: OnCorrupt,
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        let s = Settings::default();
+        Storage {
+            durability: Durability::Strict,
+            file: "tern.db".into(),
+            commit_interval_ms: None,
+            commit_batch_ops: 10_000,
+            max_store_bytes: 1 << 30,
+            max_session_expiry: None,
+            persistent_client_expiration: None,
+            queue_qos0: false,
+            max_retained_messages: s.max_retained_messages,
+            max_retained_bytes: s.max_retained_bytes,
+            on_corrupt_store: OnCorrupt::Quarantine,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -114,6 +157,7 @@ impl Default for Config {
             listeners: BTreeMap::new(),
             limits: Limits::default(),
             auth: Auth::default(),
+            storage: Storage::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -258,6 +302,16 @@ impl Config {
         if self.node.name.is_empty() {
             return Err("[node] name must not be empty".into());
         }
+        if self.storage.commit_batch_ops == 0 {
+            return Err("[storage] commit_batch_ops must be at least 1".into());
+        }
+        if self
+            .storage
+            .commit_interval_ms
+            .is_some_and(|ms| ms > 60_000)
+        {
+            return Err("[storage] commit_interval_ms must be at most 60000".into());
+        }
         Ok(())
     }
 
@@ -352,6 +406,26 @@ impl Config {
         self.base_dir.join(&self.node.data_dir)
     }
 
+    /// Where and how to store; `None` for `durability = "memory"`.
+    pub fn store_config(&self) -> Option<StoreConfig> {
+        let s = &self.storage;
+        let default_interval = match s.durability {
+            Durability::Memory => return None,
+            Durability::Strict => 5,
+            Durability::Batched => 1000,
+        };
+        Some(StoreConfig {
+            path: self.data_dir().join(&s.file),
+            durability: s.durability,
+            commit_interval: Duration::from_millis(
+                s.commit_interval_ms.unwrap_or(default_interval),
+            ),
+            commit_batch_ops: s.commit_batch_ops,
+            max_store_bytes: s.max_store_bytes,
+            on_corrupt: s.on_corrupt_store,
+        })
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.connect_timeout.max(1))
     }
@@ -372,6 +446,14 @@ impl Config {
             max_topic_len: l.max_topic_len,
             max_topic_levels: l.max_topic_levels,
             max_subscriptions: l.max_subscriptions,
+            max_session_expiry: self.storage.max_session_expiry.unwrap_or(NEVER_EXPIRES),
+            persistent_client_expiration: self
+                .storage
+                .persistent_client_expiration
+                .unwrap_or(NEVER_EXPIRES),
+            queue_qos0_offline: self.storage.queue_qos0,
+            max_retained_messages: self.storage.max_retained_messages,
+            max_retained_bytes: self.storage.max_retained_bytes,
         }
     }
 }

@@ -547,13 +547,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
             }
             for (filter, o) in &s.filters {
                 put_str(b, filter);
-                let mut options = o.qos as u8;
-                if v5 {
-                    options |= (o.no_local as u8) << 2
-                        | (o.retain_as_published as u8) << 3
-                        | (o.retain_handling as u8) << 4;
-                }
-                b.put_u8(options);
+                b.put_u8(if v5 { o.to_byte() } else { o.qos as u8 });
             }
         }),
         Packet::SubAck(s) => encode_suback(SUBACK << 4, s, v5, buf),

@@ -221,6 +221,31 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    /// The options byte of a v5 SUBSCRIBE (a 3.x one carries only the QoS bits).
+    pub fn to_byte(self) -> u8 {
+        self.qos as u8
+            | (self.no_local as u8) << 2
+            | (self.retain_as_published as u8) << 3
+            | (self.retain_handling as u8) << 4
+    }
+
+    /// The inverse of [`SubscriptionOptions::to_byte`]; `None` for a byte it never makes.
+    pub fn from_byte(byte: u8) -> Option<SubscriptionOptions> {
+        Some(SubscriptionOptions {
+            qos: QoS::from_u8(byte & 0x03)?,
+            no_local: byte & 0x04 != 0,
+            retain_as_published: byte & 0x08 != 0,
+            retain_handling: match (byte >> 4) & 0x03 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => return None,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscribe {
     pub packet_id: u16,

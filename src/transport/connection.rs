@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use smol::Timer;
 use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
-use super::admission::{Throttle, Verdict};
+use super::admission::Verdict;
 use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
 use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use crate::throttle::Throttle;
 use event_listener::EventListener;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -218,8 +219,15 @@ async fn finish<S: Stream>(
         close.code
     );
     client.write_disconnect(&close);
-    if !client.out.is_empty() {
-        let _ = flush_with_timeout(stream, &client.out).await;
+    if client.is_held() {
+        // Acknowledgements waiting for the store go out only once it has kept them.
+        let held = poll_fn(|cx| client.poll_hold(cx).map(|_| ())).or(async {
+            Timer::after(CLOSE_FLUSH_TIMEOUT).await;
+        });
+        held.await;
+    }
+    if !client.writable().is_empty() {
+        let _ = flush_with_timeout(stream, client.writable()).await;
     }
     client.connection_lost(Instant::now());
 }
@@ -287,6 +295,10 @@ fn poll_read_some<S: Stream>(
 enum Event {
     Read(usize),
     Wrote(usize),
+    /// Packets held for the store may be written now.
+    Released,
+    /// The store could not keep what held packets acknowledge.
+    StoreFailed(Close),
     Woken,
     Deadline,
     Drained,
@@ -354,9 +366,18 @@ async fn run<S: Stream>(
             }
         }
         let event = poll_fn(|cx| {
-            if !client.out.is_empty() {
-                if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, &client.out) {
+            let writable = client.writable();
+            if !writable.is_empty() {
+                if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, writable) {
                     return Poll::Ready(r.map(Event::Wrote));
+                }
+            }
+            if client.is_held() {
+                if let Poll::Ready(r) = client.poll_hold(cx) {
+                    return Poll::Ready(Ok(match r {
+                        Ok(()) => Event::Released,
+                        Err(close) => Event::StoreFailed(close),
+                    }));
                 }
             }
             if let Some(p) = pressure.as_mut() {
@@ -399,13 +420,9 @@ async fn run<S: Stream>(
                     return close;
                 }
             }
-            Ok(Event::Wrote(n)) => {
-                client.out.advance(n);
-                if client.out.is_empty() {
-                    // Give the buffer back: an idle connection should hold nothing.
-                    client.out = BytesMut::new();
-                }
-            }
+            Ok(Event::Wrote(n)) => client.wrote(n),
+            Ok(Event::Released) => {}
+            Ok(Event::StoreFailed(close)) => return close,
             Ok(Event::Woken) => {}
             Ok(Event::Drained) => {
                 pressure = None;

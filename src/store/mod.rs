@@ -1,0 +1,357 @@
+//! Durable sessions: what must outlive a connection, and the broker itself, kept in
+//! SQLite.
+//!
+//! The broker never waits for the disk while it routes. It describes each change as an
+//! [`Op`] and hands it here; one writer thread owns the database connection and applies
+//! the ops in group-committed transactions (WAL, prepared statements). Every op gets a
+//! ticket, a sequence number; the writer publishes the highest ticket it has made
+//! durable, and a connection that owes a client an acknowledgement (PUBACK, PUBREC,
+//! SUBACK, ...) holds that packet back until its ticket is durable (`strict`), or sends
+//! it at once (`batched`).
+//!
+//! Only what outlives a connection is ever stored: the broker emits ops for sessions
+//! that persist (v3 clean session 0, v5 session expiry > 0) and for retained messages.
+//! A delivery that is added and acknowledged within one commit interval cancels out in
+//! the writer and never touches the disk, which is what keeps an SD card alive when the
+//! persistent subscribers keep up.
+//!
+//! `schema.rs` creates and migrates the database and quarantines a corrupt one;
+//! `load.rs` reads it back at start and a session's queue when it resumes;
+//! `writer.rs` is the writer thread; `record.rs` the encodings and the store clock.
+
+mod load;
+mod record;
+mod schema;
+mod writer;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, EventListener};
+
+pub use load::{Loaded, StoredDelivery, StoredSession};
+pub use record::{StoreClock, StoredMessage, wall_secs};
+pub use schema::{OnCorrupt, Quarantined};
+
+use crate::broker::message::Message;
+use crate::broker::session::Stage;
+use crate::protocol::QoS;
+
+/// How much the broker promises about what it acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge only after the stored effects are committed and synced.
+    Strict,
+    /// Acknowledge at once; commit every interval (a crash loses at most one).
+    Batched,
+    /// Keep nothing on disk.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// A batch closes this long after its first op, or at `commit_batch_ops`.
+    pub commit_interval: Duration,
+    pub commit_batch_ops: usize,
+    /// The database file stops growing here (SQLite's `max_page_count`); 0 is no limit.
+    pub max_store_bytes: u64,
+    pub on_corrupt: OnCorrupt,
+}
+
+/// One change to what is stored. Sessions are named by their store id (`sid`), unique
+/// per session for the life of the database, so a late op for a session that has
+/// since been discarded is recognised and dropped.
+#[derive(Debug)]
+pub enum Op {
+    PutSession {
+        sid: u64,
+        client_id: Arc<str>,
+        protocol: u8,
+        expiry: u32,
+        /// Store-clock seconds; `None` while connected.
+        disconnected_at: Option<u64>,
+    },
+    DeleteSession {
+        sid: u64,
+    },
+    /// A will waiting for its delay, encoded; `None` clears it.
+    SetWill {
+        sid: u64,
+        will: Option<(Vec<u8>, u64)>,
+    },
+    PutSubscription {
+        sid: u64,
+        filter: String,
+        options: u8,
+        identifier: Option<u32>,
+    },
+    DeleteSubscription {
+        sid: u64,
+        filter: String,
+    },
+    /// A message queued for a session; the message row is written with its first
+    /// delivery.
+    AddDelivery {
+        sid: u64,
+        seq: u64,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        shared: Option<Arc<str>>,
+    },
+    /// A queued delivery sent with `packet_id`, now waiting in `stage`.
+    SentDelivery {
+        sid: u64,
+        seq: u64,
+        packet_id: u16,
+        stage: Stage,
+    },
+    DoneDelivery {
+        sid: u64,
+        seq: u64,
+        message_id: u64,
+    },
+    AddInbound {
+        sid: u64,
+        packet_id: u16,
+    },
+    DeleteInbound {
+        sid: u64,
+        packet_id: u16,
+    },
+    /// The retained message of a topic; `None` deletes it.
+    SetRetained {
+        topic: String,
+        message: Option<Arc<Message>>,
+    },
+}
+
+/// Where a ticket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketState {
+    Pending,
+    Durable,
+    /// Its batch could not be committed (disk full, I/O error).
+    Failed,
+}
+
+/// Failed batches remembered for connections still waiting on one of their tickets.
+const FAILURES_KEPT: usize = 64;
+
+struct Pending {
+    ops: Vec<Op>,
+    /// The ticket of the last op handed in.
+    last_ticket: u64,
+    first_at: Option<Instant>,
+}
+
+/// What the writer and the broker share.
+struct Shared {
+    pending: Mutex<Pending>,
+    wake_writer: Condvar,
+    stopping: AtomicBool,
+    /// The highest ticket the writer has finished with, committed or failed.
+    finished: AtomicU64,
+    failures: Mutex<VecDeque<(u64, u64)>>,
+    /// Notified after each batch.
+    committed: Event,
+    /// Batches that failed, for the metrics.
+    failed_batches: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<rusqlite::Connection>,
+    pub clock: StoreClock,
+    pub durability: Durability,
+    commit_batch_ops: usize,
+    next_sid: AtomicU64,
+    next_seq: AtomicU64,
+    next_message_id: AtomicU64,
+    /// Deliveries with a sequence number below this were stored by an earlier run.
+    pub loaded_below_seq: u64,
+    pub quarantined: Option<Quarantined>,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Strict => "strict",
+            Durability::Batched => "batched",
+            Durability::Memory => "memory",
+        })
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database, reads back what it holds and starts the writer.
+    pub fn open(config: &StoreConfig) -> Result<(Arc<Store>, Loaded), String> {
+        let opened = schema::open(config)?;
+        let mut conn = opened.connection;
+        let clock =
+            record::resume_clock(&conn).map_err(|e| format!("cannot read the store clock: {e}"))?;
+        let loaded = load::load_all(&mut conn, &clock)
+            .map_err(|e| format!("cannot load the store {}: {e}", config.path.display()))?;
+        let reader = schema::open_reader(&config.path)?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                ops: Vec::new(),
+                last_ticket: 0,
+                first_at: None,
+            }),
+            wake_writer: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            finished: AtomicU64::new(0),
+            failures: Mutex::new(VecDeque::new()),
+            committed: Event::new(),
+            failed_batches: AtomicU64::new(0),
+        });
+        let live_sids = loaded.sessions.iter().map(|s| s.sid).collect();
+        let writer = writer::Writer::new(
+            conn,
+            shared.clone(),
+            clock,
+            config.clone(),
+            live_sids,
+            loaded.next_seq,
+        );
+        let handle = std::thread::Builder::new()
+            .name("tern-store".into())
+            .spawn(move || writer.run())
+            .map_err(|e| format!("cannot start the store writer thread: {e}"))?;
+        let store = Arc::new(Store {
+            shared,
+            writer: Mutex::new(Some(handle)),
+            reader: Mutex::new(reader),
+            clock,
+            durability: config.durability,
+            commit_batch_ops: config.commit_batch_ops.max(1),
+            next_sid: AtomicU64::new(loaded.next_sid),
+            next_seq: AtomicU64::new(loaded.next_seq),
+            next_message_id: AtomicU64::new(loaded.next_message_id),
+            loaded_below_seq: loaded.next_seq,
+            quarantined: opened.quarantined,
+        });
+        Ok((store, loaded))
+    }
+
+    pub fn is_strict(&self) -> bool {
+        self.durability == Durability::Strict
+    }
+
+    pub fn new_sid(&self) -> u64 {
+        self.next_sid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn new_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The message's store id, assigning one the first time it is stored.
+    pub fn message_id(&self, message: &Message) -> u64 {
+        let id = message.store_id.load(Ordering::Acquire);
+        if id != 0 {
+            return id;
+        }
+        let fresh = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        match message
+            .store_id
+            .compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => fresh,
+            Err(existing) => existing,
+        }
+    }
+
+    /// Hands ops to the writer, in order and together (they land in one transaction);
+    /// returns the ticket that is durable once they all are.
+    pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+        let mut pending = self.shared.pending();
+        let before = pending.ops.len();
+        pending.ops.extend(ops);
+        let added = (pending.ops.len() - before) as u64;
+        pending.last_ticket += added;
+        let ticket = pending.last_ticket;
+        if before == 0 && added > 0 {
+            pending.first_at = Some(Instant::now());
+            drop(pending);
+            self.shared.wake_writer.notify_one();
+        } else if pending.ops.len() >= self.commit_batch_ops {
+            drop(pending);
+            self.shared.wake_writer.notify_one();
+        }
+        ticket
+    }
+
+    /// The ticket of the last op handed in so far.
+    pub fn last_ticket(&self) -> u64 {
+        self.shared.pending().last_ticket
+    }
+
+    pub fn ticket_state(&self, ticket: u64) -> TicketState {
+        if self.shared.finished.load(Ordering::Acquire) < ticket {
+            return TicketState::Pending;
+        }
+        let failures = self
+            .shared
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failures
+            .iter()
+            .any(|&(from, to)| (from..=to).contains(&ticket))
+        {
+            TicketState::Failed
+        } else {
+            TicketState::Durable
+        }
+    }
+
+    /// Notified after every batch: listen, then check [`Store::ticket_state`].
+    pub fn listen(&self) -> EventListener {
+        self.shared.committed.listen()
+    }
+
+    pub fn failed_batches(&self) -> u64 {
+        self.shared.failed_batches.load(Ordering::Relaxed)
+    }
+
+    /// A resumed session's queue as the last run left it: the deliveries stored before
+    /// this run started, oldest first.
+    pub fn load_backlog(&self, sid: u64) -> Result<Vec<StoredDelivery>, String> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        load::backlog(&reader, sid, self.loaded_below_seq, &self.clock)
+            .map_err(|e| format!("cannot read the stored queue of session {sid}: {e}"))
+    }
+
+    /// Commits what is pending and stops the writer; called once, at shutdown.
+    pub fn close(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake_writer.notify_one();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,395 @@
+//! Opening the database: the data directory, WAL and sync settings, the schema version
+//! with forward migrations, and what happens to a file that is corrupt.
+//!
+//! A board in the field has to come back unattended, so a corrupt database is moved
+//! aside (with its `-wal` and `-shm`, renamed with a timestamp, never deleted) and Tern
+//! starts empty, loudly; `on_corrupt_store = "refuse"` stops instead. A database from a
+//! newer Tern is never touched. A migration copies the file aside before it changes it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use serde::Deserialize;
+
+use super::record::wall_secs;
+use super::{Durability, StoreConfig};
+
+/// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One step forward: the SQL that takes a database from version `to - 1` to `to`.
+pub struct Migration {
+    pub to: u32,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 1,
+    sql: "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE session (
+    sid INTEGER PRIMARY KEY,
+    client_id TEXT NOT NULL UNIQUE,
+    protocol INTEGER NOT NULL,
+    expiry INTEGER NOT NULL,
+    disconnected_at INTEGER,
+    will BLOB,
+    will_due INTEGER
+);
+CREATE TABLE subscription (
+    sid INTEGER NOT NULL,
+    filter TEXT NOT NULL,
+    options INTEGER NOT NULL,
+    identifier INTEGER,
+    PRIMARY KEY (sid, filter)
+) WITHOUT ROWID;
+CREATE TABLE inbound_qos2 (
+    sid INTEGER NOT NULL,
+    packet_id INTEGER NOT NULL,
+    PRIMARY KEY (sid, packet_id)
+) WITHOUT ROWID;
+CREATE TABLE message (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    properties BLOB NOT NULL,
+    expires_at INTEGER
+);
+CREATE TABLE delivery (
+    seq INTEGER PRIMARY KEY,
+    sid INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    subscription_ids BLOB,
+    shared TEXT,
+    packet_id INTEGER,
+    stage INTEGER
+);
+CREATE INDEX delivery_by_session ON delivery (sid, seq);
+CREATE INDEX delivery_by_message ON delivery (message_id);
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    properties BLOB NOT NULL,
+    expires_at INTEGER
+) WITHOUT ROWID;
+",
+}];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCorrupt {
+    /// Move the files aside and start with an empty store.
+    #[default]
+    Quarantine,
+    /// Refuse to start.
+    Refuse,
+}
+
+/// A corrupt database that was moved aside at start.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub files: Vec<PathBuf>,
+    pub reason: String,
+}
+
+pub struct Opened {
+    pub connection: Connection,
+    pub quarantined: Option<Quarantined>,
+}
+
+enum OpenError {
+    Corrupt(String),
+    Fatal(String),
+}
+
+pub fn open(config: &StoreConfig) -> Result<Opened, String> {
+    let path = &config.path;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    probe_writable(dir)?;
+    match try_open(config) {
+        Ok(connection) => Ok(Opened {
+            connection,
+            quarantined: None,
+        }),
+        Err(OpenError::Fatal(why)) => Err(why),
+        Err(OpenError::Corrupt(reason)) if config.on_corrupt == OnCorrupt::Refuse => Err(format!(
+            "the store {} is corrupt ({reason}); on_corrupt_store = \"refuse\" keeps Tern \
+             stopped: move the file aside or set on_corrupt_store = \"quarantine\"",
+            path.display()
+        )),
+        Err(OpenError::Corrupt(reason)) => {
+            let files = quarantine(path)?;
+            log::error!(
+                "the store {} is corrupt ({reason}): moved aside as {}; starting with an empty store",
+                path.display(),
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let connection = try_open(config).map_err(|e| match e {
+                OpenError::Corrupt(why) | OpenError::Fatal(why) => why,
+            })?;
+            Ok(Opened {
+                connection,
+                quarantined: Some(Quarantined { files, reason }),
+            })
+        }
+    }
+}
+
+/// A read-only connection for loading a resumed session's queue beside the writer.
+pub fn open_reader(path: &Path) -> Result<Connection, String> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open the store {} for reading: {e}", path.display()))
+}
+
+/// Fails early, with the directory's name, where SQLite would fail later and vaguely.
+fn probe_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".tern-write-probe");
+    fs::write(&probe, b"tern")
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|e| format!("the data directory {} is not writable: {e}", dir.display()))
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            OpenError::Corrupt(e.to_string())
+        }
+        Some(ErrorCode::DiskFull) => OpenError::Fatal(format!(
+            "cannot open the store {}: the disk is full",
+            path.display()
+        )),
+        _ => OpenError::Fatal(format!("cannot open the store {}: {e}", path.display())),
+    }
+}
+
+fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
+    let path = &config.path;
+    let err = |e| classify(path, e);
+    let conn = Connection::open(path).map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Fatal(format!(
+            "the store {} cannot use write-ahead logging (journal mode {mode})",
+            path.display()
+        )));
+    }
+    let synchronous = match config.durability {
+        Durability::Strict => "FULL",
+        _ => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(err)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(err)?;
+    if check != "ok" {
+        return Err(OpenError::Corrupt(format!("integrity check: {check}")));
+    }
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::Fatal(format!(
+            "the store {} has schema version {version}, newer than this Tern's {SCHEMA_VERSION}: \
+             refusing to touch it (run a newer Tern, or move the file aside)",
+            path.display()
+        )));
+    }
+    migrate(&conn, path, version, MIGRATIONS).map_err(|e| match e {
+        MigrateError::Sqlite(e) => err(e),
+        MigrateError::Copy(why) => OpenError::Fatal(why),
+    })?;
+    if config.max_store_bytes > 0 {
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(err)?;
+        let pages = (config.max_store_bytes / page_size.max(512)).max(16);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(err)?;
+    }
+    Ok(conn)
+}
+
+pub enum MigrateError {
+    Sqlite(rusqlite::Error),
+    Copy(String),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> MigrateError {
+        MigrateError::Sqlite(e)
+    }
+}
+
+/// Runs the migrations after `from` in one transaction. An existing database (version
+/// above 0) is first copied aside as `FILE.vN-TIMESTAMP.bak`.
+pub fn migrate(
+    conn: &Connection,
+    path: &Path,
+    from: u32,
+    migrations: &[Migration],
+) -> Result<(), MigrateError> {
+    let steps: Vec<&Migration> = migrations.iter().filter(|m| m.to > from).collect();
+    let Some(last) = steps.last() else {
+        return Ok(());
+    };
+    if from > 0 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let backup = sibling(path, &format!("v{from}-{}.bak", timestamp()));
+        fs::copy(path, &backup).map_err(|e| {
+            MigrateError::Copy(format!(
+                "cannot copy the store {} aside to {} before migrating it: {e}",
+                path.display(),
+                backup.display()
+            ))
+        })?;
+        log::info!(
+            "migrating the store {} from schema version {from} to {}; the old file is kept as {}",
+            path.display(),
+            last.to,
+            backup.display()
+        );
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for step in &steps {
+        if let Err(e) = conn.execute_batch(step.sql) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {}; COMMIT", last.to))?;
+    Ok(())
+}
+
+/// `FILE.SUFFIX` beside `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Moves the database and its `-wal` and `-shm` files aside; returns their new names.
+fn quarantine(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let stamp = timestamp();
+    let mut moved = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        let from = PathBuf::from(name);
+        if !from.exists() {
+            continue;
+        }
+        let mut to = from.as_os_str().to_os_string();
+        to.push(format!(".corrupt-{stamp}"));
+        let to = PathBuf::from(to);
+        fs::rename(&from, &to).map_err(|e| {
+            format!(
+                "the store {} is corrupt and cannot be moved aside to {}: {e}",
+                from.display(),
+                to.display()
+            )
+        })?;
+        moved.push(to);
+    }
+    Ok(moved)
+}
+
+/// UTC `YYYYMMDDTHHMMSSZ`, for names of files moved aside.
+fn timestamp() -> String {
+    let secs = wall_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_copies_the_old_file_aside_first() {
+        let dir = std::env::temp_dir().join(format!("tern-migrate-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        let steps = [
+            Migration {
+                to: 1,
+                sql: "CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (7);",
+            },
+            Migration {
+                to: 2,
+                sql: "ALTER TABLE a ADD COLUMN y TEXT;",
+            },
+        ];
+        migrate(&conn, &path, 0, &steps[..1]).ok().unwrap();
+        let files = || fs::read_dir(&dir).unwrap().count();
+        let before = files();
+        migrate(&conn, &path, 1, &steps).ok().unwrap();
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let backups: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".v1-"))
+            .collect();
+        assert_eq!(backups.len(), 1, "one copy beside {before} files");
+        let old = Connection::open(&backups[0]).unwrap();
+        let x: i64 = old.query_row("SELECT x FROM a", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 7);
+        assert!(
+            old.prepare("SELECT y FROM a").is_err(),
+            "the copy is version 1"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let stamp = timestamp();
+        assert_eq!(stamp.len(), 16);
+        assert!(stamp.starts_with("20"));
+        assert!(stamp.ends_with('Z'));
+    }
+}
