@@ -647,7 +647,11 @@ impl Client {
                 return Ok(());
             }
             exactly_once_stored = st.stored;
-            if st.inbound_qos2.len() >= usize::from(self.broker.settings.receive_maximum) {
+            // Only a v5 client was told the Receive Maximum; a 3.x client's ids are
+            // bounded by the 65535 packet ids themselves.
+            if self.v5()
+                && st.inbound_qos2.len() >= usize::from(self.broker.settings.receive_maximum)
+            {
                 return Err(Close::new(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     format!(

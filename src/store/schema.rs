@@ -184,6 +184,26 @@ fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
     let path = &config.path;
     let err = |e| classify(path, e);
     let conn = Connection::open(path).map_err(err)?;
+    // First, before anything could write: a newer Tern's file is never touched.
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::Fatal(format!(
+            "the store {} has schema version {version}, newer than this Tern's {SCHEMA_VERSION}: \
+             refusing to touch it (run a newer Tern, or move the file aside)",
+            path.display()
+        )));
+    }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(err)?;
+    if check != "ok" {
+        // One line for the log, whatever SQLite listed.
+        let mut summary = check.lines().map(str::trim).collect::<Vec<_>>().join("; ");
+        summary.truncate(300);
+        return Err(OpenError::Corrupt(format!("integrity check: {summary}")));
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(err)?;
@@ -201,22 +221,6 @@ fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
     ))
     .map_err(err)?;
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(err)?;
-    if check != "ok" {
-        return Err(OpenError::Corrupt(format!("integrity check: {check}")));
-    }
-    let version: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(err)?;
-    if version > SCHEMA_VERSION {
-        return Err(OpenError::Fatal(format!(
-            "the store {} has schema version {version}, newer than this Tern's {SCHEMA_VERSION}: \
-             refusing to touch it (run a newer Tern, or move the file aside)",
-            path.display()
-        )));
-    }
     migrate(&conn, path, version, MIGRATIONS).map_err(|e| match e {
         MigrateError::Sqlite(e) => err(e),
         MigrateError::Copy(why) => OpenError::Fatal(why),

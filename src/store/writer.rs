@@ -17,13 +17,18 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, params};
 
 use super::load::stage_code;
-use super::record::{StoreClock, encode_ids, save_clock};
+use super::record::{StoreClock, encode_ids, save_clock, wall_secs};
 use super::{FAILURES_KEPT, Op, Shared, StoreConfig};
 use crate::broker::session::Stage;
 use crate::throttle::Throttle;
 
 /// How often messages that expired on disk are deleted while Tern runs.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often an idle writer checks whether the wall clock jumped (NTP setting the
+/// clock of a board without one): the store clock is saved again at once when it did,
+/// so the next start does not count the jump as time Tern was stopped.
+const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(60);
+const CLOCK_JUMP: u64 = 30;
 
 enum Next {
     Batch(Vec<Op>, u64),
@@ -46,6 +51,8 @@ pub struct Writer {
     early_sent: HashMap<u64, (u64, u16, Stage)>,
     last_purge: Instant,
     failures_logged: Throttle,
+    /// When the store clock was last saved, and the wall clock then.
+    clock_saved: (Instant, u64),
 }
 
 impl Writer {
@@ -70,6 +77,7 @@ impl Writer {
             early_sent: HashMap::new(),
             last_purge: Instant::now(),
             failures_logged: Throttle::new(),
+            clock_saved: (Instant::now(), wall_secs()),
         }
     }
 
@@ -95,6 +103,9 @@ impl Writer {
                     self.shared.committed.notify(usize::MAX);
                 }
                 Next::Idle => {
+                    if let Err(e) = self.save_clock_if_wall_jumped() {
+                        log::warn!("saving the store clock failed: {e}");
+                    }
                     if self.last_purge.elapsed() >= PURGE_EVERY {
                         self.last_purge = Instant::now();
                         if let Err(e) = self.purge_expired() {
@@ -138,7 +149,7 @@ impl Writer {
                 let (guard, timeout) = self
                     .shared
                     .wake_writer
-                    .wait_timeout(pending, PURGE_EVERY)
+                    .wait_timeout(pending, CLOCK_CHECK_EVERY)
                     .unwrap_or_else(|p| p.into_inner());
                 pending = guard;
                 if timeout.timed_out() && pending.ops.is_empty() {
@@ -424,7 +435,32 @@ impl Writer {
                 .execute([id as i64])?;
             }
         }
-        finish(tx, writes, &self.clock)
+        let committed = finish(tx, writes, &self.clock)?;
+        self.saved_clock(committed);
+        Ok(())
+    }
+
+    fn save_clock_if_wall_jumped(&mut self) -> rusqlite::Result<()> {
+        let (at, wall) = self.clock_saved;
+        let expected = wall + at.elapsed().as_secs();
+        let now = wall_secs();
+        if now.abs_diff(expected) <= CLOCK_JUMP {
+            return Ok(());
+        }
+        log::info!(
+            "the wall clock jumped by {} s: saving the store clock",
+            now as i64 - expected as i64
+        );
+        let tx = self.conn.transaction()?;
+        let committed = finish(tx, 1, &self.clock)?;
+        self.saved_clock(committed);
+        Ok(())
+    }
+
+    fn saved_clock(&mut self, committed: bool) {
+        if committed {
+            self.clock_saved = (Instant::now(), wall_secs());
+        }
     }
 
     fn purge_expired(&mut self) -> rusqlite::Result<()> {
@@ -446,18 +482,10 @@ impl Writer {
             )?;
             log::info!("purged {deleted} expired messages from the store");
         }
-        finish(tx, deleted, &self.clock)
+        let committed = finish(tx, deleted, &self.clock)?;
+        self.saved_clock(committed);
+        Ok(())
     }
-}
-
-/// Commits when something was written (and saves the store clock with it); a batch
-/// that cancelled out costs no write and no sync.
-fn finish(tx: Transaction<'_>, writes: usize, clock: &StoreClock) -> rusqlite::Result<()> {
-    if writes == 0 {
-        return tx.rollback();
-    }
-    save_clock(&tx, clock)?;
-    tx.commit()
 }
 
 fn op_sid(op: &Op) -> Option<u64> {
@@ -472,4 +500,16 @@ fn op_sid(op: &Op) -> Option<u64> {
         | Op::DeleteInbound { sid, .. } => Some(*sid),
         _ => None,
     }
+}
+
+/// Commits when something was written (and saves the store clock with it); a batch
+/// that cancelled out costs no write and no sync. Whether it committed.
+fn finish(tx: Transaction<'_>, writes: usize, clock: &StoreClock) -> rusqlite::Result<bool> {
+    if writes == 0 {
+        tx.rollback()?;
+        return Ok(false);
+    }
+    save_clock(&tx, clock)?;
+    tx.commit()?;
+    Ok(true)
 }

@@ -4,6 +4,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -17,27 +18,37 @@ BIN = os.environ.get("TERN_BIN", str(ROOT / "target" / "release" / "tern"))
 class Broker:
     """A running broker process with its log captured line by line."""
 
-    def __init__(self, tmp_path, config=""):
+    def __init__(self, tmp_path, config="", prefix=(), env=None):
+        """`prefix`: a command the broker runs under (strace, faketime, unshare)."""
         self.dir = tmp_path
         self.config_path = tmp_path / "tern.toml"
         text = config
         if "[listeners.tcp]" not in text:
             text = '[listeners.tcp]\nbind = "127.0.0.1:0"\n' + text
         self.config_path.write_text(text)
+        self.start(prefix, env)
+
+    def start(self, prefix=(), env=None):
+        """Starts the broker (again) in the same directory with the same config."""
         self.lines = []
         self._cond = threading.Condition()
-        env = dict(os.environ, RUST_LOG=os.environ.get("TERN_TEST_LOG", "debug"))
+        full_env = dict(os.environ, RUST_LOG=os.environ.get("TERN_TEST_LOG", "debug"))
+        full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [BIN, "--config", str(self.config_path)],
-            cwd=tmp_path,
+            [*prefix, BIN, "--config", str(self.config_path)],
+            cwd=self.dir,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            env=env,
+            env=full_env,
         )
         threading.Thread(target=self._read_log, daemon=True).start()
         m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)")
         self.host, self.port = m.group(1), int(m.group(2))
+
+    def restart(self, sig=signal.SIGTERM, prefix=(), env=None):
+        self.stop(sig)
+        self.start(prefix, env)
 
     def _read_log(self):
         for line in self.proc.stderr:
@@ -78,6 +89,20 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def free_port():
+    """A loopback port free right now, for brokers that must keep theirs across restarts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_tern(args, cwd, timeout=20, prefix=()):
+    """Runs the binary to completion: (exit code, stderr)."""
+    done = subprocess.run([*prefix, BIN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, RUST_LOG="info"))
+    return done.returncode, done.stderr
 
 
 @pytest.fixture
