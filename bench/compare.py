@@ -14,6 +14,7 @@ import os
 import pathlib
 import platform
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -36,7 +37,20 @@ SCENARIOS = [
     ("latency", "p99_us", "µs p99", False),
     ("connections", "rate", "connects/s", True),
 ]
+# Durable sessions: Tern `strict` and `batched` against Mosquitto with persistence on
+# (its one mode: it writes its whole state every autosave_interval and at exit).
+DURABLE = [
+    ("persist-strict", "rate", "msg/s to an offline persistent subscriber", True),
+    ("persist-batched", "rate", "msg/s to an offline persistent subscriber", True),
+    ("startup-sessions", "startup_ms", "ms to first CONNACK with stored sessions", False),
+]
+PERSISTENT = {"persist-strict", "persist-batched", "startup-sessions"}
 EXTRA = [  # further figures shown per scenario: (scenario, metric, unit, higher is better)
+    ("persist-strict", "disk_bytes_per_msg", "disk B written/msg", False),
+    ("persist-batched", "disk_bytes_per_msg", "disk B written/msg", False),
+    ("persist-strict", "loss", "acknowledged, not delivered", False),
+    ("persist-batched", "loss", "acknowledged, not delivered", False),
+    ("startup-sessions", "sessions", "sessions stored", True),
     ("fanin-qos0", "loss", "lost msgs", False),
     ("fanin-qos1", "loss", "lost msgs", False),
     ("latency", "p50_us", "µs p50", False),
@@ -66,14 +80,23 @@ class Broker:
     def __init__(self, name, binary):
         self.name, self.binary = name, binary
 
-    def command(self, port, workdir):
+    def command(self, port, workdir, scenario=""):
         if self.name == "tern":
             conf = workdir / "tern.toml"
-            conf.write_text(f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n')
+            text = f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
+            if scenario.startswith("persist-"):
+                durability = scenario.split("-", 1)[1]
+                text += (f'[storage]\ndurability = "{durability}"\n'
+                         "[limits]\nmax_queued_messages = 100000000\nmax_queued_bytes = 17179869184\n")
+            conf.write_text(text)
             return [str(self.binary), "--config", str(conf)]
         if self.name == "mosquitto":
             conf = workdir / "mosquitto.conf"
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+            text = f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+            if scenario in PERSISTENT:
+                text += (f"persistence true\npersistence_location {workdir}/\n"
+                         "max_queued_messages 0\nmax_queued_bytes 0\n")
+            conf.write_text(text)
             return [str(self.binary), "-c", str(conf)]
         if self.name == "rumqttd":
             conf = workdir / "rumqttd.toml"
@@ -81,8 +104,8 @@ class Broker:
             return [str(self.binary), "--config", str(conf)]
         raise ValueError(self.name)
 
-    def start(self, port, workdir):
-        proc = subprocess.Popen(self.command(port, workdir), stdout=subprocess.DEVNULL,
+    def start(self, port, workdir, scenario=""):
+        proc = subprocess.Popen(self.command(port, workdir, scenario), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, cwd=workdir)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -132,27 +155,55 @@ def parse(line):
     return fields
 
 
+def stop(proc, timeout=10):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_scenario(broker, scenario, args, workdir):
     port = free_port()
-    proc = broker.start(port, workdir)
+    proc = broker.start(port, workdir, scenario)
     try:
         extra = []
         if scenario == "connections":
             extra = ["--connections", str(args.connections)]
+        bench_scenario = "persist-qos1" if scenario.startswith("persist-") else scenario
         duration = args.sweep_duration if scenario == "qos1-sweep" else args.duration
-        cmd = [str(BENCH), scenario, "--addr", f"127.0.0.1:{port}", "--pid", str(proc.pid),
+        cmd = [str(BENCH), bench_scenario, "--addr", f"127.0.0.1:{port}", "--pid", str(proc.pid),
                "--duration", str(duration), *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
             return {"error": out.stderr.strip().replace(" ", "_")[:200]}
         return parse(out.stdout.strip())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def run_startup_sessions(broker, args, workdir):
+    """Leaves `args.sessions` persistent sessions behind, stops the broker, and times
+    its next start to the first CONNACK."""
+    port = free_port()
+    proc = broker.start(port, workdir, "startup-sessions")
+    try:
+        cmd = [str(BENCH), "sessions", "--addr", f"127.0.0.1:{port}", "--connections", str(args.sessions)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            return {"error": out.stderr.strip().replace(" ", "_")[:200]}
+    finally:
+        stop(proc, timeout=120)
+    port = free_port()
+    cmd = [str(BENCH), "startup", "--addr", f"127.0.0.1:{port}", "--",
+           *broker.command(port, workdir, "startup-sessions")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().replace(" ", "_")[:200]}
+    fields = parse(out.stdout.strip())
+    fields["sessions"] = str(args.sessions)
+    return fields
 
 
 def run_startup(broker, workdir):
@@ -184,9 +235,10 @@ def main():
     ap.add_argument("--peers", default="mosquitto,rumqttd")
     ap.add_argument("--write-doc", action="store_true", help="replace the table in BENCHMARKS.md")
     args = ap.parse_args()
-    args.duration, args.sweep_duration, args.connections = 5.0, 2.0, 10000
+    args.duration, args.sweep_duration, args.connections, args.sessions = 5.0, 2.0, 10000, 100000
     if args.quick:
         args.rounds, args.duration, args.sweep_duration, args.connections = 1, 0.5, 0.3, 1000
+        args.sessions = 2000
 
     nofile = raise_nofile()
     subprocess.run(["cargo", "build", "--release", "--locked", "--workspace"], cwd=ROOT, check=True)
@@ -208,11 +260,20 @@ def main():
         for r in range(args.rounds):
             order = brokers if r % 2 == 0 else list(reversed(brokers))
             for broker in order:
-                for scenario, *_ in SCENARIOS + [("startup",)]:
+                for scenario, *_ in SCENARIOS + [("startup",)] + DURABLE:
+                    if scenario in PERSISTENT and broker.name == "rumqttd":
+                        continue  # keeps nothing on disk
+                    # Every run starts with an empty data directory.
+                    rundir = workdir / f"{r}-{broker.name}-{scenario}"
+                    rundir.mkdir()
+                    os.chmod(rundir, 0o777)
                     if scenario == "startup":
-                        fields = run_startup(broker, workdir)
+                        fields = run_startup(broker, rundir)
+                    elif scenario == "startup-sessions":
+                        fields = run_startup_sessions(broker, args, rundir)
                     else:
-                        fields = run_scenario(broker, scenario, args, workdir)
+                        fields = run_scenario(broker, scenario, args, rundir)
+                    shutil.rmtree(rundir, ignore_errors=True)
                     line = f"round={r} broker={broker.name} scenario={scenario} " + " ".join(
                         f"{k}={v}" for k, v in fields.items() if k != "scenario")
                     print(line, flush=True)
@@ -269,12 +330,12 @@ def render(brokers, results, args, nofile):
             f"(for latency, loss and memory the peer's figure is divided by Tern's).")
     cols = ["scenario", "metric"] + names + [f"tern vs {p}" for p in peers] + ["limit"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS]
+    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS + DURABLE]
     rows += [(s, m, u, hb) for s, m, u, hb in EXTRA]
     rows += [("startup", "startup_ms", "ms to first CONNACK", False), ("startup", "idle_rss_kb", "KiB idle RSS", False),
              ("startup", "binary_kb", "KiB binary", False)]
     rows += [(s, "peak_rss_kb", "KiB peak RSS", False) for s, *_ in SCENARIOS]
-    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)])}
+    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)] + DURABLE)}
     rows.sort(key=lambda r: order[r[0]])
     for scenario, metric, unit, higher in rows:
         cells, medians = [], {}

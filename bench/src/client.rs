@@ -49,6 +49,16 @@ pub const SUBACK: u8 = 9;
 
 impl Conn {
     pub async fn open(addr: SocketAddr, client_id: &str, keep_alive: u16) -> io::Result<Conn> {
+        Conn::open_session(addr, client_id, keep_alive, true).await
+    }
+
+    /// Connects with clean session 0 (`clean = false`) to keep a persistent session.
+    pub async fn open_session(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+    ) -> io::Result<Conn> {
         let stream = Async::<TcpStream>::connect(addr).await?;
         stream.get_ref().set_nodelay(true)?;
         let mut conn = Conn {
@@ -58,7 +68,7 @@ impl Conn {
             end: 0,
         };
         let mut out = BytesMut::new();
-        connect_packet(client_id, keep_alive, &mut out);
+        connect_packet(client_id, keep_alive, clean, &mut out);
         conn.stream.write_all(&out).await?;
         conn.expect(CONNACK).await?;
         Ok(conn)
@@ -74,12 +84,9 @@ impl Conn {
     async fn expect(&mut self, kind: u8) -> io::Result<()> {
         loop {
             let mut found = None;
-            self.read_frames(|f| {
-                if found.is_none() {
-                    found = Some(f.kind);
-                }
-            })
-            .await?;
+            // One frame only: what follows (a resumed session's messages may come in
+            // the same segment as the CONNACK) stays buffered for the next reader.
+            self.read_frames_max(1, |f| found = Some(f.kind)).await?;
             match found {
                 Some(k) if k == kind => return Ok(()),
                 Some(k) => {
@@ -92,9 +99,21 @@ impl Conn {
         }
     }
 
-    /// Reads one chunk and calls `each` for every whole frame in the buffer.
-    /// Returns the number of frames; an error on EOF.
-    pub async fn read_frames(&mut self, mut each: impl FnMut(Frame<'_>)) -> io::Result<usize> {
+    /// Calls `each` for every whole frame buffered, reading one chunk first when there
+    /// is none. Returns the number of frames; an error on EOF.
+    pub async fn read_frames(&mut self, each: impl FnMut(Frame<'_>)) -> io::Result<usize> {
+        self.read_frames_max(usize::MAX, each).await
+    }
+
+    async fn read_frames_max(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(Frame<'_>),
+    ) -> io::Result<usize> {
+        let frames = self.parse_frames(max, &mut each);
+        if frames > 0 {
+            return Ok(frames);
+        }
         if self.start > 0 && self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -115,8 +134,12 @@ impl Conn {
             ));
         }
         self.end += n;
+        Ok(self.parse_frames(max, &mut each))
+    }
+
+    fn parse_frames(&mut self, max: usize, each: &mut impl FnMut(Frame<'_>)) -> usize {
         let mut frames = 0;
-        loop {
+        while frames < max {
             let data = &self.buf[self.start..self.end];
             let Some((header, body_len)) = frame_header(data) else {
                 break;
@@ -132,7 +155,7 @@ impl Conn {
             self.start += header + body_len;
             frames += 1;
         }
-        Ok(frames)
+        frames
     }
 }
 
@@ -148,11 +171,11 @@ fn frame_header(data: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-pub fn connect_packet(client_id: &str, keep_alive: u16, out: &mut BytesMut) {
+pub fn connect_packet(client_id: &str, keep_alive: u16, clean: bool, out: &mut BytesMut) {
     let connect = Connect {
         protocol: V,
         bridge: false,
-        clean_start: true,
+        clean_start: clean,
         keep_alive,
         client_id: client_id.into(),
         will: None,

@@ -17,9 +17,12 @@ use smol::Executor;
 use tern::protocol::QoS;
 
 #[derive(FromArgs)]
-/// Measure an MQTT broker: fan-in, fan-out, QoS 1 sweep, latency, connections, startup.
+/// Measure an MQTT broker: fan-in, fan-out, QoS 1 sweep, latency, connections, startup,
+/// durable sessions.
 struct Args {
-    /// scenario: fanin-qos0, fanin-qos1, qos1-sweep, fanout, latency, connections, startup
+    /// scenario: fanin-qos0, fanin-qos1, qos1-sweep, fanout, latency, connections, startup,
+    /// persist-qos1 (to an offline persistent subscriber), sessions (leave N persistent
+    /// sessions behind)
     #[argh(positional)]
     scenario: String,
     /// broker address
@@ -40,7 +43,7 @@ struct Args {
     /// messages in flight per publisher (QoS 1) or ahead of the subscribers (QoS 0)
     #[argh(option, default = "1000")]
     window: u64,
-    /// idle connections for the connections scenario
+    /// idle connections for `connections`, sessions left behind by `sessions`
     #[argh(option, default = "10000")]
     connections: usize,
     /// fixed rate of the latency scenario, messages a second
@@ -115,6 +118,8 @@ fn run_async(args: &Args) -> std::io::Result<scenarios::Line> {
             "fanout" => scenarios::fan_out(&ex, &opts).await,
             "latency" => scenarios::latency(&ex, &opts, args.rate).await,
             "connections" => scenarios::connections(&ex, &opts).await,
+            "persist-qos1" => scenarios::persist_qos1(&ex, &opts).await,
+            "sessions" => scenarios::sessions(&ex, &opts).await,
             other => Err(std::io::Error::other(format!("unknown scenario {other}"))),
         }
     }));

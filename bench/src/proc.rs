@@ -40,6 +40,18 @@ pub fn rss_kib(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes the process has caused to be written to storage (`write_bytes` in
+/// /proc/PID/io): what wears an SD card.
+pub fn write_bytes(pid: &str) -> u64 {
+    let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) else {
+        return 0;
+    };
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// CPU of the broker and of this generator over a measured window, in percent of one core.
 pub struct CpuWindow {
     broker: String,

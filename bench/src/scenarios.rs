@@ -14,7 +14,7 @@ use smol::{Executor, Timer};
 use tern::protocol::QoS;
 
 use crate::client::{Conn, PUBACK, PUBLISH, puback_packet, publish_packet};
-use crate::proc::{CpuWindow, PeakRss, rss_kib};
+use crate::proc::{CpuWindow, PeakRss, rss_kib, write_bytes};
 
 pub type Line = Vec<(&'static str, String)>;
 type Result<T> = std::io::Result<T>;
@@ -551,6 +551,88 @@ pub async fn connections(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
     ];
     drop(held);
     Ok(line)
+}
+
+/// QoS 1 fan-in to a persistent subscriber that is offline, so every message must be
+/// stored: the acknowledged rate, the bytes the broker wrote to storage per message
+/// meanwhile (SD-card wear), then the subscriber comes back and counts what it gets.
+pub async fn persist_qos1(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let mut keeper = Conn::open_session(o.addr, "bench-keeper", 60, false).await?;
+    keeper.subscribe("bench/#", QoS::AtLeastOnce).await?;
+    drop(keeper);
+    Timer::after(Duration::from_millis(300)).await;
+    let (acked, stop) = (counter(), flag());
+    let mut pubs = Vec::new();
+    for i in 0..o.publishers {
+        let conn = Conn::open(o.addr, &format!("bench-pub-{i}"), 60).await?;
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let (topic, window) = (format!("bench/{i}"), o.window);
+        pubs.push(
+            ex.spawn(async move { publish_qos1(conn, &topic, window, None, &acked, &stop).await }),
+        );
+    }
+    let written_before = write_bytes(&o.broker_pid);
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let peak = PeakRss::start(&o.broker_pid);
+    Timer::after(o.duration).await;
+    let in_window = acked.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut line: Line = vec![(
+        "rate",
+        format!("{:.0}", in_window as f64 / o.duration.as_secs_f64()),
+    )];
+    figures(&mut line, &cpu, peak);
+    for p in pubs {
+        p.await?;
+    }
+    let total = acked.load(Ordering::Relaxed);
+    let (received, sub_stop) = (counter(), flag());
+    let keeper = Conn::open_session(o.addr, "bench-keeper", 60, false).await?;
+    let task = spawn_subscriber(ex, keeper, received.clone(), sub_stop.clone(), None);
+    drain(&received, total, Duration::from_secs(3)).await;
+    sub_stop.store(true, Ordering::Relaxed);
+    task.await;
+    let got = received.load(Ordering::Relaxed);
+    // Everything written to keep each message and to forget it once delivered; a
+    // broker that writes only on a timer or at exit shows what it wrote until now.
+    let written = write_bytes(&o.broker_pid).saturating_sub(written_before);
+    line.push((
+        "disk_bytes_per_msg",
+        format!("{:.0}", written as f64 / total.max(1) as f64),
+    ));
+    line.push(("acked", total.to_string()));
+    line.push(("received", got.to_string()));
+    line.push(("loss", total.saturating_sub(got).to_string()));
+    Ok(line)
+}
+
+/// Leaves `connections` persistent sessions behind, one subscription each, for timing
+/// a restart that has to load them.
+pub async fn sessions(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let start = Instant::now();
+    let next = counter();
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (next, n, addr) = (next.clone(), o.connections as u64, o.addr);
+        workers.push(ex.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Result::Ok(());
+                }
+                let mut c = Conn::open_session(addr, &format!("kept-{i}"), 60, false).await?;
+                c.subscribe(&format!("kept/{i}"), QoS::AtLeastOnce).await?;
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(vec![
+        ("rate", format!("{:.0}", o.connections as f64 / elapsed)),
+        ("sessions", o.connections.to_string()),
+    ])
 }
 
 /// Starts `command`, then connects as soon as it accepts: time from exec to CONNACK.

@@ -355,3 +355,142 @@ impl Drop for Store {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Topic;
+    use bytes::Bytes;
+
+    fn open(name: &str, interval: Duration) -> (Arc<Store>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tern-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("tern.db");
+        let config = StoreConfig {
+            path: path.clone(),
+            durability: Durability::Strict,
+            commit_interval: interval,
+            commit_batch_ops: 10_000,
+            max_store_bytes: 0,
+            on_corrupt: OnCorrupt::Quarantine,
+        };
+        (Store::open(&config).unwrap().0, path)
+    }
+
+    fn rows(path: &std::path::Path, table: &str) -> i64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn session(store: &Store) -> (u64, Op) {
+        let sid = store.new_sid();
+        let op = Op::PutSession {
+            sid,
+            client_id: format!("c{sid}").into(),
+            protocol: 5,
+            expiry: 60,
+            disconnected_at: None,
+        };
+        (sid, op)
+    }
+
+    fn add(store: &Store, sid: u64) -> (Op, Op) {
+        let message = Arc::new(Message {
+            topic: Topic::from("t"),
+            payload: Bytes::from_static(b"payload"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            forwarded_properties: Bytes::new(),
+            expires_at: None,
+            origin: None,
+            store_id: Default::default(),
+            durable_after: Default::default(),
+        });
+        let message_id = store.message_id(&message);
+        let seq = store.new_seq();
+        let add = Op::AddDelivery {
+            sid,
+            seq,
+            message,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        };
+        (
+            add,
+            Op::DoneDelivery {
+                sid,
+                seq,
+                message_id,
+            },
+        )
+    }
+
+    fn wait_durable(store: &Store, ticket: u64) {
+        while store.ticket_state(ticket) == TicketState::Pending {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(store.ticket_state(ticket), TicketState::Durable);
+    }
+
+    #[test]
+    fn a_delivery_done_within_one_batch_is_never_written() {
+        let (store, path) = open("cancel", Duration::from_secs(3600));
+        let (sid, put) = session(&store);
+        let (added, done) = add(&store, sid);
+        let (kept, _) = add(&store, sid);
+        store.submit([put, added, done, kept]);
+        store.close();
+        assert_eq!(rows(&path, "delivery"), 1);
+        assert_eq!(
+            rows(&path, "message"),
+            1,
+            "the cancelled one's message is not kept"
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_that_overtakes_its_delivery_still_removes_it() {
+        let (store, path) = open("early", Duration::from_millis(1));
+        let (sid, put) = session(&store);
+        let (added, done) = add(&store, sid);
+        wait_durable(&store, store.submit([put]));
+        // The subscriber's acknowledgement reaches the writer before the publisher's op.
+        wait_durable(&store, store.submit([done]));
+        wait_durable(&store, store.submit([added]));
+        store.close();
+        assert_eq!(rows(&path, "delivery"), 0);
+        assert_eq!(rows(&path, "message"), 0);
+    }
+
+    #[test]
+    fn late_ops_for_a_discarded_session_are_dropped() {
+        let (store, path) = open("late", Duration::from_millis(1));
+        let (sid, put) = session(&store);
+        let (added, _) = add(&store, sid);
+        wait_durable(&store, store.submit([put]));
+        wait_durable(&store, store.submit([Op::DeleteSession { sid }]));
+        wait_durable(&store, store.submit([added]));
+        store.close();
+        assert_eq!(rows(&path, "session"), 0);
+        assert_eq!(rows(&path, "delivery"), 0);
+    }
+
+    #[test]
+    fn repeated_retained_writes_in_a_batch_are_merged() {
+        let (store, path) = open("retained", Duration::from_secs(3600));
+        let (added, _) = add(&store, 0);
+        let Op::AddDelivery { message, .. } = added else {
+            unreachable!()
+        };
+        let set = |m: Option<Arc<Message>>| Op::SetRetained {
+            topic: "t".into(),
+            message: m,
+        };
+        store.submit([set(Some(message.clone())), set(None), set(Some(message))]);
+        store.close();
+        assert_eq!(rows(&path, "retained"), 1);
+    }
+}
