@@ -11,7 +11,10 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let dir = std::env::temp_dir().join(format!("tern-rust-client-{}", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // One directory per broker: each has its own store.
+        let dir = std::env::temp_dir().join(format!("tern-rust-client-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("tern.toml");
         std::fs::write(&config, "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n").unwrap();

@@ -89,8 +89,8 @@ impl Default for Settings {
 }
 
 /// Something an operator must look at (a corrupt store moved aside, say): logged,
-/// published as a retained `$SYS/tern/alarms/NAME` message, and listed by the
-/// management API.
+/// published as a retained `$SYS/tern/alarms/NAME` message, and kept in
+/// [`Broker::alarms`] for the management API to list.
 #[derive(Debug, Clone)]
 pub struct Alarm {
     pub name: String,
@@ -267,9 +267,9 @@ impl Broker {
     pub fn raise_alarm(&self, name: &str, message: String) {
         log::error!("alarm {name}: {message}");
         let payload = format!(
-            "{{\"alarm\":{:?},\"message\":{:?},\"raised_at\":{}}}",
-            name,
-            message,
+            "{{\"alarm\":{},\"message\":{},\"raised_at\":{}}}",
+            json_string(name),
+            json_string(&message),
             crate::store::wall_secs()
         );
         let alarm = Message {
@@ -712,6 +712,22 @@ impl Broker {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Refusals of retained messages for the limits come in floods: logged throttled.

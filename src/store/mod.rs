@@ -186,6 +186,8 @@ pub struct Store {
     /// Deliveries with a sequence number below this were stored by an earlier run.
     pub loaded_below_seq: u64,
     pub quarantined: Option<Quarantined>,
+    /// The store's lock file, held until the process ends.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Display for Durability {
@@ -246,6 +248,7 @@ impl Store {
             next_message_id: AtomicU64::new(loaded.next_message_id),
             loaded_below_seq: loaded.next_seq,
             quarantined: opened.quarantined,
+            _lock: opened.lock,
         });
         Ok((store, loaded))
     }
@@ -492,5 +495,28 @@ mod tests {
         store.submit([set(Some(message.clone())), set(None), set(Some(message))]);
         store.close();
         assert_eq!(rows(&path, "retained"), 1);
+    }
+
+    #[test]
+    fn a_new_session_under_an_old_client_id_replaces_its_row() {
+        let (store, path) = open("replace", Duration::from_secs(3600));
+        let put = |sid: u64| Op::PutSession {
+            sid,
+            client_id: "same".into(),
+            protocol: 4,
+            expiry: 60,
+            disconnected_at: None,
+        };
+        let (first, second) = (store.new_sid(), store.new_sid());
+        let (added, _) = add(&store, first);
+        let ticket = store.submit([put(first), added, put(second)]);
+        store.close();
+        assert_eq!(store.ticket_state(ticket), TicketState::Durable);
+        assert_eq!(rows(&path, "session"), 1);
+        assert_eq!(
+            rows(&path, "delivery"),
+            0,
+            "the replaced session's queue went with it"
+        );
     }
 }

@@ -101,6 +101,8 @@ pub struct Quarantined {
 pub struct Opened {
     pub connection: Connection,
     pub quarantined: Option<Quarantined>,
+    /// Held for as long as the store is open; see [`lock`].
+    pub lock: fs::File,
 }
 
 enum OpenError {
@@ -117,10 +119,12 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
     fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
     probe_writable(dir)?;
+    let lock = lock(path)?;
     match try_open(config) {
         Ok(connection) => Ok(Opened {
             connection,
             quarantined: None,
+            lock,
         }),
         Err(OpenError::Fatal(why)) => Err(why),
         Err(OpenError::Corrupt(reason)) if config.on_corrupt == OnCorrupt::Refuse => Err(format!(
@@ -145,6 +149,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
             Ok(Opened {
                 connection,
                 quarantined: Some(Quarantined { files, reason }),
+                lock,
             })
         }
     }
@@ -157,6 +162,28 @@ pub fn open_reader(path: &Path) -> Result<Connection, String> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| format!("cannot open the store {} for reading: {e}", path.display()))
+}
+
+/// Takes `FILE.lock` for this process: a second Tern on the same store would otherwise
+/// fail later with "database is locked", or worse, quarantine a file in use.
+fn lock(path: &Path) -> Result<fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let lock_path = sibling(path, "lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "the store {} is in use by another Tern (lock {} is held): one data directory per broker",
+            path.display(),
+            lock_path.display()
+        ));
+    }
+    Ok(file)
 }
 
 /// Fails early, with the directory's name, where SQLite would fail later and vaguely.

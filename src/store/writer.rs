@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::load::stage_code;
 use super::record::{StoreClock, encode_ids, save_clock, wall_secs};
@@ -30,6 +30,40 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(60);
 const CLOCK_JUMP: u64 = 30;
 
+/// What the writer knows about what is stored, to sort out ops that arrive late or
+/// early (see the module doc).
+struct Known {
+    /// Sessions with a row: ops for any other are late and dropped.
+    sids: HashSet<u64>,
+    /// Deliveries stored this run and not yet done: seq -> sid.
+    live: HashMap<u64, u64>,
+    /// Acknowledgements and sends of deliveries not stored yet: seq -> sid (, state).
+    early_done: HashMap<u64, u64>,
+    early_sent: HashMap<u64, (u64, u16, Stage)>,
+}
+
+impl Known {
+    fn forget(&mut self, sid: u64) {
+        self.sids.remove(&sid);
+        self.live.retain(|_, s| *s != sid);
+        self.early_done.retain(|_, s| *s != sid);
+        self.early_sent.retain(|_, (s, _, _)| *s != sid);
+    }
+}
+
+/// Deletes a session and everything it owns (its messages are collected after).
+fn delete_session(tx: &Transaction<'_>, sid: u64) -> rusqlite::Result<()> {
+    for sql in [
+        "DELETE FROM session WHERE sid = ?1",
+        "DELETE FROM subscription WHERE sid = ?1",
+        "DELETE FROM inbound_qos2 WHERE sid = ?1",
+        "DELETE FROM delivery WHERE sid = ?1",
+    ] {
+        tx.prepare_cached(sql)?.execute([sid as i64])?;
+    }
+    Ok(())
+}
+
 enum Next {
     Batch(Vec<Op>, u64),
     Idle,
@@ -41,14 +75,9 @@ pub struct Writer {
     shared: Arc<Shared>,
     clock: StoreClock,
     config: StoreConfig,
-    /// Sessions with a row: ops for any other are late and dropped.
-    live_sids: HashSet<u64>,
     /// Deliveries below this sequence number were stored by an earlier run.
     loaded_below_seq: u64,
-    /// Deliveries stored this run and not yet done: seq -> sid.
-    live: HashMap<u64, u64>,
-    early_done: HashMap<u64, u64>,
-    early_sent: HashMap<u64, (u64, u16, Stage)>,
+    known: Known,
     last_purge: Instant,
     failures_logged: Throttle,
     /// When the store clock was last saved, and the wall clock then.
@@ -70,11 +99,13 @@ impl Writer {
             shared,
             clock,
             config,
-            live_sids,
             loaded_below_seq,
-            live: HashMap::new(),
-            early_done: HashMap::new(),
-            early_sent: HashMap::new(),
+            known: Known {
+                sids: live_sids,
+                live: HashMap::new(),
+                early_done: HashMap::new(),
+                early_sent: HashMap::new(),
+            },
             last_purge: Instant::now(),
             failures_logged: Throttle::new(),
             clock_saved: (Instant::now(), wall_secs()),
@@ -215,7 +246,20 @@ impl Writer {
                     expiry,
                     disconnected_at,
                 } => {
-                    self.live_sids.insert(*sid);
+                    self.known.sids.insert(*sid);
+                    // A session that replaced another under this client id: the old
+                    // one's delete normally comes first, but a row left behind (by a
+                    // failed batch) must not fail every later batch on the unique id.
+                    let replaced: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT sid FROM session WHERE client_id = ?1 AND sid != ?2",
+                        )?
+                        .query_row(params![&**client_id, *sid as i64], |r| r.get(0))
+                        .optional()?;
+                    if let Some(old) = replaced {
+                        delete_session(&tx, old as u64)?;
+                        self.known.forget(old as u64);
+                    }
                     tx.prepare_cached(
                         "INSERT INTO session (sid, client_id, protocol, expiry, disconnected_at)
                          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -231,24 +275,15 @@ impl Writer {
                     ])?;
                 }
                 Op::DeleteSession { sid } => {
-                    if !self.live_sids.remove(sid) {
+                    if !self.known.sids.contains(sid) {
                         writes -= 1;
                         continue;
                     }
-                    for sql in [
-                        "DELETE FROM session WHERE sid = ?1",
-                        "DELETE FROM subscription WHERE sid = ?1",
-                        "DELETE FROM inbound_qos2 WHERE sid = ?1",
-                        "DELETE FROM delivery WHERE sid = ?1",
-                    ] {
-                        tx.prepare_cached(sql)?.execute([*sid as i64])?;
-                    }
-                    self.live.retain(|_, s| s != sid);
-                    self.early_done.retain(|_, s| s != sid);
-                    self.early_sent.retain(|_, (s, _, _)| s != sid);
+                    delete_session(&tx, *sid)?;
+                    self.known.forget(*sid);
                     gc_all = true;
                 }
-                _ if op_sid(op).is_some_and(|sid| !self.live_sids.contains(&sid)) => {
+                _ if op_sid(op).is_some_and(|sid| !self.known.sids.contains(&sid)) => {
                     // A late op for a session discarded since.
                     writes -= 1;
                 }
@@ -284,7 +319,7 @@ impl Writer {
                         .execute(params![*sid as i64, filter])?;
                 }
                 Op::AddDelivery { seq, .. } if cancelled.contains(seq) => {
-                    self.early_sent.remove(seq);
+                    self.known.early_sent.remove(seq);
                     writes -= 1;
                 }
                 Op::AddDelivery {
@@ -296,9 +331,9 @@ impl Writer {
                     subscription_ids,
                     shared,
                 } => {
-                    if self.early_done.remove(seq).is_some() {
+                    if self.known.early_done.remove(seq).is_some() {
                         // Acknowledged before it was stored: nothing to keep.
-                        self.early_sent.remove(seq);
+                        self.known.early_sent.remove(seq);
                         writes -= 1;
                         continue;
                     }
@@ -319,7 +354,7 @@ impl Writer {
                             message.expires_at.map(|at| self.clock.secs(at) as i64)
                         ])?;
                     }
-                    let sent = self.early_sent.remove(seq);
+                    let sent = self.known.early_sent.remove(seq);
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO delivery (seq, sid, message_id, qos, retain,
                            subscription_ids, shared, packet_id, stage)
@@ -336,7 +371,7 @@ impl Writer {
                         sent.map(|(_, packet_id, _)| packet_id),
                         sent.map(|(_, _, stage)| stage_code(stage))
                     ])?;
-                    self.live.insert(*seq, *sid);
+                    self.known.live.insert(*seq, *sid);
                 }
                 Op::SentDelivery {
                     sid,
@@ -346,7 +381,7 @@ impl Writer {
                 } => {
                     if cancelled.contains(seq) {
                         writes -= 1;
-                    } else if *seq < self.loaded_below_seq || self.live.contains_key(seq) {
+                    } else if *seq < self.loaded_below_seq || self.known.live.contains_key(seq) {
                         tx.prepare_cached(
                             "UPDATE delivery SET packet_id = ?2, stage = ?3 WHERE seq = ?1",
                         )?
@@ -356,7 +391,9 @@ impl Writer {
                             stage_code(*stage)
                         ])?;
                     } else {
-                        self.early_sent.insert(*seq, (*sid, *packet_id, *stage));
+                        self.known
+                            .early_sent
+                            .insert(*seq, (*sid, *packet_id, *stage));
                         writes -= 1;
                     }
                 }
@@ -368,12 +405,13 @@ impl Writer {
                     if cancelled.contains(seq) {
                         writes -= 1;
                         gc.push(*message_id);
-                    } else if *seq < self.loaded_below_seq || self.live.remove(seq).is_some() {
+                    } else if *seq < self.loaded_below_seq || self.known.live.remove(seq).is_some()
+                    {
                         tx.prepare_cached("DELETE FROM delivery WHERE seq = ?1")?
                             .execute([*seq as i64])?;
                         gc.push(*message_id);
                     } else {
-                        self.early_done.insert(*seq, *sid);
+                        self.known.early_done.insert(*seq, *sid);
                         writes -= 1;
                     }
                 }

@@ -1,6 +1,7 @@
 """Durable sessions: what outlives a connection survives a restart, `kill -9` and power
 loss, and bad store files or a full disk cost nobody else their data."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -318,7 +319,8 @@ def test_a_corrupt_store_is_moved_aside_loudly(make_broker, how):
     c.subscribe("$SYS/tern/alarms/#", qos=0)
     alarm = c.recv_kind(PUBLISH)
     assert alarm.topic == "$SYS/tern/alarms/store-corrupt" and alarm.retain
-    assert b"corrupt" in alarm.payload and kept[0].encode() in alarm.payload
+    body = json.loads(alarm.payload)
+    assert body["alarm"] == "store-corrupt" and kept[0] in body["message"], body
     # ... and it serves, with an empty store that works.
     _, ack = raw(b, "survivor")
     assert not ack.session_present
@@ -364,6 +366,14 @@ def test_data_directory_is_created_or_refused_clearly(tmp_path):
     cfg.write_text('[node]\ndata_dir = "blocker/data"\n[listeners.tcp]\nbind = "127.0.0.1:0"\n')
     rc, err = run_tern(["--config", str(cfg)], cwd=tmp_path)
     assert rc != 0 and "cannot create the data directory" in err and "blocker" in err, err
+
+
+def test_a_second_tern_on_the_same_store_is_refused(make_broker):
+    b = make_broker()
+    rc, err = run_tern(["--config", str(b.config_path)], cwd=b.dir)
+    assert rc != 0 and "in use by another Tern" in err, err
+    _, ack = raw(b, "still-fine", clean=True)
+    assert ack.code == 0
 
 
 def _in_tmpfs(tmp_path, size, script):
@@ -424,6 +434,26 @@ def test_a_full_disk_refuses_durable_messages_and_keeps_serving_clean_sessions(t
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = conn.execute("SELECT count(*) FROM delivery").fetchone()[0]
     assert stored > 0
+
+
+def test_the_store_size_limit_refuses_like_a_full_disk(make_broker):
+    b = make_broker("[storage]\nmax_store_bytes = 262144\n")
+    keeper, _ = raw(b, "keeper")
+    keeper.subscribe("big/#", qos=1)
+    keeper.close()
+    pub, _ = raw(b, "filler", clean=True)
+    refused = None
+    for i in range(1, 200):
+        pub.publish("big/x", os.urandom(4000), qos=1, packet_id=i)
+        p = pub.recv(10)
+        if p is None or p.kind != PUBACK:
+            refused = p or "closed"
+            break
+    assert refused is not None, "the limit never applied"
+    if refused != "closed":
+        assert refused.code == 0x97, refused
+    b.wait_for_log(r"ERROR.*cannot write to the store .*full")
+    assert os.path.getsize(db_path(b)) <= 262144 + 8192
 
 
 def test_retained_messages_survive_and_are_bounded(make_broker):
