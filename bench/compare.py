@@ -44,6 +44,9 @@ DURABLE = [
     ("persist-batched", "rate", "msg/s to an offline persistent subscriber", True),
     ("startup-sessions", "startup_ms", "ms to first CONNACK with stored sessions", False),
 ]
+# Not comparable as a ratio: Mosquitto writes its state only every autosave_interval
+# and at exit, so what it wrote during a run says nothing about its wear.
+NO_RATIO = {"disk_bytes_per_msg"}
 PERSISTENT = {"persist-strict", "persist-batched", "startup-sessions"}
 EXTRA = [  # further figures shown per scenario: (scenario, metric, unit, higher is better)
     ("persist-strict", "disk_bytes_per_msg", "disk B written/msg", False),
@@ -350,7 +353,7 @@ def render(brokers, results, args, nofile):
         ratios = []
         for p in peers:
             t, q = medians.get("tern"), medians.get(p)
-            if t is None or q is None:
+            if t is None or q is None or metric in NO_RATIO:
                 ratios.append("—")
             elif higher:
                 ratios.append(f"×{t / q:.2f}" if q else "—")

@@ -98,8 +98,9 @@ pub struct Client {
     publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
-    /// Packets in `out` from this offset on wait for the store (`strict` durability).
-    hold: Option<Hold>,
+    /// Packets in `out` from this offset on wait for the store (`strict` durability);
+    /// boxed, as most connections never hold anything.
+    hold: Option<Box<Hold>>,
 }
 
 /// The tail of the write buffer that may not be sent before the store has made
@@ -335,12 +336,12 @@ impl Client {
                 h.ticket = h.ticket.max(ticket);
             }
             None => {
-                self.hold = Some(Hold {
+                self.hold = Some(Box::new(Hold {
                     from,
                     ticket,
                     messages: Vec::new(),
                     listener: None,
-                })
+                }))
             }
         }
     }
@@ -357,11 +358,13 @@ impl Client {
             DURABLE_PENDING => {
                 let from = self.out.len();
                 self.hold
-                    .get_or_insert_with(|| Hold {
-                        from,
-                        ticket: 0,
-                        messages: Vec::new(),
-                        listener: None,
+                    .get_or_insert_with(|| {
+                        Box::new(Hold {
+                            from,
+                            ticket: 0,
+                            messages: Vec::new(),
+                            listener: None,
+                        })
                     })
                     .messages
                     .push(message.clone());

@@ -297,8 +297,9 @@ enum Event {
     Wrote(usize),
     /// Packets held for the store may be written now.
     Released,
-    /// The store could not keep what held packets acknowledge.
-    StoreFailed(Close),
+    /// The store could not keep what held packets acknowledge (boxed: the event
+    /// lives in every connection's task).
+    StoreFailed(Box<Close>),
     Woken,
     Deadline,
     Drained,
@@ -376,7 +377,7 @@ async fn run<S: Stream>(
                 if let Poll::Ready(r) = client.poll_hold(cx) {
                     return Poll::Ready(Ok(match r {
                         Ok(()) => Event::Released,
-                        Err(close) => Event::StoreFailed(close),
+                        Err(close) => Event::StoreFailed(Box::new(close)),
                     }));
                 }
             }
@@ -422,7 +423,7 @@ async fn run<S: Stream>(
             }
             Ok(Event::Wrote(n)) => client.wrote(n),
             Ok(Event::Released) => {}
-            Ok(Event::StoreFailed(close)) => return close,
+            Ok(Event::StoreFailed(close)) => return *close,
             Ok(Event::Woken) => {}
             Ok(Event::Drained) => {
                 pressure = None;
