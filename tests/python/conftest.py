@@ -34,6 +34,8 @@ class Broker:
         self._cond = threading.Condition()
         full_env = dict(os.environ, RUST_LOG=os.environ.get("TERN_TEST_LOG", "debug"))
         full_env.update(env or {})
+        # A process group of its own, so that stopping it also stops a broker running
+        # under a wrapper (strace, faketime, unshare) that does not pass signals on.
         self.proc = subprocess.Popen(
             [*prefix, BIN, "--config", str(self.config_path)],
             cwd=self.dir,
@@ -41,6 +43,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             text=True,
             env=full_env,
+            start_new_session=True,
         )
         threading.Thread(target=self._read_log, daemon=True).start()
         m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)")
@@ -81,13 +84,25 @@ class Broker:
             return "\n".join(self.lines)
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Signals the broker's whole process group and waits until all of it is gone."""
+        group = self.proc.pid
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(max(0.01, min(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(group, signal.SIGKILL)
+                deadline = time.monotonic() + 5
         return self.proc.returncode
 
 

@@ -476,6 +476,41 @@ def test_retained_messages_survive_and_are_bounded(make_broker):
     c.expect_nothing(0.5)
 
 
+def test_retained_and_queued_messages_expire_on_the_store_clock(make_broker):
+    b = make_broker()
+    sub, _ = raw(b, "late")
+    sub.subscribe("x/#", qos=1)
+    sub.close()
+    pub, _ = raw(b, "p", clean=True)
+    pub.publish("x/short", "gone soon", qos=1, retain=True, packet_id=1, properties=[(0x02, 1)])
+    pub.publish("x/long", "stays", qos=1, retain=True, packet_id=2, properties=[(0x02, 3600)])
+    assert pub.recv_kind(PUBACK) and pub.recv_kind(PUBACK)
+    b.stop()
+    time.sleep(2.2)
+    b.start()
+    b.wait_for_log(r"store loaded: 1 sessions, 1 retained messages \(0 expired sessions and 1 expired")
+    sub, ack = raw(b, "late")
+    assert ack.session_present
+    got = collect(sub, 1)
+    assert got[0].payload == b"stays" and 0 < got[0].props[0x02] <= 3600
+    finish_flows(sub)
+
+
+def test_queue_qos0_keeps_qos0_for_offline_persistent_sessions(make_broker):
+    b = make_broker("[storage]\nqueue_qos0 = true\n")
+    sub, _ = raw(b, "q0")
+    sub.subscribe("q0/#", qos=0)
+    sub.close()
+    pub, _ = raw(b, "p", clean=True)
+    for i in range(3):
+        pub.publish("q0/x", f"{i}", qos=0)
+    time.sleep(0.3)
+    b.restart()
+    sub, _ = raw(b, "q0")
+    got = [sub.recv_kind(PUBLISH) for _ in range(3)]
+    assert [p.payload for p in got] == [b"0", b"1", b"2"] and {p.qos for p in got} == {0}
+
+
 def test_session_expiry_limits(make_broker):
     b = make_broker("[storage]\nmax_session_expiry = 60\npersistent_client_expiration = 1\n")
     _, ack = raw(b, "v5", properties=[(0x11, 100000)])
