@@ -229,13 +229,33 @@ def _index(lines, predicate, start=0):
     return None
 
 
+def _completed(lines, i):
+    """Where the call on line i returned: strace -f splits a call another thread
+    interrupts into `NAME(... <unfinished ...>` and a later `<... NAME resumed>` line."""
+    if i is None or "<unfinished ...>" not in lines[i]:
+        return i
+    pid, call = lines[i].split()[0], lines[i].split()[1].split("(")[0]
+    return _index(lines, lambda l: l.startswith(pid + " ") and f"<... {call} resumed>" in l, i + 1)
+
+
+def _syscall(line):
+    """The call's name, for a whole line or either half of a split one."""
+    words = line.split()
+    if len(words) > 2 and words[1] == "<...":
+        return words[2]
+    return words[1].split("(")[0] if len(words) > 1 else ""
+
+
 def _order(lines):
-    publish = _index(lines, lambda l: "durable-payload-1" in l and ("read(" in l or "recvfrom(" in l))
+    """Indexes at which the PUBLISH was read, the WAL written, the WAL synced (the
+    call returned) and the PUBACK written."""
+    publish = _index(lines, lambda l: "durable-payload-1" in l and _syscall(l) in ("read", "recvfrom"))
     assert publish is not None, "the PUBLISH was not read?"
-    wal_write = _index(lines, lambda l: "pwrite64(" in l and "tern.db-wal" in l, publish)
-    wal_sync = _index(lines, lambda l: ("fdatasync(" in l or "fsync(" in l) and "tern.db-wal" in l, publish)
+    wal_write = _index(lines, lambda l: _syscall(l) == "pwrite64" and "tern.db-wal" in l, publish)
+    wal_sync = _completed(lines, _index(
+        lines, lambda l: _syscall(l) in ("fsync", "fdatasync") and "tern.db-wal" in l, publish))
     # PUBACK for packet id 0x4242 as strace prints it: "@\2BB".
-    puback = _index(lines, lambda l: l.split()[1].startswith(("sendto(", "write(", "writev("))
+    puback = _index(lines, lambda l: _syscall(l) in ("sendto", "write", "writev")
                     and '"@\\2BB"' in l, publish)
     assert puback is not None, "no PUBACK in the trace"
     return publish, wal_write, wal_sync, puback
