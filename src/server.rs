@@ -93,6 +93,7 @@ pub fn run(config: Config) -> Result<(), String> {
             listener: listener.name.as_str().into(),
             connect_timeout: config.connect_timeout(),
             auth,
+            proxy_trusted: listener.proxy_trusted.clone().map(Arc::from),
         };
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,

@@ -15,6 +15,7 @@ use crate::auth::{AuthPolicy, AuthSettings};
 use crate::broker::Settings;
 use crate::broker::session::NEVER_EXPIRES;
 use crate::store::{Durability, OnCorrupt, StoreConfig};
+use crate::transport::proxy::{Cidr, DEFAULT_TRUSTED};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +49,8 @@ pub struct ListenerTable {
     pub bind: Option<SocketAddr>,
     pub enabled: Option<bool>,
     pub proxy_protocol: Option<bool>,
+    /// The addresses (CIDR ranges) a PROXY header is accepted from.
+    pub proxy_protocol_trusted: Option<Vec<String>>,
     /// Connections open at once on this listener (the global `[limits]` one still applies).
     pub max_connections: Option<usize>,
     /// Override `[auth]` for this listener.
@@ -234,7 +237,8 @@ pub struct Listener {
     pub name: String,
     pub kind: ListenerKind,
     pub bind: SocketAddr,
-    pub proxy_protocol: bool,
+    /// Expect a PROXY protocol header, from these ranges only; `None`: expect none.
+    pub proxy_trusted: Option<Vec<Cidr>>,
     pub auth: AuthSettings,
     pub max_connections: Option<usize>,
 }
@@ -358,11 +362,25 @@ impl Config {
                     "[listeners.{name}] type {kind} is not available in this build yet"
                 ));
             }
-            if table.proxy_protocol == Some(true) {
-                return Err(format!(
-                    "[listeners.{name}] proxy_protocol is not available in this build yet"
-                ));
-            }
+            let proxy_trusted = match table.proxy_protocol {
+                Some(true) => {
+                    let given = table.proxy_protocol_trusted.clone();
+                    let ranges: Vec<String> = given
+                        .unwrap_or_else(|| DEFAULT_TRUSTED.iter().map(|r| r.to_string()).collect());
+                    let parsed = ranges
+                        .iter()
+                        .map(|r| Cidr::parse(r))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("[listeners.{name}] proxy_protocol_trusted: {e}"))?;
+                    Some(parsed)
+                }
+                _ if table.proxy_protocol_trusted.is_some() => {
+                    return Err(format!(
+                        "[listeners.{name}] proxy_protocol_trusted is set but proxy_protocol is not true"
+                    ));
+                }
+                _ => None,
+            };
             let bind = match (table.bind, default_bind) {
                 (Some(bind), _) => bind,
                 (None, Some(default)) => default.parse().expect("built-in addresses parse"),
@@ -394,7 +412,7 @@ impl Config {
                 name: name.clone(),
                 kind,
                 bind,
-                proxy_protocol: false,
+                proxy_trusted,
                 auth,
                 max_connections: table.max_connections,
             });

@@ -21,7 +21,8 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
-use super::admission::Verdict;
+use super::admission::{ListenerAdmission, Verdict};
+use super::proxy::{self, Cidr};
 use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
@@ -47,15 +48,114 @@ pub struct ConnectionConfig {
     pub listener: Arc<str>,
     pub connect_timeout: Duration,
     pub auth: Arc<AuthPolicy>,
+    /// The listener expects a PROXY protocol header, from these ranges only.
+    pub proxy_trusted: Option<Arc<[Cidr]>>,
 }
 
-/// Serves one accepted stream until it closes.
+/// PROXY headers from untrusted or broken balancers come in floods: logged throttled.
+static PROXY_REFUSALS: Throttle = Throttle::new();
+
+/// Serves a stream on a `proxy_protocol` listener: reads the PROXY header (from a
+/// trusted balancer, within the connect timeout), then serves the client under the
+/// address the header names. A balancer's health checks (a bare connect-and-close, a
+/// v2 LOCAL header) end quietly.
+pub async fn serve_behind_proxy<S: Stream>(
+    mut stream: S,
+    balancer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    admission: ListenerAdmission,
+) {
+    let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
+    let refuse = |why: String| {
+        if let Some(suppressed) = PROXY_REFUSALS.check(Instant::now()) {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar refusals in the last minute not logged)")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "refused connection addr={balancer} listener={}: {why}{more}",
+                config.listener
+            );
+        }
+    };
+    if !trusted.iter().any(|range| range.contains(balancer.ip())) {
+        refuse(format!(
+            "{} is not in proxy_protocol_trusted, so its PROXY header would not be believed",
+            balancer.ip()
+        ));
+        return;
+    }
+    let mut rbuf = BytesMut::new();
+    let header = read_proxy_header(&mut stream, &mut rbuf).or(async {
+        Timer::after(config.connect_timeout).await;
+        Err(format!(
+            "no complete PROXY header within {:?}",
+            config.connect_timeout
+        ))
+    });
+    let peer = match header.await {
+        Ok(Some(proxy::Header::Proxied { source, tls, .. })) => {
+            if let Some(tls) = tls {
+                log::debug!(
+                    "connection from {source} via {balancer}: TLS client certificate verified={} cn={:?}",
+                    tls.client_cert_verified,
+                    tls.common_name
+                );
+            }
+            source
+        }
+        Ok(Some(proxy::Header::Unknown)) => balancer,
+        Ok(Some(proxy::Header::Local)) => {
+            log::debug!("health check from {balancer} (PROXY LOCAL)");
+            return;
+        }
+        Ok(None) => {
+            log::debug!("health check from {balancer} (connect and close)");
+            return;
+        }
+        Err(why) => {
+            refuse(why);
+            return;
+        }
+    };
+    let verdict = admission.admit(peer.ip(), Instant::now());
+    serve(stream, peer, broker, config, verdict, rbuf).await;
+}
+
+/// Reads the PROXY header; `None` when the connection closed before sending a byte.
+/// What follows the header stays in `rbuf`.
+async fn read_proxy_header<S: Stream>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> Result<Option<proxy::Header>, String> {
+    loop {
+        match proxy::parse(rbuf) {
+            Ok(Some((header, len))) => {
+                let _ = rbuf.split_to(len);
+                return Ok(Some(header));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match poll_fn(|cx| poll_read_some(stream, cx, rbuf)).await {
+            Ok(0) if rbuf.is_empty() => return Ok(None),
+            Ok(0) => return Err("connection closed in the middle of its PROXY header".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("connection failed before its PROXY header: {e}")),
+        }
+    }
+}
+
+/// Serves one accepted stream until it closes; `rbuf` holds what arrived already.
 pub async fn serve<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: ConnectionConfig,
     verdict: Verdict,
+    rbuf: BytesMut,
 ) {
     // The place in the connection counts is held until this function returns.
     let (_slot, refusal) = match verdict {
@@ -64,7 +164,7 @@ pub async fn serve<S: Stream>(
     };
     // The handshake and the close run once each: boxed, their state is on the heap
     // only while they run, and an idle connection's task stays small.
-    let handshake = handshake(&mut stream, peer, &broker, &config, refusal);
+    let handshake = handshake(&mut stream, peer, &broker, &config, refusal, rbuf);
     let Some((mut client, rbuf)) = Box::pin(handshake).await else {
         return;
     };
@@ -85,9 +185,9 @@ async fn handshake<S: Stream>(
     broker: &Arc<Broker>,
     config: &ConnectionConfig,
     refusal: Option<(ReasonCode, String)>,
+    mut rbuf: BytesMut,
 ) -> Option<(Box<Client>, BytesMut)> {
     let max_packet = broker.settings.max_packet_size as usize;
-    let mut rbuf = BytesMut::new();
     let first = read_frame(stream, &mut rbuf, max_packet).or(async {
         Timer::after(config.connect_timeout).await;
         Err(FirstPacketError::Timeout)
@@ -246,9 +346,17 @@ async fn read_frame<S: Stream>(
     max_packet: usize,
 ) -> Result<bytes::Bytes, FirstPacketError> {
     loop {
-        // Refuse on the first byte rather than wait for a whole frame of garbage.
+        // Refuse on the first byte rather than wait for a whole frame of garbage (but
+        // long enough to name a PROXY header sent to a listener that expects none).
         if let Some(&first) = rbuf.first() {
-            if first != 0x10 {
+            if proxy::looks_like_header(rbuf) {
+                return Err(FirstPacketError::Decode(DecodeError::protocol(
+                    "a PROXY protocol header, but this listener has proxy_protocol = false",
+                )));
+            }
+            let maybe_proxy = rbuf.len() < proxy::V2_SIGNATURE.len()
+                && (proxy::V2_SIGNATURE.starts_with(rbuf) || b"PROXY ".starts_with(rbuf));
+            if first != 0x10 && !maybe_proxy {
                 return Err(FirstPacketError::Decode(DecodeError::protocol(format!(
                     "first packet starts with byte {first:#04x}, not CONNECT"
                 ))));

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod connection;
+pub mod proxy;
 pub mod tcp;
 
 use std::io;

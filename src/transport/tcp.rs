@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use smol::{Async, Executor};
 
 use super::admission::ListenerAdmission;
@@ -42,12 +43,29 @@ pub async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                let verdict = admission.admit(peer.ip(), Instant::now());
                 let broker = broker.clone();
                 let config = config.clone();
-                executor
-                    .spawn(connection::serve(stream, peer, broker, config, verdict))
-                    .detach();
+                if config.proxy_trusted.is_some() {
+                    // Admitted once the header has named the real client.
+                    let admission = admission.clone();
+                    executor
+                        .spawn(connection::serve_behind_proxy(
+                            stream, peer, broker, config, admission,
+                        ))
+                        .detach();
+                } else {
+                    let verdict = admission.admit(peer.ip(), Instant::now());
+                    executor
+                        .spawn(connection::serve(
+                            stream,
+                            peer,
+                            broker,
+                            config,
+                            verdict,
+                            BytesMut::new(),
+                        ))
+                        .detach();
+                }
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -1,0 +1,183 @@
+"""Tern behind the real neighbours of the reference deployment: HAProxy and Nginx
+terminate TLS and pass each device's address on with the PROXY protocol (v2 from
+HAProxy, v1 from Nginx's stream module) to two Tern nodes."""
+
+import queue
+import ssl
+import subprocess
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import Broker, free_port
+
+
+@pytest.fixture
+def certs(tmp_path):
+    """A throwaway CA and a server certificate for 127.0.0.1."""
+    d = tmp_path / "certs"
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=Tern test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    (d / "server.pem").write_text((d / "server.crt").read_text() + (d / "server.key").read_text())
+    return d
+
+
+def nodes(tmp_path):
+    out = []
+    for i in (1, 2):
+        port = free_port()
+        d = tmp_path / f"node{i}"
+        d.mkdir()
+        out.append(Broker(d, f'[node]\nname = "node{i}"\n[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
+                             "proxy_protocol = true\n"))
+    return out
+
+
+class Device:
+    """A paho client over TLS from its own loopback address."""
+
+    def __init__(self, port, source, client_id, ca):
+        self.messages = queue.Queue()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.c.on_message = lambda c, u, m: self.messages.put(m.payload)
+        connected = queue.Queue()
+        self.c.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+        self.c.connect("127.0.0.1", port, bind_address=source)
+        self.c.loop_start()
+        assert not connected.get(timeout=10).is_failure
+
+    def round_trip(self, topic):
+        self.c.subscribe(topic, 1)
+        time.sleep(0.2)
+        self.c.publish(topic, b"hello " + topic.encode(), 1)
+        assert self.messages.get(timeout=5) == b"hello " + topic.encode()
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def serving(terns, client_id, source):
+    """The node whose log shows `client_id` connecting from `source`."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for t in terns:
+            if f"client connected client_id={client_id} " in t.log_text():
+                assert f"addr={source}:" in t.log_text(), t.log_text()
+                return t
+        time.sleep(0.05)
+    raise AssertionError(f"no node logged {client_id}")
+
+
+def through_balancer(terns, port, certs, failover_wait):
+    a = Device(port, "127.0.0.2", "device-a", certs / "ca.pem")
+    b = Device(port, "127.0.0.3", "device-b", certs / "ca.pem")
+    a.round_trip("devices/a")
+    b.round_trip("devices/b")
+    node_a = serving(terns, "device-a", "127.0.0.2")
+    serving(terns, "device-b", "127.0.0.3")
+    a.close()
+    b.close()
+    for t in terns:
+        assert " WARN " not in t.log_text(), t.log_text()
+    # One node stops: new connections from the same device reach the other.
+    node_a.stop()
+    other = next(t for t in terns if t is not node_a)
+    time.sleep(failover_wait)
+    again = Device(port, "127.0.0.2", "device-a-again", certs / "ca.pem")
+    again.round_trip("devices/a")
+    assert serving([other], "device-a-again", "127.0.0.2") is other
+    again.close()
+
+
+def test_haproxy_tls_termination_with_proxy_v2(tmp_path, certs):
+    terns = nodes(tmp_path)
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    servers = "\n".join(
+        f"  server {t.dir.name} {t.host}:{t.port} send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1"
+        for t in terns)
+    cfg.write_text(f"""global
+  maxconn 100
+defaults
+  mode tcp
+  timeout connect 2s
+  # Above the clients' longest keep-alive (60 s), or the balancer cuts idle clients off.
+  timeout client 90s
+  timeout server 90s
+frontend mqtts
+  bind 127.0.0.1:{port} ssl crt {certs / 'server.pem'}
+  default_backend terns
+backend terns
+  balance source
+  option redispatch
+  retries 2
+{servers}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)
+        assert haproxy.poll() is None, haproxy.stdout.read()
+        through_balancer(terns, port, certs, failover_wait=0.6)
+    finally:
+        haproxy.terminate()
+        haproxy.wait(5)
+        for t in terns:
+            t.stop()
+
+
+def test_nginx_stream_tls_termination_with_proxy_v1(tmp_path, certs):
+    terns = nodes(tmp_path)
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    upstreams = "\n".join(f"    server {t.host}:{t.port} max_fails=1 fail_timeout=5s;" for t in terns)
+    cfg = prefix / "nginx.conf"
+    cfg.write_text(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log;
+events {{ worker_connections 128; }}
+stream {{
+  upstream terns {{
+    hash $remote_addr;
+{upstreams}
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {certs / 'server.crt'};
+    ssl_certificate_key {certs / 'server.key'};
+    proxy_pass terns;
+    # Nginx's open-source stream module sends PROXY v1 only.
+    proxy_protocol on;
+    proxy_timeout 90s;
+  }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(cfg), "-e", str(prefix / "logs/error.log")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)
+        assert nginx.poll() is None, nginx.stdout.read() + (prefix / "logs/error.log").read_text()
+        # Nginx has no active health checks: it learns a node is down from a failed
+        # connect and tries the next one.
+        through_balancer(terns, port, certs, failover_wait=0)
+    finally:
+        nginx.terminate()
+        nginx.wait(5)
+        for t in terns:
+            t.stop()
