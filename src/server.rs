@@ -94,6 +94,7 @@ pub fn run(config: Config) -> Result<(), String> {
             connect_timeout: config.connect_timeout(),
             auth,
             proxy_trusted: listener.proxy_trusted.clone().map(Arc::from),
+            identity_as_username: listener.identity_as_username,
         };
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,

@@ -26,7 +26,7 @@ fn connect(broker: &Arc<Broker>, auth: &Arc<AuthPolicy>, id: &str, version: Prot
         password: None,
         properties: Properties { session_expiry_interval: Some(60), topic_alias_maximum: Some(4), ..Default::default() },
     };
-    match Client::connect(broker, auth, connect, Instant::now()) {
+    match Client::connect(broker, auth, connect, None, Instant::now()) {
         ConnectOutcome::Accepted(client) => Some(client),
         ConnectOutcome::Refused { .. } => None,
     }

@@ -174,10 +174,15 @@ fn assign_client_id() -> String {
 impl Client {
     /// Handles CONNECT: authentication, the client identifier, the session (new,
     /// resumed or taken over) and the CONNACK with what the broker grants.
+    ///
+    /// `identity` is a user name the transport has already authenticated (a verified
+    /// client certificate's common name, with `use_identity_as_username`): it replaces
+    /// the CONNECT's user name and no password is checked.
     pub fn connect(
         broker: &Arc<Broker>,
         auth: &Arc<AuthPolicy>,
-        connect: Connect,
+        mut connect: Connect,
+        identity: Option<&str>,
         now: Instant,
     ) -> ConnectOutcome {
         let settings = &broker.settings;
@@ -193,8 +198,16 @@ impl Client {
                 format!("authentication method {method:?} is not supported"),
             );
         }
-        if let Err((code, reason)) = authenticate(auth, &connect) {
-            return refuse(v, code, reason);
+        match identity {
+            Some(user) => {
+                connect.username = Some(user.to_owned());
+                connect.password = None;
+            }
+            None => {
+                if let Err((code, reason)) = authenticate(auth, &connect) {
+                    return refuse(v, code, reason);
+                }
+            }
         }
         let mut properties = Properties::default();
         let client_id = if connect.client_id.is_empty() {
@@ -1258,7 +1271,13 @@ mod tests {
             password: None,
             properties: props,
         };
-        match Client::connect(broker, &Arc::new(AuthPolicy::open()), c, Instant::now()) {
+        match Client::connect(
+            broker,
+            &Arc::new(AuthPolicy::open()),
+            c,
+            None,
+            Instant::now(),
+        ) {
             ConnectOutcome::Accepted(c) => c,
             ConnectOutcome::Refused { reason, .. } => panic!("refused: {reason}"),
         }

@@ -51,6 +51,8 @@ pub struct ListenerTable {
     pub proxy_protocol: Option<bool>,
     /// The addresses (CIDR ranges) a PROXY header is accepted from.
     pub proxy_protocol_trusted: Option<Vec<String>>,
+    /// The verified client certificate's common name is the user name.
+    pub use_identity_as_username: Option<bool>,
     /// Connections open at once on this listener (the global `[limits]` one still applies).
     pub max_connections: Option<usize>,
     /// Override `[auth]` for this listener.
@@ -239,6 +241,7 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Expect a PROXY protocol header, from these ranges only; `None`: expect none.
     pub proxy_trusted: Option<Vec<Cidr>>,
+    pub identity_as_username: bool,
     pub auth: AuthSettings,
     pub max_connections: Option<usize>,
 }
@@ -381,6 +384,14 @@ impl Config {
                 }
                 _ => None,
             };
+            let identity_as_username = table.use_identity_as_username == Some(true);
+            if identity_as_username && proxy_trusted.is_none() {
+                // Tern's own TLS listener will be the other source of a verified identity.
+                return Err(format!(
+                    "[listeners.{name}] use_identity_as_username needs proxy_protocol = true \
+                     (the balancer's PROXY v2 header carries the client certificate's name)"
+                ));
+            }
             let bind = match (table.bind, default_bind) {
                 (Some(bind), _) => bind,
                 (None, Some(default)) => default.parse().expect("built-in addresses parse"),
@@ -413,6 +424,7 @@ impl Config {
                 kind,
                 bind,
                 proxy_trusted,
+                identity_as_username,
                 auth,
                 max_connections: table.max_connections,
             });

@@ -50,6 +50,8 @@ pub struct ConnectionConfig {
     pub auth: Arc<AuthPolicy>,
     /// The listener expects a PROXY protocol header, from these ranges only.
     pub proxy_trusted: Option<Arc<[Cidr]>>,
+    /// The common name of the client's verified certificate is its user name.
+    pub identity_as_username: bool,
 }
 
 /// PROXY headers from untrusted or broken balancers come in floods: logged throttled.
@@ -95,6 +97,7 @@ pub async fn serve_behind_proxy<S: Stream>(
             config.connect_timeout
         ))
     });
+    let mut identity = None;
     let peer = match header.await {
         Ok(Some(proxy::Header::Proxied { source, tls, .. })) => {
             if let Some(tls) = tls {
@@ -103,6 +106,9 @@ pub async fn serve_behind_proxy<S: Stream>(
                     tls.client_cert_verified,
                     tls.common_name
                 );
+                if tls.client_cert_verified {
+                    identity = tls.common_name;
+                }
             }
             source
         }
@@ -121,7 +127,7 @@ pub async fn serve_behind_proxy<S: Stream>(
         }
     };
     let verdict = admission.admit(peer.ip(), Instant::now());
-    serve(stream, peer, broker, config, verdict, rbuf).await;
+    serve(stream, peer, broker, config, verdict, rbuf, identity).await;
 }
 
 /// Reads the PROXY header; `None` when the connection closed before sending a byte.
@@ -148,7 +154,8 @@ async fn read_proxy_header<S: Stream>(
     }
 }
 
-/// Serves one accepted stream until it closes; `rbuf` holds what arrived already.
+/// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
+/// `identity` the common name of a client certificate the transport verified.
 pub async fn serve<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
@@ -156,6 +163,7 @@ pub async fn serve<S: Stream>(
     config: ConnectionConfig,
     verdict: Verdict,
     rbuf: BytesMut,
+    identity: Option<String>,
 ) {
     // The place in the connection counts is held until this function returns.
     let (_slot, refusal) = match verdict {
@@ -164,7 +172,7 @@ pub async fn serve<S: Stream>(
     };
     // The handshake and the close run once each: boxed, their state is on the heap
     // only while they run, and an idle connection's task stays small.
-    let handshake = handshake(&mut stream, peer, &broker, &config, refusal, rbuf);
+    let handshake = handshake(&mut stream, peer, &broker, &config, refusal, rbuf, identity);
     let Some((mut client, rbuf)) = Box::pin(handshake).await else {
         return;
     };
@@ -184,8 +192,9 @@ async fn handshake<S: Stream>(
     peer: SocketAddr,
     broker: &Arc<Broker>,
     config: &ConnectionConfig,
-    refusal: Option<(ReasonCode, String)>,
+    mut refusal: Option<(ReasonCode, String)>,
     mut rbuf: BytesMut,
+    identity: Option<String>,
 ) -> Option<(Box<Client>, BytesMut)> {
     let max_packet = broker.settings.max_packet_size as usize;
     let first = read_frame(stream, &mut rbuf, max_packet).or(async {
@@ -237,6 +246,14 @@ async fn handshake<S: Stream>(
             return None;
         }
     };
+    if config.identity_as_username && identity.is_none() && refusal.is_none() {
+        refusal = Some((
+            ReasonCode::NOT_AUTHORIZED,
+            "no verified client certificate, and this listener takes the user name from one \
+             (use_identity_as_username)"
+                .into(),
+        ));
+    }
     if let Some((code, why)) = refusal {
         if let Some(suppressed) = LIMIT_REFUSALS.check(Instant::now()) {
             let more = if suppressed > 0 {
@@ -266,7 +283,14 @@ async fn handshake<S: Stream>(
     let (version, clean_start, keep_alive) =
         (connect.protocol, connect.clean_start, connect.keep_alive);
     let requested_id = connect.client_id.clone();
-    let client = match Client::connect(broker, &config.auth, connect, Instant::now()) {
+    let identity = identity.filter(|_| config.identity_as_username);
+    let client = match Client::connect(
+        broker,
+        &config.auth,
+        connect,
+        identity.as_deref(),
+        Instant::now(),
+    ) {
         ConnectOutcome::Accepted(client) => client,
         ConnectOutcome::Refused {
             code,

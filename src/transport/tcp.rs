@@ -63,6 +63,7 @@ pub async fn accept_loop(
                             config,
                             verdict,
                             BytesMut::new(),
+                            None,
                         ))
                         .detach();
                 }

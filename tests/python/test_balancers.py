@@ -30,28 +30,64 @@ def certs(tmp_path):
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
     (d / "server.pem").write_text((d / "server.crt").read_text() + (d / "server.key").read_text())
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "device.key", "-out", "device.csr",
+        "-subj", "/CN=device-a")
+    run("x509", "-req", "-in", "device.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "device.crt", "-days", "2")
     return d
 
 
-def nodes(tmp_path):
+def nodes(tmp_path, extra="", count=2):
     out = []
-    for i in (1, 2):
+    for i in range(1, count + 1):
         port = free_port()
         d = tmp_path / f"node{i}"
         d.mkdir()
         out.append(Broker(d, f'[node]\nname = "node{i}"\n[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
-                             "proxy_protocol = true\n"))
+                             "proxy_protocol = true\n" + extra))
     return out
+
+
+def start_haproxy(tmp_path, terns, port, bind_options, server_options):
+    cfg = tmp_path / "haproxy.cfg"
+    servers = "\n".join(
+        f"  server {t.dir.name} {t.host}:{t.port} {server_options} check check-send-proxy inter 200ms fall 2 rise 1"
+        for t in terns)
+    cfg.write_text(f"""global
+  maxconn 100
+defaults
+  mode tcp
+  timeout connect 2s
+  # Above the clients' longest keep-alive (60 s), or the balancer cuts idle clients off.
+  timeout client 90s
+  timeout server 90s
+frontend mqtts
+  bind 127.0.0.1:{port} {bind_options}
+  default_backend terns
+backend terns
+  balance source
+  option redispatch
+  retries 2
+{servers}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    assert haproxy.poll() is None, haproxy.stdout.read()
+    return haproxy
 
 
 class Device:
     """A paho client over TLS from its own loopback address."""
 
-    def __init__(self, port, source, client_id, ca):
+    def __init__(self, port, source, client_id, ca, cert=None, key=None):
         self.messages = queue.Queue()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.c.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key),
+                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.c.on_message = lambda c, u, m: self.messages.put(m.payload)
+        self.subacks = queue.Queue()
+        self.c.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put(codes)
         connected = queue.Queue()
         self.c.on_connect = lambda c, u, f, rc, p: connected.put(rc)
         self.c.connect("127.0.0.1", port, bind_address=source)
@@ -105,38 +141,37 @@ def through_balancer(terns, port, certs, failover_wait):
 def test_haproxy_tls_termination_with_proxy_v2(tmp_path, certs):
     terns = nodes(tmp_path)
     port = free_port()
-    cfg = tmp_path / "haproxy.cfg"
-    servers = "\n".join(
-        f"  server {t.dir.name} {t.host}:{t.port} send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1"
-        for t in terns)
-    cfg.write_text(f"""global
-  maxconn 100
-defaults
-  mode tcp
-  timeout connect 2s
-  # Above the clients' longest keep-alive (60 s), or the balancer cuts idle clients off.
-  timeout client 90s
-  timeout server 90s
-frontend mqtts
-  bind 127.0.0.1:{port} ssl crt {certs / 'server.pem'}
-  default_backend terns
-backend terns
-  balance source
-  option redispatch
-  retries 2
-{servers}
-""")
-    haproxy = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    haproxy = start_haproxy(tmp_path, terns, port, f"ssl crt {certs / 'server.pem'}", "send-proxy-v2")
     try:
-        time.sleep(0.5)
-        assert haproxy.poll() is None, haproxy.stdout.read()
         through_balancer(terns, port, certs, failover_wait=0.6)
     finally:
         haproxy.terminate()
         haproxy.wait(5)
         for t in terns:
             t.stop()
+
+
+def test_haproxy_client_certificate_name_is_the_user_name(tmp_path, certs):
+    acl = tmp_path / "acl"
+    acl.write_text("user device-a\ntopic readwrite devices/a/#\n")
+    terns = nodes(tmp_path, f'use_identity_as_username = true\n[auth]\nallow_anonymous = false\nacl_file = "{acl}"\n',
+                  count=1)
+    port = free_port()
+    haproxy = start_haproxy(tmp_path, terns, port,
+                            f"ssl crt {certs / 'server.pem'} ca-file {certs / 'ca.pem'} verify required",
+                            "send-proxy-v2-ssl-cn")
+    try:
+        d = Device(port, "127.0.0.2", "dev", certs / "ca.pem", certs / "device.crt", certs / "device.key")
+        d.round_trip("devices/a/temp")
+        d.c.subscribe("devices/b/#", 1)
+        assert [c.value for c in d.subacks.get(timeout=5)] == [1]  # the round trip's SUBACK
+        assert [c.value for c in d.subacks.get(timeout=5)] == [0x80], "the ACL gives device-a nothing of devices/b"
+        d.close()
+        terns[0].wait_for_log(r"client connected client_id=dev .*addr=127\.0\.0\.2:")
+    finally:
+        haproxy.terminate()
+        haproxy.wait(5)
+        terns[0].stop()
 
 
 def test_nginx_stream_tls_termination_with_proxy_v1(tmp_path, certs):

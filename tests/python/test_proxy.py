@@ -139,3 +139,22 @@ def test_bad_trusted_ranges_are_a_config_error(tmp_path):
     cfg.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\nproxy_protocol = true\nproxy_protocol_trusted = ["10.0.0.0/40"]\n')
     rc, err = run_tern(["check-config", str(cfg)], cwd=tmp_path)
     assert rc != 0 and "proxy_protocol_trusted" in err and "10.0.0.0/40" in err, err
+
+
+def ssl_tlv(cn, verified=True):
+    sub = bytes([0x22]) + struct.pack(">H", len(cn)) + cn.encode()
+    value = bytes([0x03]) + struct.pack(">I", 0 if verified else 1) + sub
+    return bytes([0x20]) + struct.pack(">H", len(value)) + value
+
+
+def test_use_identity_as_username_needs_a_verified_certificate(make_broker, tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("user device-7\ntopic readwrite d/7/#\n")
+    b = make_broker(PROXIED + f'use_identity_as_username = true\n[auth]\nallow_anonymous = false\nacl_file = "{acl}"\n')
+    _, ack = connect_through(b, v2(tlvs=ssl_tlv("device-7")), "with-cert")
+    assert ack.code == 0
+    _, ack = connect_through(b, v2(tlvs=ssl_tlv("device-7", verified=False)), "unverified")
+    assert ack.code == 5, "3.1.1 not authorized"
+    _, ack = connect_through(b, v1(), "no-cert")
+    assert ack.code == 5
+    b.wait_for_log(r"no verified client certificate, and this listener takes the user name from one")
