@@ -416,6 +416,27 @@ def test_a_read_only_data_directory_is_a_clear_error(tmp_path):
     assert "is not writable" in done.stderr and "Read-only file system" in done.stderr, done.stderr
 
 
+def _fill_until_refused(b, most):
+    """Publishes 4 KB QoS 1 messages for an offline persistent subscriber until the
+    store cannot keep one: that publisher gets no PUBACK but DISCONNECT 0x97 (or a
+    close), and the broker logs why."""
+    keeper, _ = raw(b, "keeper")
+    keeper.subscribe("full/#", qos=1)
+    keeper.close()
+    pub, _ = raw(b, "filler", clean=True)
+    for i in range(1, most):
+        pub.publish("full/x", os.urandom(4000), qos=1, packet_id=i)
+        p = pub.recv(10)
+        if p is None:
+            break
+        if p.kind != PUBACK:
+            assert p.code == 0x97, p
+            break
+    else:
+        raise AssertionError(f"{most} messages of 4 KB all acknowledged")
+    b.wait_for_log(r"ERROR.*cannot write to the store .*full")
+
+
 def test_a_full_disk_refuses_durable_messages_and_keeps_serving_clean_sessions(tmp_path):
     port = free_port()
     out = tmp_path / "after"
@@ -428,21 +449,9 @@ def test_a_full_disk_refuses_durable_messages_and_keeps_serving_clean_sessions(t
     b = Broker.__new__(Broker)
     b.dir, b.config_path = tmp_path, cfg
     b.start(prefix=_in_tmpfs(tmp_path, "600k", script))
-    keeper, _ = raw(b, "keeper")
-    keeper.subscribe("full/#", qos=1)
-    keeper.close()
     clean_sub, _ = raw(b, "clean-sub", clean=True)
     clean_sub.subscribe("clean/#", qos=1)
-    pub, _ = raw(b, "filler", clean=True)
-    refused = None
-    for i in range(1, 400):
-        pub.publish("full/x", os.urandom(4000), qos=1, packet_id=i)
-        p = pub.recv(10)
-        if p is None or p.kind != PUBACK:
-            refused = p or "closed"
-            break
-    assert refused is not None, "the disk never filled"
-    b.wait_for_log(r"ERROR.*cannot write to the store .*full")
+    _fill_until_refused(b, 400)
     # Clean sessions are not affected.
     other, _ = raw(b, "clean-pub", clean=True)
     for i in range(20):
@@ -458,21 +467,7 @@ def test_a_full_disk_refuses_durable_messages_and_keeps_serving_clean_sessions(t
 
 def test_the_store_size_limit_refuses_like_a_full_disk(make_broker):
     b = make_broker("[storage]\nmax_store_bytes = 262144\n")
-    keeper, _ = raw(b, "keeper")
-    keeper.subscribe("big/#", qos=1)
-    keeper.close()
-    pub, _ = raw(b, "filler", clean=True)
-    refused = None
-    for i in range(1, 200):
-        pub.publish("big/x", os.urandom(4000), qos=1, packet_id=i)
-        p = pub.recv(10)
-        if p is None or p.kind != PUBACK:
-            refused = p or "closed"
-            break
-    assert refused is not None, "the limit never applied"
-    if refused != "closed":
-        assert refused.code == 0x97, refused
-    b.wait_for_log(r"ERROR.*cannot write to the store .*full")
+    _fill_until_refused(b, 200)
     assert os.path.getsize(db_path(b)) <= 262144 + 8192
 
 
