@@ -19,6 +19,7 @@ use crate::systemd;
 use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
 use crate::transport::tcp;
+use crate::transport::tls::Tls;
 
 /// How long clients get to receive their DISCONNECT and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -69,6 +70,7 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     let mut accept_tasks = Vec::new();
     let mut policies: Vec<Arc<AuthPolicy>> = Vec::new();
+    let mut certificates: Vec<(String, Arc<Tls>)> = Vec::new();
     for listener in &listeners {
         let socket = tcp::bind(listener.bind).map_err(|e| {
             format!(
@@ -89,6 +91,17 @@ pub fn run(config: Config) -> Result<(), String> {
             );
         }
         policies.push(auth.clone());
+        let tls = match &listener.tls {
+            Some(settings) => {
+                let tls = Arc::new(
+                    Tls::load(settings.clone())
+                        .map_err(|e| format!("listener {}: {e}", listener.name))?,
+                );
+                certificates.push((listener.name.clone(), tls.clone()));
+                Some(tls)
+            }
+            None => None,
+        };
         let conn_config = ConnectionConfig {
             listener: listener.name.as_str().into(),
             connect_timeout: config.connect_timeout(),
@@ -102,6 +115,7 @@ pub fn run(config: Config) -> Result<(), String> {
             executor.clone(),
             conn_config,
             admission.listener(listener.max_connections),
+            tls,
         )));
     }
     let ticker = executor.spawn({
@@ -134,6 +148,14 @@ pub fn run(config: Config) -> Result<(), String> {
         for policy in &policies {
             for error in policy.reload() {
                 log::error!("reload on SIGHUP kept the previous rules: {error}");
+            }
+        }
+        for (name, tls) in &certificates {
+            match tls.reload() {
+                Ok(()) => log::info!("SIGHUP: listener {name} reloaded its TLS certificate"),
+                Err(e) => log::error!(
+                    "reload on SIGHUP kept listener {name}'s previous TLS certificate: {e}"
+                ),
             }
         }
         log::info!("SIGHUP: password and ACL files reloaded");

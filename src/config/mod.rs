@@ -16,6 +16,7 @@ use crate::broker::Settings;
 use crate::broker::session::NEVER_EXPIRES;
 use crate::store::{Durability, OnCorrupt, StoreConfig};
 use crate::transport::proxy::{Cidr, DEFAULT_TRUSTED};
+use crate::transport::tls::TlsSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +54,11 @@ pub struct ListenerTable {
     pub proxy_protocol_trusted: Option<Vec<String>>,
     /// The verified client certificate's common name is the user name.
     pub use_identity_as_username: Option<bool>,
+    /// TLS: PEM certificate chain, private key, client-certificate CA.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
     /// Connections open at once on this listener (the global `[limits]` one still applies).
     pub max_connections: Option<usize>,
     /// Override `[auth]` for this listener.
@@ -242,6 +248,7 @@ pub struct Listener {
     /// Expect a PROXY protocol header, from these ranges only; `None`: expect none.
     pub proxy_trusted: Option<Vec<Cidr>>,
     pub identity_as_username: bool,
+    pub tls: Option<TlsSettings>,
     pub auth: AuthSettings,
     pub max_connections: Option<usize>,
 }
@@ -272,8 +279,18 @@ impl Config {
         let listeners = config
             .listeners()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        // A password or ACL file that does not parse is a configuration error too.
+        // A password, ACL or certificate file that does not load is a configuration
+        // error too.
         for listener in listeners {
+            if let Some(tls) = listener.tls.clone() {
+                crate::transport::tls::Tls::load(tls).map_err(|e| {
+                    ConfigError(format!(
+                        "{} (listener {}): {e}",
+                        path.display(),
+                        listener.name
+                    ))
+                })?;
+            }
             AuthPolicy::load(listener.auth).map_err(|e| {
                 ConfigError(format!(
                     "{} (listener {}): {e}",
@@ -355,16 +372,48 @@ impl Config {
             if table.enabled == Some(false) {
                 continue;
             }
-            if kind != ListenerKind::Tcp {
-                // The built-in tls/ws/wss listeners stay off until the transport issue
-                // lands; asking for one explicitly must not silently do nothing.
-                if builtin(name).is_some() && table.enabled.is_none() && table.bind.is_none() {
-                    continue;
-                }
+            // The built-in tls/ws/wss listeners are off until their table says more
+            // than nothing (a certificate, an address, `enabled = true`).
+            let said_nothing =
+                table.enabled.is_none() && table.bind.is_none() && table.cert.is_none();
+            if kind != ListenerKind::Tcp && builtin(name).is_some() && said_nothing {
+                continue;
+            }
+            if matches!(kind, ListenerKind::Ws | ListenerKind::Wss) {
+                // Asking for one explicitly must not silently do nothing.
                 return Err(format!(
                     "[listeners.{name}] type {kind} is not available in this build yet"
                 ));
             }
+            let resolve = |p: &PathBuf| self.base_dir.join(p);
+            let tls = match kind {
+                ListenerKind::Tls => {
+                    let (Some(cert), Some(key)) = (&table.cert, &table.key) else {
+                        return Err(format!(
+                            "[listeners.{name}] a tls listener needs cert and key (PEM files)"
+                        ));
+                    };
+                    if table.proxy_protocol == Some(true) {
+                        return Err(format!(
+                            "[listeners.{name}] proxy_protocol on a tls listener is not available in this build yet"
+                        ));
+                    }
+                    Some(TlsSettings {
+                        cert: resolve(cert),
+                        key: resolve(key),
+                        ca: table.ca.as_ref().map(resolve),
+                        require_client_cert: table.require_client_cert == Some(true),
+                    })
+                }
+                _ => {
+                    if table.cert.is_some() || table.key.is_some() || table.ca.is_some() {
+                        return Err(format!(
+                            "[listeners.{name}] cert, key and ca belong to a tls listener, not {kind}"
+                        ));
+                    }
+                    None
+                }
+            };
             let proxy_trusted = match table.proxy_protocol {
                 Some(true) => {
                     let given = table.proxy_protocol_trusted.clone();
@@ -405,7 +454,6 @@ impl Config {
                     other.name
                 ));
             }
-            let resolve = |p: &PathBuf| self.base_dir.join(p);
             let auth = AuthSettings {
                 allow_anonymous: table.allow_anonymous.unwrap_or(self.auth.allow_anonymous),
                 password_file: table
@@ -425,6 +473,7 @@ impl Config {
                 bind,
                 proxy_trusted,
                 identity_as_username,
+                tls,
                 auth,
                 max_connections: table.max_connections,
             });

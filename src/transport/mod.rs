@@ -6,6 +6,7 @@ pub mod admission;
 pub mod connection;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 
 use std::io;
 use std::net::TcpStream;

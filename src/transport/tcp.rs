@@ -2,7 +2,7 @@
 //! task per client.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,47 @@ use smol::{Async, Executor};
 
 use super::admission::ListenerAdmission;
 use super::connection::{self, ConnectionConfig};
+use super::tls::Tls;
 use crate::broker::Broker;
+use crate::throttle::Throttle;
+
+/// Failed TLS handshakes come in floods (scanners, misconfigured devices).
+static HANDSHAKE_FAILURES: Throttle = Throttle::new();
+
+/// Runs the TLS handshake within the connect timeout; `None` (and one log line) when
+/// it fails.
+async fn tls_handshake(
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    config: &ConnectionConfig,
+) -> Option<futures_rustls::server::TlsStream<Async<TcpStream>>> {
+    use smol::future::FutureExt;
+    let handshake = async { acceptor.accept(stream).await.map_err(|e| e.to_string()) }.or(async {
+        smol::Timer::after(config.connect_timeout).await;
+        Err(format!(
+            "no TLS handshake within {:?}",
+            config.connect_timeout
+        ))
+    });
+    match handshake.await {
+        Ok(stream) => Some(stream),
+        Err(why) => {
+            if let Some(suppressed) = HANDSHAKE_FAILURES.check(Instant::now()) {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} more in the last minute not logged)")
+                } else {
+                    String::new()
+                };
+                log::warn!(
+                    "refused connection addr={peer} listener={}: TLS handshake failed: {why}{more}",
+                    config.listener
+                );
+            }
+            None
+        }
+    }
+}
 
 /// Connect bursts from a fleet reconnecting at once must not be refused by the kernel.
 const ACCEPT_BACKLOG: i32 = 1024;
@@ -31,13 +71,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
     Async::new(listener)
 }
 
-/// Accepts connections until the task is dropped.
+/// Accepts connections until the task is dropped; with `tls`, each is a TLS
+/// connection (the MQTT/TLS listener).
 pub async fn accept_loop(
     listener: Async<TcpListener>,
     broker: Arc<Broker>,
     executor: Arc<Executor<'static>>,
     config: ConnectionConfig,
     admission: ListenerAdmission,
+    tls: Option<Arc<Tls>>,
 ) {
     loop {
         match listener.accept().await {
@@ -45,7 +87,28 @@ pub async fn accept_loop(
                 let _ = stream.get_ref().set_nodelay(true);
                 let broker = broker.clone();
                 let config = config.clone();
-                if config.proxy_trusted.is_some() {
+                if let Some(tls) = &tls {
+                    let verdict = admission.admit(peer.ip(), Instant::now());
+                    let acceptor = tls.acceptor();
+                    executor
+                        .spawn(async move {
+                            if let Some(stream) =
+                                tls_handshake(acceptor, stream, peer, &config).await
+                            {
+                                connection::serve(
+                                    stream,
+                                    peer,
+                                    broker,
+                                    config,
+                                    verdict,
+                                    BytesMut::new(),
+                                    None,
+                                )
+                                .await;
+                            }
+                        })
+                        .detach();
+                } else if config.proxy_trusted.is_some() {
                     // Admitted once the header has named the real client.
                     let admission = admission.clone();
                     executor

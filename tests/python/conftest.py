@@ -140,3 +140,39 @@ def make_broker(tmp_path):
 @pytest.fixture
 def broker(make_broker):
     return make_broker()
+
+
+@pytest.fixture
+def certs(tmp_path):
+    """A throwaway CA and a server certificate for 127.0.0.1."""
+    d = tmp_path / "certs"
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=Tern test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    (d / "server.pem").write_text((d / "server.crt").read_text() + (d / "server.key").read_text())
+    client_cert(d, "device")
+    return d
+
+
+def client_cert(d, name, cn="device-a", ca="ca", prefix=()):
+    """`name`.crt/.key: a client certificate for `cn` signed by `ca`.pem (run under
+    `prefix`, faketime say, to make one that has expired)."""
+    def run(*args):
+        subprocess.run([*prefix, "openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={cn}")
+    # Extensions make it an X.509 v3 certificate, which webpki insists on.
+    (d / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                                   "extendedKeyUsage=clientAuth\n")
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")

@@ -8,33 +8,7 @@ import subprocess
 import time
 
 import paho.mqtt.client as mqtt
-import pytest
-
 from conftest import Broker, free_port
-
-
-@pytest.fixture
-def certs(tmp_path):
-    """A throwaway CA and a server certificate for 127.0.0.1."""
-    d = tmp_path / "certs"
-    d.mkdir()
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=Tern test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=127.0.0.1")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    (d / "server.pem").write_text((d / "server.crt").read_text() + (d / "server.key").read_text())
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "device.key", "-out", "device.csr",
-        "-subj", "/CN=device-a")
-    run("x509", "-req", "-in", "device.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "device.crt", "-days", "2")
-    return d
 
 
 def nodes(tmp_path, extra="", count=2):
