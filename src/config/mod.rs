@@ -434,11 +434,12 @@ impl Config {
                 _ => None,
             };
             let identity_as_username = table.use_identity_as_username == Some(true);
-            if identity_as_username && proxy_trusted.is_none() {
-                // Tern's own TLS listener will be the other source of a verified identity.
+            let verifies_certificates = table.ca.is_some() && kind == ListenerKind::Tls;
+            if identity_as_username && proxy_trusted.is_none() && !verifies_certificates {
                 return Err(format!(
-                    "[listeners.{name}] use_identity_as_username needs proxy_protocol = true \
-                     (the balancer's PROXY v2 header carries the client certificate's name)"
+                    "[listeners.{name}] use_identity_as_username needs client certificates: a tls \
+                     listener with ca, or proxy_protocol = true behind a balancer that sends \
+                     their name (HAProxy's send-proxy-v2-ssl-cn)"
                 ));
             }
             let bind = match (table.bind, default_bind) {

@@ -11,7 +11,7 @@ use smol::{Async, Executor};
 
 use super::admission::ListenerAdmission;
 use super::connection::{self, ConnectionConfig};
-use super::tls::Tls;
+use super::tls::{Tls, common_name};
 use crate::broker::Broker;
 use crate::throttle::Throttle;
 
@@ -95,6 +95,13 @@ pub async fn accept_loop(
                             if let Some(stream) =
                                 tls_handshake(acceptor, stream, peer, &config).await
                             {
+                                // The certificate rustls verified names the client.
+                                let identity = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .and_then(|cert| common_name(cert));
                                 connection::serve(
                                     stream,
                                     peer,
@@ -102,7 +109,7 @@ pub async fn accept_loop(
                                     config,
                                     verdict,
                                     BytesMut::new(),
-                                    None,
+                                    identity,
                                 )
                                 .await;
                             }

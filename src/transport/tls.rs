@@ -116,9 +116,102 @@ fn server_config(s: &TlsSettings) -> Result<ServerConfig, String> {
     })
 }
 
+/// The subject common name of a DER certificate, for `use_identity_as_username`. A
+/// small walk over the DER rather than an X.509 library: only the subject's CN is read,
+/// and rustls has already verified the certificate.
+pub fn common_name(certificate: &[u8]) -> Option<String> {
+    let (_, certificate, _) = der(certificate)?;
+    let (_, tbs, _) = der(certificate)?;
+    // An explicit version ([0]) comes first in v2/v3 certificates.
+    let (tag, _, after_version) = der(tbs)?;
+    let mut rest = if tag == 0xA0 { after_version } else { tbs };
+    // serialNumber, signature, issuer, validity: then the subject.
+    for _ in 0..4 {
+        rest = der(rest)?.2;
+    }
+    let (_, mut names, _) = der(rest)?;
+    while !names.is_empty() {
+        let (_, mut set, next) = der(names)?;
+        names = next;
+        while !set.is_empty() {
+            let (_, attribute, next) = der(set)?;
+            set = next;
+            let (_, oid, value) = der(attribute)?;
+            // 2.5.4.3, commonName.
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = der(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *input.first()?;
+    let first = *input.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let bytes = input.get(2..2 + n)?;
+        (
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b)),
+            2 + n,
+        )
+    };
+    let contents = input.get(header..header.checked_add(len)?)?;
+    Some((tag, contents, &input[header + len..]))
+}
+
 impl Stream for futures_rustls::server::TlsStream<Async<TcpStream>> {
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Decrypted bytes may already be buffered: let the read itself tell.
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_walk_finds_the_common_name_or_nothing() {
+        // A certificate-shaped DER: version, serial, algorithm, issuer, validity, subject.
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            if body.len() < 0x80 {
+                out.push(body.len() as u8);
+            } else {
+                out.extend_from_slice(&[0x82, (body.len() >> 8) as u8, body.len() as u8]);
+            }
+            out.extend_from_slice(body);
+            out
+        }
+        let attribute = |oid: &[u8], value: &str| {
+            let mut a = tlv(0x06, oid);
+            a.extend(tlv(0x0C, value.as_bytes()));
+            tlv(0x31, &tlv(0x30, &a))
+        };
+        let mut subject = attribute(&[0x55, 0x04, 0x0A], "Org");
+        subject.extend(attribute(&[0x55, 0x04, 0x03], "device-a"));
+        let mut tbs = tlv(0xA0, &tlv(0x02, &[2]));
+        tbs.extend(tlv(0x02, &[1]));
+        tbs.extend(tlv(0x30, &[0x06, 0x01, 0x00]));
+        tbs.extend(tlv(0x30, &attribute(&[0x55, 0x04, 0x03], "issuer")));
+        tbs.extend(tlv(0x30, &[0x17, 0x00]));
+        tbs.extend(tlv(0x30, &subject));
+        tbs.extend(tlv(0x30, &[0u8; 200]));
+        let cert = tlv(0x30, &tlv(0x30, &tbs));
+        assert_eq!(common_name(&cert).as_deref(), Some("device-a"));
+        assert_eq!(common_name(&cert[..cert.len() - 10]), None, "truncated");
+        assert_eq!(common_name(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(common_name(&[]), None);
     }
 }

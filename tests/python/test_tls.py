@@ -131,3 +131,27 @@ def test_broken_tls_settings_are_config_errors(tmp_path, certs):
     cfg.write_text(f'[listeners.tls]\nbind = "127.0.0.1:0"\ncert = "{certs}/server.crt"\nkey = "{certs}/device.key"\n')
     rc, err = run_tern(["check-config", str(cfg)], cwd=tmp_path)
     assert rc != 0 and "does not fit" in err, err
+
+
+def test_the_client_certificate_name_is_the_user_name(tmp_path, certs):
+    acl = tmp_path / "acl"
+    acl.write_text("user device-a\ntopic readwrite devices/a/#\n")
+    b = tls_broker(tmp_path, certs, f'ca = "{certs}/ca.pem"\nrequire_client_cert = true\n'
+                                    f'use_identity_as_username = true\n[auth]\nallow_anonymous = false\n'
+                                    f'acl_file = "{acl}"\n')
+    try:
+        rc, out, err = round_trip(b, certs, cert="device", topic="devices/a/t")
+        assert rc == 0 and out == "over tls", err
+        denied = subprocess.run(mosquitto("mosquitto_sub", b, certs, "-t", "devices/b/#", "-C", "1", "-W", "3",
+                                          cert="device"), capture_output=True, text=True, timeout=10)
+        assert "denied" in denied.stderr.lower() or denied.returncode != 0, denied
+        b.wait_for_log(r"user=Some\(\"device-a\"\) subscription refused filter=\"devices/b/#\"")
+    finally:
+        b.stop()
+
+
+def test_identity_needs_a_certificate_source(tmp_path):
+    cfg = tmp_path / "tern.toml"
+    cfg.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\nuse_identity_as_username = true\n')
+    rc, err = run_tern(["check-config", str(cfg)], cwd=tmp_path)
+    assert rc != 0 and "use_identity_as_username needs client certificates" in err, err
