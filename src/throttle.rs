@@ -40,6 +40,15 @@ impl Throttle {
     }
 }
 
+/// What a throttled line ends with: how many like it were left out before it.
+pub fn left_out(count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!(" ({count} more like it left out of the log)")
+    }
+}
+
 impl Default for Throttle {
     fn default() -> Throttle {
         Throttle::new()

@@ -618,10 +618,11 @@ impl Broker {
             count(&self.metrics.dropped_retained_full);
             if let Some(suppressed) = RETAINED_FULL.check(Instant::now()) {
                 log::warn!(
-                    "retained message on {:?} not kept: max_retained_messages {} or max_retained_bytes {} reached ({suppressed} more not logged)",
+                    "retained message on {:?} not kept: max_retained_messages {} or max_retained_bytes {} reached{}",
                     message.topic.as_str(),
                     self.settings.max_retained_messages,
-                    self.settings.max_retained_bytes
+                    self.settings.max_retained_bytes,
+                    crate::throttle::left_out(suppressed)
                 );
             }
             return;

@@ -196,11 +196,7 @@ impl Writer {
             Ok(()) => true,
             Err(e) => {
                 if let Some(suppressed) = self.failures_logged.check(Instant::now()) {
-                    let more = if suppressed > 0 {
-                        format!(" ({suppressed} more failed batches in the last minute)")
-                    } else {
-                        String::new()
-                    };
+                    let more = crate::throttle::left_out(suppressed);
                     log::error!(
                         "cannot write to the store {}: {e}: {} changes not stored{more}",
                         self.config.path.display(),

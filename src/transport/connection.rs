@@ -71,11 +71,7 @@ pub async fn serve_behind_proxy<S: Stream>(
     let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
     let refuse = |why: String| {
         if let Some(suppressed) = PROXY_REFUSALS.check(Instant::now()) {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar refusals in the last minute not logged)")
-            } else {
-                String::new()
-            };
+            let more = crate::throttle::left_out(suppressed);
             log::warn!(
                 "refused connection addr={balancer} listener={}: {why}{more}",
                 config.listener
@@ -256,11 +252,7 @@ async fn handshake<S: Stream>(
     }
     if let Some((code, why)) = refusal {
         if let Some(suppressed) = LIMIT_REFUSALS.check(Instant::now()) {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar refusals in the last minute not logged)")
-            } else {
-                String::new()
-            };
+            let more = crate::throttle::left_out(suppressed);
             log::warn!(
                 "refused connection addr={peer} listener={}: {why} ({code}){more}",
                 config.listener

@@ -38,11 +38,7 @@ async fn tls_handshake(
         Ok(stream) => Some(stream),
         Err(why) => {
             if let Some(suppressed) = HANDSHAKE_FAILURES.check(Instant::now()) {
-                let more = if suppressed > 0 {
-                    format!(" ({suppressed} more in the last minute not logged)")
-                } else {
-                    String::new()
-                };
+                let more = crate::throttle::left_out(suppressed);
                 log::warn!(
                     "refused connection addr={peer} listener={}: TLS handshake failed: {why}{more}",
                     config.listener
