@@ -40,6 +40,24 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// Logs `refused connection addr=PEER listener=NAME: WHY` at warn level unless
+    /// this throttle holds it back.
+    pub fn refused(
+        &self,
+        peer: std::net::SocketAddr,
+        listener: &str,
+        why: std::fmt::Arguments<'_>,
+    ) {
+        if let Some(left_out) = self.check(Instant::now()) {
+            log::warn!(
+                "refused connection addr={peer} listener={listener}: {why}{}",
+                self::left_out(left_out)
+            );
+        }
+    }
+}
+
 /// What a throttled line ends with: how many like it were left out before it.
 pub fn left_out(count: u64) -> String {
     if count == 0 {

@@ -718,7 +718,9 @@ impl Client {
             self.backpressure = pressure;
         }
         let acks = std::mem::take(&mut self.pending_acks);
-        if let Some(sid) = self.stored_sid() {
+        // Only QoS 2 needs the session's store id: no lock for the rest.
+        let exactly_once = acks.iter().any(|(_, qos, _)| *qos == QoS::ExactlyOnce);
+        if let Some(sid) = exactly_once.then(|| self.stored_sid()).flatten() {
             // After the deliveries they protect: once the id is durable, so are they.
             ops.extend(
                 acks.iter()

@@ -35,6 +35,22 @@ pub struct Message {
 pub const DURABLE_PENDING: u64 = u64::MAX;
 
 impl Message {
+    /// A message with no properties, no expiry and no publisher (the broker's own,
+    /// or a test's).
+    pub fn new(topic: impl Into<Topic>, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            forwarded_properties: Bytes::new(),
+            expires_at: None,
+            origin: None,
+            store_id: AtomicU64::new(0),
+            durable_after: AtomicU64::new(0),
+        }
+    }
+
     pub fn from_publish(publish: Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
         Message {
             expires_at: expiry(publish.properties.message_expiry_interval, now),

@@ -24,7 +24,7 @@ use retained::Retained;
 use router::{Match, Router};
 use session::{Inflight, NEVER_EXPIRES, Owner, QueueLimits, Session, SessionState, Subscription};
 
-use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Topic};
+use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
 
 /// The broker-wide settings the core enforces; `config` fills them from the TOML file.
@@ -272,17 +272,12 @@ impl Broker {
             json_string(&message),
             crate::store::wall_secs()
         );
-        let alarm = Message {
-            topic: Topic::from(format!("$SYS/tern/alarms/{name}")),
-            payload: Bytes::from(payload),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            forwarded_properties: Bytes::new(),
-            expires_at: None,
-            origin: None,
-            store_id: Default::default(),
-            durable_after: Default::default(),
-        };
+        let alarm = Message::new(
+            format!("$SYS/tern/alarms/{name}"),
+            Bytes::from(payload),
+            QoS::AtMostOnce,
+            true,
+        );
         self.retained
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -97,21 +97,16 @@ impl Retained {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{QoS, Topic};
+    use crate::protocol::QoS;
     use bytes::Bytes;
 
     fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Topic::from(topic),
-            payload: Bytes::from_static(payload),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            forwarded_properties: Bytes::new(),
-            expires_at: None,
-            origin: None,
-            store_id: Default::default(),
-            durable_after: Default::default(),
-        })
+        Arc::new(Message::new(
+            topic,
+            Bytes::from_static(payload),
+            QoS::AtMostOnce,
+            true,
+        ))
     }
 
     #[test]

@@ -436,22 +436,11 @@ pub fn done_op(sid: u64, d: &Delivery) -> Option<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Topic;
     use bytes::Bytes;
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: Topic::from("t"),
-                payload: Bytes::from_static(b"p"),
-                qos,
-                retain: false,
-                forwarded_properties: Bytes::new(),
-                expires_at: None,
-                origin: None,
-                store_id: Default::default(),
-                durable_after: Default::default(),
-            }),
+            message: Arc::new(Message::new("t", Bytes::from_static(b"p"), qos, false)),
             qos,
             retain: false,
             subscription_ids: vec![],

@@ -362,7 +362,6 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Topic;
     use bytes::Bytes;
 
     fn open(name: &str, interval: Duration) -> (Arc<Store>, PathBuf) {
@@ -399,17 +398,12 @@ mod tests {
     }
 
     fn add(store: &Store, sid: u64) -> (Op, Op) {
-        let message = Arc::new(Message {
-            topic: Topic::from("t"),
-            payload: Bytes::from_static(b"payload"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            forwarded_properties: Bytes::new(),
-            expires_at: None,
-            origin: None,
-            store_id: Default::default(),
-            durable_after: Default::default(),
-        });
+        let message = Arc::new(Message::new(
+            "t",
+            Bytes::from_static(b"payload"),
+            QoS::AtLeastOnce,
+            false,
+        ));
         let message_id = store.message_id(&message);
         let seq = store.new_seq();
         let add = Op::AddDelivery {
@@ -482,19 +476,36 @@ mod tests {
     }
 
     #[test]
-    fn repeated_retained_writes_in_a_batch_are_merged() {
+    fn the_last_retained_write_to_a_topic_in_a_batch_wins() {
         let (store, path) = open("retained", Duration::from_secs(3600));
-        let (added, _) = add(&store, 0);
-        let Op::AddDelivery { message, .. } = added else {
-            unreachable!()
+        let set = |topic: &str, payload: Option<&'static [u8]>| Op::SetRetained {
+            topic: topic.into(),
+            message: payload.map(|p| {
+                Arc::new(Message::new(
+                    topic,
+                    Bytes::from_static(p),
+                    QoS::AtMostOnce,
+                    true,
+                ))
+            }),
         };
-        let set = |m: Option<Arc<Message>>| Op::SetRetained {
-            topic: "t".into(),
-            message: m,
-        };
-        store.submit([set(Some(message.clone())), set(None), set(Some(message))]);
+        store.submit([
+            set("a", Some(b"first")),
+            set("b", Some(b"kept?")),
+            set("a", None),
+            set("b", None),
+            set("a", Some(b"last")),
+        ]);
         store.close();
-        assert_eq!(rows(&path, "retained"), 1);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let kept: Vec<(String, Vec<u8>)> = conn
+            .prepare("SELECT topic, payload FROM retained")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, vec![("a".to_string(), b"last".to_vec())]);
     }
 
     #[test]

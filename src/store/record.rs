@@ -9,7 +9,6 @@
 //! passed, so nothing expires early because of it.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message;
-use crate::protocol::{QoS, Topic};
+use crate::protocol::QoS;
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreClock {
@@ -161,16 +160,12 @@ pub fn message_from_parts(
     origin: Option<Arc<str>>,
     clock: &StoreClock,
 ) -> Message {
+    let qos = QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce);
     Message {
-        topic: Topic::from(topic),
-        payload: Bytes::from(payload),
-        qos: QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce),
-        retain,
         forwarded_properties: Bytes::from(properties),
         expires_at: expires_at.map(|secs| clock.instant(secs)),
         origin,
-        store_id: AtomicU64::new(0),
-        durable_after: AtomicU64::new(0),
+        ..Message::new(topic, Bytes::from(payload), qos, retain)
     }
 }
 

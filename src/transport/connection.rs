@@ -69,15 +69,8 @@ pub async fn serve_behind_proxy<S: Stream>(
     admission: ListenerAdmission,
 ) {
     let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
-    let refuse = |why: String| {
-        if let Some(suppressed) = PROXY_REFUSALS.check(Instant::now()) {
-            let more = crate::throttle::left_out(suppressed);
-            log::warn!(
-                "refused connection addr={balancer} listener={}: {why}{more}",
-                config.listener
-            );
-        }
-    };
+    let refuse =
+        |why: String| PROXY_REFUSALS.refused(balancer, &config.listener, format_args!("{why}"));
     if !trusted.iter().any(|range| range.contains(balancer.ip())) {
         refuse(format!(
             "{} is not in proxy_protocol_trusted, so its PROXY header would not be believed",
@@ -251,13 +244,7 @@ async fn handshake<S: Stream>(
         ));
     }
     if let Some((code, why)) = refusal {
-        if let Some(suppressed) = LIMIT_REFUSALS.check(Instant::now()) {
-            let more = crate::throttle::left_out(suppressed);
-            log::warn!(
-                "refused connection addr={peer} listener={}: {why} ({code}){more}",
-                config.listener
-            );
-        }
+        LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{why} ({code})"));
         let properties = protocol::Properties {
             reason_string: Some(why),
             ..protocol::Properties::default()

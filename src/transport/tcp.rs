@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use smol::{Async, Executor};
 
-use super::admission::ListenerAdmission;
+use super::admission::{ListenerAdmission, Verdict};
 use super::connection::{self, ConnectionConfig};
 use super::tls::{Tls, common_name};
 use crate::broker::Broker;
@@ -37,16 +37,37 @@ async fn tls_handshake(
     match handshake.await {
         Ok(stream) => Some(stream),
         Err(why) => {
-            if let Some(suppressed) = HANDSHAKE_FAILURES.check(Instant::now()) {
-                let more = crate::throttle::left_out(suppressed);
-                log::warn!(
-                    "refused connection addr={peer} listener={}: TLS handshake failed: {why}{more}",
-                    config.listener
-                );
-            }
+            HANDSHAKE_FAILURES.refused(
+                peer,
+                &config.listener,
+                format_args!("TLS handshake failed: {why}"),
+            );
             None
         }
     }
+}
+
+/// Serves one connection on the TLS listener: the handshake, then MQTT, the verified
+/// client certificate's common name as the client's identity.
+async fn serve_tls(
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    verdict: Verdict,
+) {
+    let Some(stream) = tls_handshake(acceptor, stream, peer, &config).await else {
+        return;
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| common_name(cert));
+    let rbuf = BytesMut::new();
+    connection::serve(stream, peer, broker, config, verdict, rbuf, identity).await;
 }
 
 /// Connect bursts from a fleet reconnecting at once must not be refused by the kernel.
@@ -87,29 +108,7 @@ pub async fn accept_loop(
                     let verdict = admission.admit(peer.ip(), Instant::now());
                     let acceptor = tls.acceptor();
                     executor
-                        .spawn(async move {
-                            if let Some(stream) =
-                                tls_handshake(acceptor, stream, peer, &config).await
-                            {
-                                // The certificate rustls verified names the client.
-                                let identity = stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|chain| chain.first())
-                                    .and_then(|cert| common_name(cert));
-                                connection::serve(
-                                    stream,
-                                    peer,
-                                    broker,
-                                    config,
-                                    verdict,
-                                    BytesMut::new(),
-                                    identity,
-                                )
-                                .await;
-                            }
-                        })
+                        .spawn(serve_tls(acceptor, stream, peer, broker, config, verdict))
                         .detach();
                 } else if config.proxy_trusted.is_some() {
                     // Admitted once the header has named the real client.

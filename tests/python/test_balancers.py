@@ -2,6 +2,7 @@
 terminate TLS and pass each device's address on with the PROXY protocol (v2 from
 HAProxy, v1 from Nginx's stream module) to two Tern nodes."""
 
+import contextlib
 import queue
 import ssl
 import subprocess
@@ -9,6 +10,18 @@ import time
 
 import paho.mqtt.client as mqtt
 from conftest import Broker, free_port
+
+
+@contextlib.contextmanager
+def in_front_of(balancer, terns):
+    """Stops the balancer and the Tern nodes behind it however the test ends."""
+    try:
+        yield
+    finally:
+        balancer.terminate()
+        balancer.wait(5)
+        for t in terns:
+            t.stop()
 
 
 def nodes(tmp_path, extra="", count=2):
@@ -116,13 +129,8 @@ def test_haproxy_tls_termination_with_proxy_v2(tmp_path, certs):
     terns = nodes(tmp_path)
     port = free_port()
     haproxy = start_haproxy(tmp_path, terns, port, f"ssl crt {certs / 'server.pem'}", "send-proxy-v2")
-    try:
+    with in_front_of(haproxy, terns):
         through_balancer(terns, port, certs, failover_wait=0.6)
-    finally:
-        haproxy.terminate()
-        haproxy.wait(5)
-        for t in terns:
-            t.stop()
 
 
 def test_haproxy_client_certificate_name_is_the_user_name(tmp_path, certs):
@@ -134,7 +142,7 @@ def test_haproxy_client_certificate_name_is_the_user_name(tmp_path, certs):
     haproxy = start_haproxy(tmp_path, terns, port,
                             f"ssl crt {certs / 'server.pem'} ca-file {certs / 'ca.pem'} verify required",
                             "send-proxy-v2-ssl-cn")
-    try:
+    with in_front_of(haproxy, terns):
         d = Device(port, "127.0.0.2", "dev", certs / "ca.pem", certs / "device.crt", certs / "device.key")
         d.round_trip("devices/a/temp")
         d.c.subscribe("devices/b/#", 1)
@@ -142,10 +150,6 @@ def test_haproxy_client_certificate_name_is_the_user_name(tmp_path, certs):
         assert [c.value for c in d.subacks.get(timeout=5)] == [0x80], "the ACL gives device-a nothing of devices/b"
         d.close()
         terns[0].wait_for_log(r"client connected client_id=dev .*addr=127\.0\.0\.2:")
-    finally:
-        haproxy.terminate()
-        haproxy.wait(5)
-        terns[0].stop()
 
 
 def test_nginx_stream_tls_termination_with_proxy_v1(tmp_path, certs):
@@ -179,14 +183,9 @@ stream {{
 """)
     nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(cfg), "-e", str(prefix / "logs/error.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with in_front_of(nginx, terns):
         time.sleep(0.5)
         assert nginx.poll() is None, nginx.stdout.read() + (prefix / "logs/error.log").read_text()
         # Nginx has no active health checks: it learns a node is down from a failed
         # connect and tries the next one.
         through_balancer(terns, port, certs, failover_wait=0)
-    finally:
-        nginx.terminate()
-        nginx.wait(5)
-        for t in terns:
-            t.stop()

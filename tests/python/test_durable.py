@@ -30,6 +30,13 @@ def raw(broker, client_id, version=5, clean=False, **kw):
     return c, ack
 
 
+def subscribe_and_leave(broker, client_id, topic_filter, qos=1, version=5, **kw):
+    """A persistent subscriber that subscribes and goes away, leaving its session."""
+    c, _ = raw(broker, client_id, version=version, **kw)
+    c.subscribe(topic_filter, qos=qos)
+    c.close()
+
+
 def collect(c, n, timeout=5.0):
     out = []
     while len(out) < n:
@@ -108,9 +115,7 @@ def test_in_flight_qos2_is_resent_under_its_packet_id_after_kill_9(make_broker):
 
 def test_inbound_qos2_ids_survive_kill_9_so_a_resend_is_delivered_once(make_broker):
     b = make_broker()
-    sub, _ = raw(b, "listener")
-    sub.subscribe("once/#", qos=2)
-    sub.close()
+    subscribe_and_leave(b, "listener", "once/#", qos=2)
     pub, _ = raw(b, "sender")
     pub.publish("once/x", "exactly", qos=2, packet_id=9)
     assert pub.recv_kind(PUBREC).packet_id == 9
@@ -206,9 +211,7 @@ def _trace_publish(make_broker, durability):
     """Runs the broker under strace, publishes one QoS 1 message that a persistent
     offline subscriber must keep, and returns the trace's lines."""
     b = make_broker(f'[storage]\ndurability = "{durability}"\n')
-    sub, _ = raw(b, "traced", version=4)
-    sub.subscribe("s/#", qos=1)
-    sub.close()
+    subscribe_and_leave(b, "traced", "s/#", version=4)
     trace = b.dir / "strace.txt"
     b.restart(prefix=["strace", "-f", "-y", "-s", "64", "-o", str(trace),
                       "-e", "trace=read,recvfrom,write,writev,sendto,sendmsg,pwrite64,fsync,fdatasync"])
@@ -303,9 +306,7 @@ def test_clean_traffic_never_touches_the_database(make_broker):
 
 def _make_store(make_broker):
     b = make_broker()
-    sub, _ = raw(b, "survivor")
-    sub.subscribe("z/#", qos=1)
-    sub.close()
+    subscribe_and_leave(b, "survivor", "z/#")
     pub, _ = raw(b, "p", clean=True)
     for i in range(50):
         pub.publish("z/x", "x" * 200, qos=1, packet_id=i + 1)
@@ -420,9 +421,7 @@ def _fill_until_refused(b, most):
     """Publishes 4 KB QoS 1 messages for an offline persistent subscriber until the
     store cannot keep one: that publisher gets no PUBACK but DISCONNECT 0x97 (or a
     close), and the broker logs why."""
-    keeper, _ = raw(b, "keeper")
-    keeper.subscribe("full/#", qos=1)
-    keeper.close()
+    subscribe_and_leave(b, "keeper", "full/#")
     pub, _ = raw(b, "filler", clean=True)
     for i in range(1, most):
         pub.publish("full/x", os.urandom(4000), qos=1, packet_id=i)
@@ -493,9 +492,7 @@ def test_retained_messages_survive_and_are_bounded(make_broker):
 
 def test_retained_and_queued_messages_expire_on_the_store_clock(make_broker):
     b = make_broker()
-    sub, _ = raw(b, "late")
-    sub.subscribe("x/#", qos=1)
-    sub.close()
+    subscribe_and_leave(b, "late", "x/#")
     pub, _ = raw(b, "p", clean=True)
     pub.publish("x/short", "gone soon", qos=1, retain=True, packet_id=1, properties=[(0x02, 1)])
     pub.publish("x/long", "stays", qos=1, retain=True, packet_id=2, properties=[(0x02, 3600)])
@@ -513,9 +510,7 @@ def test_retained_and_queued_messages_expire_on_the_store_clock(make_broker):
 
 def test_queue_qos0_keeps_qos0_for_offline_persistent_sessions(make_broker):
     b = make_broker("[storage]\nqueue_qos0 = true\n")
-    sub, _ = raw(b, "q0")
-    sub.subscribe("q0/#", qos=0)
-    sub.close()
+    subscribe_and_leave(b, "q0", "q0/#", qos=0)
     pub, _ = raw(b, "p", clean=True)
     for i in range(3):
         pub.publish("q0/x", f"{i}", qos=0)
@@ -530,9 +525,7 @@ def test_session_expiry_limits(make_broker):
     b = make_broker("[storage]\nmax_session_expiry = 60\npersistent_client_expiration = 1\n")
     _, ack = raw(b, "v5", properties=[(0x11, 100000)])
     assert ack.props.get(0x11) == 60, ack.props
-    c, _ = raw(b, "v3", version=4)
-    c.subscribe("e/#", qos=1)
-    c.close()
+    subscribe_and_leave(b, "v3", "e/#", version=4)
     time.sleep(2.5)
     b.wait_for_log(r"session expired client_id=v3")
     b.restart()
