@@ -6,6 +6,7 @@ for every scenario, then prints medians, min-max and the Tern/peer ratios.
     bench/compare.py                 # 3 rounds, full scenarios (about 10 minutes)
     bench/compare.py --quick         # one short pass of every scenario (CI)
     bench/compare.py --write-doc     # also replace the table in BENCHMARKS.md
+    bench/compare.py --only tls-handshakes,tls-fanin-qos0   # some scenarios only
 """
 
 import argparse
@@ -44,6 +45,15 @@ DURABLE = [
     ("persist-batched", "rate", "msg/s to an offline persistent subscriber", True),
     ("startup-sessions", "startup_ms", "ms to first CONNACK with stored sessions", False),
 ]
+# MQTT over the broker's own TLS listener (an ECDSA P-256 certificate, TLS 1.3, every
+# connection a full handshake): Tern's rustls against Mosquitto's OpenSSL.
+TLS = [
+    ("tls-handshakes", "rate", "TLS handshakes/s (each with MQTT CONNECT)", True),
+    ("tls-fanin-qos0", "rate", "msg/s over TLS", True),
+    ("tls-connections", "rss_per_conn_bytes", "B RSS per idle TLS connection", False),
+]
+TLS_BENCH = {"tls-handshakes": "handshakes", "tls-fanin-qos0": "fanin-qos0", "tls-connections": "connections"}
+CERTS = None  # set by main(): the directory with ca.pem, server.crt, server.key
 # Not comparable as a ratio: Mosquitto writes its state only every autosave_interval
 # and at exit, so what it wrote during a run says nothing about its wear.
 NO_RATIO = {"disk_bytes_per_msg"}
@@ -84,9 +94,13 @@ class Broker:
         self.name, self.binary = name, binary
 
     def command(self, port, workdir, scenario=""):
+        tls = scenario.startswith("tls-")
         if self.name == "tern":
             conf = workdir / "tern.toml"
             text = f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
+            if tls:
+                text = (f'[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.tls]\nbind = "127.0.0.1:{port}"\n'
+                        f'cert = "{CERTS}/server.crt"\nkey = "{CERTS}/server.key"\n')
             if scenario.startswith("persist-"):
                 durability = scenario.split("-", 1)[1]
                 text += (f'[storage]\ndurability = "{durability}"\n'
@@ -96,6 +110,8 @@ class Broker:
         if self.name == "mosquitto":
             conf = workdir / "mosquitto.conf"
             text = f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+            if tls:
+                text += f"certfile {CERTS}/server.crt\nkeyfile {CERTS}/server.key\n"
             if scenario in PERSISTENT:
                 text += (f"persistence true\npersistence_location {workdir}/\n"
                          "max_queued_messages 0\nmax_queued_bytes 0\n")
@@ -174,7 +190,12 @@ def run_scenario(broker, scenario, args, workdir):
         extra = []
         if scenario == "connections":
             extra = ["--connections", str(args.connections)]
+        if scenario == "tls-connections":
+            extra = ["--connections", str(args.tls_connections)]
+        if scenario in TLS_BENCH:
+            extra += ["--tls-ca", f"{CERTS}/ca.pem"]
         bench_scenario = "persist-qos1" if scenario.startswith("persist-") else scenario
+        bench_scenario = TLS_BENCH.get(scenario, bench_scenario)
         duration = args.sweep_duration if scenario == "qos1-sweep" else args.duration
         cmd = [str(BENCH), bench_scenario, "--addr", f"127.0.0.1:{port}", "--pid", str(proc.pid),
                "--duration", str(duration), *extra]
@@ -235,6 +256,24 @@ def run_startup(broker, workdir):
     return fields
 
 
+def make_certs(d):
+    """A throwaway CA and an ECDSA P-256 server certificate for 127.0.0.1, both brokers'."""
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    for f in d.iterdir():
+        os.chmod(f, 0o644)
+    return d
+
+
 def fmt(v):
     if v >= 100:
         return f"{v:,.0f}"
@@ -246,12 +285,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one short round of every scenario")
     ap.add_argument("--peers", default="mosquitto,rumqttd")
+    ap.add_argument("--only", help="comma-separated scenarios to run (default: all)")
     ap.add_argument("--write-doc", action="store_true", help="replace the table in BENCHMARKS.md")
     args = ap.parse_args()
     args.duration, args.sweep_duration, args.connections, args.sessions = 5.0, 2.0, 10000, 100000
+    args.tls_connections = 2000
     if args.quick:
         args.rounds, args.duration, args.sweep_duration, args.connections = 1, 0.5, 0.3, 1000
-        args.sessions = 2000
+        args.sessions, args.tls_connections = 2000, 200
 
     nofile = raise_nofile()
     subprocess.run(["cargo", "build", "--release", "--locked", "--workspace"], cwd=ROOT, check=True)
@@ -270,12 +311,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
         os.chmod(workdir, 0o777)
+        global CERTS
+        CERTS = make_certs(workdir / "certs")
         for r in range(args.rounds):
             order = brokers if r % 2 == 0 else list(reversed(brokers))
             for broker in order:
-                for scenario, *_ in SCENARIOS + [("startup",)] + DURABLE:
+                for scenario, *_ in SCENARIOS + [("startup",)] + DURABLE + TLS:
+                    if args.only and scenario not in args.only.split(","):
+                        continue
                     if scenario in PERSISTENT and broker.name == "rumqttd":
                         continue  # keeps nothing on disk
+                    if scenario in TLS_BENCH and broker.name == "rumqttd":
+                        continue  # its TLS listener needs a config of its own; not compared
                     # Every run starts with an empty data directory.
                     rundir = workdir / f"{r}-{broker.name}-{scenario}"
                     rundir.mkdir()
@@ -343,14 +390,15 @@ def render(brokers, results, args, nofile):
             f"(for latency, loss and memory the peer's figure is divided by Tern's).")
     cols = ["scenario", "metric"] + names + [f"tern vs {p}" for p in peers] + ["limit"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS + DURABLE]
+    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS + DURABLE + TLS]
     rows += [(s, m, u, hb) for s, m, u, hb in EXTRA]
     rows += [("startup", "startup_ms", "ms to first CONNACK", False),
              ("startup", "first_start_ms", "ms to first CONNACK, empty data dir", False),
              ("startup", "idle_rss_kb", "KiB idle RSS", False),
              ("startup", "binary_kb", "KiB binary", False)]
     rows += [(s, "peak_rss_kb", "KiB peak RSS", False) for s, *_ in SCENARIOS]
-    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)] + DURABLE)}
+    rows += [("tls-connections", "rate", "TLS connects/s (with SUBSCRIBE, 64 at a time)", True)]
+    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)] + DURABLE + TLS)}
     rows.sort(key=lambda r: order[r[0]])
     for scenario, metric, unit, higher in rows:
         cells, medians = [], {}

@@ -102,20 +102,21 @@ pub fn run(config: Config) -> Result<(), String> {
             }
             None => None,
         };
-        let conn_config = ConnectionConfig {
+        let conn_config = Arc::new(ConnectionConfig {
             listener: listener.name.as_str().into(),
             connect_timeout: config.connect_timeout(),
             auth,
             proxy_trusted: listener.proxy_trusted.clone().map(Arc::from),
             identity_as_username: listener.identity_as_username,
-        };
+            tls,
+            ws_path: listener.ws_path.as_deref().map(Arc::from),
+        });
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,
             broker.clone(),
             executor.clone(),
             conn_config,
             admission.listener(listener.max_connections),
-            tls,
         )));
     }
     let ticker = executor.spawn({

@@ -22,7 +22,8 @@ use tern::protocol::QoS;
 struct Args {
     /// scenario: fanin-qos0, fanin-qos1, qos1-sweep, fanout, latency, connections, startup,
     /// persist-qos1 (to an offline persistent subscriber), sessions (leave N persistent
-    /// sessions behind)
+    /// sessions behind), handshakes (connect, CONNACK, close, for `duration`; with
+    /// --tls-ca the TLS handshake rate)
     #[argh(positional)]
     scenario: String,
     /// broker address
@@ -52,6 +53,9 @@ struct Args {
     /// highest offered rate of the QoS 1 sweep
     #[argh(option, default = "2000000.0")]
     max_rate: f64,
+    /// speak MQTT over TLS, trusting this PEM CA (full handshakes, no resumption)
+    #[argh(option)]
+    tls_ca: Option<String>,
     /// threads the generator runs on
     #[argh(option, default = "2")]
     threads: usize,
@@ -63,6 +67,12 @@ struct Args {
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     proc::raise_open_files();
+    if let Some(ca) = &args.tls_ca {
+        if let Err(e) = client::use_tls(ca) {
+            eprintln!("tern-bench: --tls-ca {ca}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let line = if args.scenario == "startup" {
         scenarios::startup(args.addr, &args.command)
     } else {
@@ -118,6 +128,7 @@ fn run_async(args: &Args) -> std::io::Result<scenarios::Line> {
             "fanout" => scenarios::fan_out(&ex, &opts).await,
             "latency" => scenarios::latency(&ex, &opts, args.rate).await,
             "connections" => scenarios::connections(&ex, &opts).await,
+            "handshakes" => scenarios::handshakes(&ex, &opts).await,
             "persist-qos1" => scenarios::persist_qos1(&ex, &opts).await,
             "sessions" => scenarios::sessions(&ex, &opts).await,
             other => Err(std::io::Error::other(format!("unknown scenario {other}"))),

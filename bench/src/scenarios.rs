@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use smol::future::FutureExt;
-use smol::io::AsyncWriteExt;
 use smol::{Executor, Timer};
 use tern::protocol::QoS;
 
@@ -112,7 +111,7 @@ fn spawn_subscriber(
                 })
                 .await;
             if !acks.is_empty() {
-                if conn.stream.write_all(&acks).await.is_err() {
+                if conn.send(&acks).await.is_err() {
                     break;
                 }
                 acks.clear();
@@ -213,7 +212,7 @@ async fn publish_qos0(
             Timer::after(Duration::from_micros(100)).await;
             continue;
         }
-        conn.stream.write_all(&batch).await?;
+        conn.send(&batch).await?;
         sent.fetch_add(per_batch, Ordering::Relaxed);
     }
     Ok(())
@@ -248,7 +247,7 @@ async fn publish_qos1(
             sent += 1;
         }
         if !out.is_empty() {
-            conn.stream.write_all(&out).await?;
+            conn.send(&out).await?;
         }
         if inflight == 0 {
             if stop.load(Ordering::Relaxed) {
@@ -395,7 +394,7 @@ pub async fn fan_out(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
                     Timer::after(Duration::from_micros(100)).await;
                     continue;
                 }
-                conn.stream.write_all(&batch).await?;
+                conn.send(&batch).await?;
                 sent.fetch_add(per_batch, Ordering::Relaxed);
             }
             Result::Ok(())
@@ -466,7 +465,7 @@ pub async fn latency(ex: &Executor<'static>, o: &Opts, rate: f64) -> Result<Line
                     n += 1;
                 }
                 if !out.is_empty() {
-                    conn.stream.write_all(&out).await?;
+                    conn.send(&out).await?;
                 }
                 // Read acknowledgements without waiting past the next send time.
                 let _ = conn
@@ -551,6 +550,40 @@ pub async fn connections(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
     ];
     drop(held);
     Ok(line)
+}
+
+/// New connections, each closed after its CONNACK, from 16 at a time for `duration`:
+/// the rate of whole handshakes (TCP, TLS when asked for, MQTT CONNECT).
+pub async fn handshakes(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let cpu = CpuWindow::start(&o.broker_pid);
+    let start = Instant::now();
+    let done = counter();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (done, addr, duration) = (done.clone(), o.addr, o.duration);
+        workers.push(ex.spawn(async move {
+            let mut i = 0u64;
+            while start.elapsed() < duration {
+                let conn = Conn::open(addr, &format!("hs-{w}-{i}"), 60).await?;
+                drop(conn);
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            Result::Ok(())
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (broker_cpu, gen_cpu) = cpu.finish();
+    let n = done.load(Ordering::Relaxed);
+    Ok(vec![
+        ("rate", format!("{:.0}", n as f64 / elapsed)),
+        ("handshakes", n.to_string()),
+        ("broker_cpu", format!("{broker_cpu:.0}")),
+        ("gen_cpu", format!("{gen_cpu:.0}")),
+    ])
 }
 
 /// QoS 1 fan-in to a persistent subscriber that is offline, so every message must be

@@ -59,6 +59,8 @@ pub struct ListenerTable {
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
+    /// WebSocket: the HTTP path of the upgrade (default `/mqtt`).
+    pub path: Option<String>,
     /// Connections open at once on this listener (the global `[limits]` one still applies).
     pub max_connections: Option<usize>,
     /// Override `[auth]` for this listener.
@@ -249,6 +251,8 @@ pub struct Listener {
     pub proxy_trusted: Option<Vec<Cidr>>,
     pub identity_as_username: bool,
     pub tls: Option<TlsSettings>,
+    /// WebSocket listeners: the upgrade's HTTP path.
+    pub ws_path: Option<String>,
     pub auth: AuthSettings,
     pub max_connections: Option<usize>,
 }
@@ -373,46 +377,52 @@ impl Config {
                 continue;
             }
             // The built-in tls/ws/wss listeners are off until their table says more
-            // than nothing (a certificate, an address, `enabled = true`).
-            let said_nothing =
-                table.enabled.is_none() && table.bind.is_none() && table.cert.is_none();
+            // than nothing (a certificate, an address, a path, `enabled = true`).
+            let said_nothing = table.enabled.is_none()
+                && table.bind.is_none()
+                && table.cert.is_none()
+                && table.path.is_none();
             if kind != ListenerKind::Tcp && builtin(name).is_some() && said_nothing {
                 continue;
             }
-            if matches!(kind, ListenerKind::Ws | ListenerKind::Wss) {
-                // Asking for one explicitly must not silently do nothing.
-                return Err(format!(
-                    "[listeners.{name}] type {kind} is not available in this build yet"
-                ));
-            }
             let resolve = |p: &PathBuf| self.base_dir.join(p);
-            let tls = match kind {
-                ListenerKind::Tls => {
-                    let (Some(cert), Some(key)) = (&table.cert, &table.key) else {
+            let encrypted = matches!(kind, ListenerKind::Tls | ListenerKind::Wss);
+            let tls = if encrypted {
+                let (Some(cert), Some(key)) = (&table.cert, &table.key) else {
+                    return Err(format!(
+                        "[listeners.{name}] a {kind} listener needs cert and key (PEM files)"
+                    ));
+                };
+                Some(TlsSettings {
+                    cert: resolve(cert),
+                    key: resolve(key),
+                    ca: table.ca.as_ref().map(resolve),
+                    require_client_cert: table.require_client_cert == Some(true),
+                })
+            } else {
+                if table.cert.is_some() || table.key.is_some() || table.ca.is_some() {
+                    return Err(format!(
+                        "[listeners.{name}] cert, key and ca belong to a tls or wss listener, not {kind}"
+                    ));
+                }
+                None
+            };
+            let ws_path = match kind {
+                ListenerKind::Ws | ListenerKind::Wss => {
+                    let path = table.path.clone().unwrap_or_else(|| "/mqtt".into());
+                    if !path.starts_with('/') {
                         return Err(format!(
-                            "[listeners.{name}] a tls listener needs cert and key (PEM files)"
-                        ));
-                    };
-                    if table.proxy_protocol == Some(true) {
-                        return Err(format!(
-                            "[listeners.{name}] proxy_protocol on a tls listener is not available in this build yet"
+                            "[listeners.{name}] path must start with / (it is {path:?})"
                         ));
                     }
-                    Some(TlsSettings {
-                        cert: resolve(cert),
-                        key: resolve(key),
-                        ca: table.ca.as_ref().map(resolve),
-                        require_client_cert: table.require_client_cert == Some(true),
-                    })
+                    Some(path)
                 }
-                _ => {
-                    if table.cert.is_some() || table.key.is_some() || table.ca.is_some() {
-                        return Err(format!(
-                            "[listeners.{name}] cert, key and ca belong to a tls listener, not {kind}"
-                        ));
-                    }
-                    None
+                _ if table.path.is_some() => {
+                    return Err(format!(
+                        "[listeners.{name}] path belongs to a ws or wss listener, not {kind}"
+                    ));
                 }
+                _ => None,
             };
             let proxy_trusted = match table.proxy_protocol {
                 Some(true) => {
@@ -434,11 +444,11 @@ impl Config {
                 _ => None,
             };
             let identity_as_username = table.use_identity_as_username == Some(true);
-            let verifies_certificates = table.ca.is_some() && kind == ListenerKind::Tls;
+            let verifies_certificates = table.ca.is_some() && encrypted;
             if identity_as_username && proxy_trusted.is_none() && !verifies_certificates {
                 return Err(format!(
                     "[listeners.{name}] use_identity_as_username needs client certificates: a tls \
-                     listener with ca, or proxy_protocol = true behind a balancer that sends \
+                     or wss listener with ca, or proxy_protocol = true behind a balancer that sends \
                      their name (HAProxy's send-proxy-v2-ssl-cn)"
                 ));
             }
@@ -475,6 +485,7 @@ impl Config {
                 proxy_trusted,
                 identity_as_username,
                 tls,
+                ws_path,
                 auth,
                 max_connections: table.max_connections,
             });
@@ -590,8 +601,21 @@ mod tests {
     }
 
     #[test]
-    fn listeners_not_built_yet_are_an_error_when_asked_for() {
+    fn websocket_listeners_have_a_path_and_wss_needs_a_certificate() {
         let c = Config::parse("[listeners.ws]\nenabled = true\n").unwrap();
-        assert!(c.listeners().unwrap_err().contains("not available"));
+        let ws = c.listeners().unwrap().into_iter().find(|l| l.name == "ws");
+        let ws = ws.expect("ws listener");
+        assert_eq!(ws.ws_path.as_deref(), Some("/mqtt"));
+        assert_eq!(ws.bind, "0.0.0.0:8083".parse().unwrap());
+        let c = Config::parse("[listeners.ws]\npath = \"mqtt\"\n").unwrap();
+        assert!(c.listeners().unwrap_err().contains("must start with /"));
+        let c = Config::parse("[listeners.wss]\nenabled = true\n").unwrap();
+        assert!(c.listeners().unwrap_err().contains("needs cert and key"));
+        let c = Config::parse("[listeners.tcp]\npath = \"/mqtt\"\n").unwrap();
+        assert!(
+            c.listeners()
+                .unwrap_err()
+                .contains("belongs to a ws or wss")
+        );
     }
 }

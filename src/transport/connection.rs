@@ -21,8 +21,9 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
-use super::admission::{ListenerAdmission, Verdict};
+use super::admission::Verdict;
 use super::proxy::{self, Cidr};
+use super::tls::Tls;
 use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
@@ -52,22 +53,33 @@ pub struct ConnectionConfig {
     pub proxy_trusted: Option<Arc<[Cidr]>>,
     /// The common name of the client's verified certificate is its user name.
     pub identity_as_username: bool,
+    /// Terminate TLS (the tls and wss listeners).
+    pub tls: Option<Arc<Tls>>,
+    /// Expect a WebSocket upgrade on this path (the ws and wss listeners).
+    pub ws_path: Option<Arc<str>>,
 }
 
 /// PROXY headers from untrusted or broken balancers come in floods: logged throttled.
 static PROXY_REFUSALS: Throttle = Throttle::new();
 
-/// Serves a stream on a `proxy_protocol` listener: reads the PROXY header (from a
-/// trusted balancer, within the connect timeout), then serves the client under the
-/// address the header names. A balancer's health checks (a bare connect-and-close, a
-/// v2 LOCAL header) end quietly.
-pub async fn serve_behind_proxy<S: Stream>(
-    mut stream: S,
+/// What a PROXY header told about the client behind a balancer.
+pub struct Proxied {
+    pub peer: SocketAddr,
+    /// The client certificate's common name, when the balancer verified one.
+    pub identity: Option<String>,
+    /// What arrived after the header.
+    pub rbuf: BytesMut,
+}
+
+/// Reads the PROXY header on a `proxy_protocol` listener (from a trusted balancer,
+/// within the connect timeout). `None` when the connection is to end here: refused
+/// (logged, throttled), or a balancer's health check (a bare connect-and-close, a v2
+/// LOCAL header), which ends quietly.
+pub async fn read_proxy_preamble<S: Stream>(
+    stream: &mut S,
     balancer: SocketAddr,
-    broker: Arc<Broker>,
-    config: ConnectionConfig,
-    admission: ListenerAdmission,
-) {
+    config: &ConnectionConfig,
+) -> Option<Proxied> {
     let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
     let refuse =
         |why: String| PROXY_REFUSALS.refused(balancer, &config.listener, format_args!("{why}"));
@@ -76,10 +88,10 @@ pub async fn serve_behind_proxy<S: Stream>(
             "{} is not in proxy_protocol_trusted, so its PROXY header would not be believed",
             balancer.ip()
         ));
-        return;
+        return None;
     }
     let mut rbuf = BytesMut::new();
-    let header = read_proxy_header(&mut stream, &mut rbuf).or(async {
+    let header = read_proxy_header(stream, &mut rbuf).or(async {
         Timer::after(config.connect_timeout).await;
         Err(format!(
             "no complete PROXY header within {:?}",
@@ -104,19 +116,22 @@ pub async fn serve_behind_proxy<S: Stream>(
         Ok(Some(proxy::Header::Unknown)) => balancer,
         Ok(Some(proxy::Header::Local)) => {
             log::debug!("health check from {balancer} (PROXY LOCAL)");
-            return;
+            return None;
         }
         Ok(None) => {
             log::debug!("health check from {balancer} (connect and close)");
-            return;
+            return None;
         }
         Err(why) => {
             refuse(why);
-            return;
+            return None;
         }
     };
-    let verdict = admission.admit(peer.ip(), Instant::now());
-    serve(stream, peer, broker, config, verdict, rbuf, identity).await;
+    Some(Proxied {
+        peer,
+        identity,
+        rbuf,
+    })
 }
 
 /// Reads the PROXY header; `None` when the connection closed before sending a byte.
@@ -149,7 +164,7 @@ pub async fn serve<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
-    config: ConnectionConfig,
+    config: Arc<ConnectionConfig>,
     verdict: Verdict,
     rbuf: BytesMut,
     identity: Option<String>,
@@ -333,6 +348,15 @@ async fn finish<S: Stream>(
         let _ = flush_with_timeout(stream, client.writable()).await;
     }
     client.connection_lost(Instant::now());
+    // The transport's own goodbye: a WebSocket close frame, a TLS close_notify.
+    let goodbye = async {
+        let _ = stream.close().await;
+    };
+    goodbye
+        .or(async {
+            Timer::after(CLOSE_FLUSH_TIMEOUT).await;
+        })
+        .await;
 }
 
 enum FirstPacketError {
@@ -456,6 +480,9 @@ async fn run<S: Stream>(
     let stall_timeout = client.stall_timeout();
     let mut pressure: Option<Pressure> = None;
     let mut busy = 0;
+    // Written to a stream that buffers (TLS records, WebSocket frames) but not yet
+    // flushed to the socket.
+    let mut unflushed = false;
     loop {
         busy += 1;
         if busy >= EVENTS_BEFORE_YIELD {
@@ -482,6 +509,11 @@ async fn run<S: Stream>(
             if !writable.is_empty() {
                 if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, writable) {
                     return Poll::Ready(r.map(Event::Wrote));
+                }
+            } else if unflushed {
+                if let Poll::Ready(r) = Pin::new(&mut *stream).poll_flush(cx) {
+                    r?;
+                    unflushed = false;
                 }
             }
             if client.is_held() {
@@ -532,7 +564,10 @@ async fn run<S: Stream>(
                     return close;
                 }
             }
-            Ok(Event::Wrote(n)) => client.wrote(n),
+            Ok(Event::Wrote(n)) => {
+                unflushed = true;
+                client.wrote(n);
+            }
             Ok(Event::Released) => {}
             Ok(Event::StoreFailed(close)) => return *close,
             Ok(Event::Woken) => {}

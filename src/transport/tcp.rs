@@ -1,5 +1,6 @@
-//! The MQTT/TCP listener: binds with a deep accept backlog and spawns one connection
-//! task per client.
+//! The listeners: binds with a deep accept backlog and spawns one connection task per
+//! client, which peels off what the listener wraps MQTT in (PROXY header, TLS,
+//! WebSocket) before serving it.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,11 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use smol::future::{Future, FutureExt};
+use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
 
-use super::admission::{ListenerAdmission, Verdict};
-use super::connection::{self, ConnectionConfig};
-use super::tls::{Tls, common_name};
+use super::Rewind;
+use super::admission::ListenerAdmission;
+use super::connection::{self, ConnectionConfig, Proxied};
+use super::tls::common_name;
+use super::ws::{self, WsStream};
 use crate::broker::Broker;
 use crate::throttle::Throttle;
 
@@ -20,21 +25,14 @@ static HANDSHAKE_FAILURES: Throttle = Throttle::new();
 
 /// Runs the TLS handshake within the connect timeout; `None` (and one log line) when
 /// it fails.
-async fn tls_handshake(
+async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: futures_rustls::TlsAcceptor,
-    stream: Async<TcpStream>,
+    stream: S,
     peer: SocketAddr,
     config: &ConnectionConfig,
-) -> Option<futures_rustls::server::TlsStream<Async<TcpStream>>> {
-    use smol::future::FutureExt;
-    let handshake = async { acceptor.accept(stream).await.map_err(|e| e.to_string()) }.or(async {
-        smol::Timer::after(config.connect_timeout).await;
-        Err(format!(
-            "no TLS handshake within {:?}",
-            config.connect_timeout
-        ))
-    });
-    match handshake.await {
+) -> Option<futures_rustls::server::TlsStream<S>> {
+    let handshake = async { acceptor.accept(stream).await.map_err(|e| e.to_string()) };
+    match within(config.connect_timeout, "TLS handshake", handshake).await {
         Ok(stream) => Some(stream),
         Err(why) => {
             HANDSHAKE_FAILURES.refused(
@@ -47,17 +45,99 @@ async fn tls_handshake(
     }
 }
 
-/// Serves one connection on the TLS listener: the handshake, then MQTT, the verified
-/// client certificate's common name as the client's identity.
-async fn serve_tls(
-    acceptor: futures_rustls::TlsAcceptor,
-    stream: Async<TcpStream>,
+/// Runs the WebSocket upgrade within the connect timeout; `None` (and one log line)
+/// when it fails.
+async fn ws_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    path: &str,
     peer: SocketAddr,
+    broker: &Broker,
+    config: &ConnectionConfig,
+) -> Option<WsStream<S>> {
+    let max_frame = broker.settings.max_packet_size as usize;
+    let upgrade = ws::accept(stream, path, max_frame);
+    match within(config.connect_timeout, "WebSocket upgrade", upgrade).await {
+        Ok(stream) => Some(stream),
+        Err(why) => {
+            HANDSHAKE_FAILURES.refused(peer, &config.listener, format_args!("{why}"));
+            None
+        }
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    work.or(async {
+        smol::Timer::after(limit).await;
+        Err(format!("no {what} within {limit:?}"))
+    })
+    .await
+}
+
+/// Serves a connection on a listener that wraps MQTT: the PROXY header, the TLS
+/// handshake, the WebSocket upgrade, each as the listener asks; then the client is served under the address the header named (or the
+/// socket's) and the identity of its client certificate (Tern's own handshake, or the
+/// balancer's TLV). Each way of serving is boxed on its own, so a connection's task
+/// holds only the state of the stream it has.
+async fn serve_wrapped(
+    mut stream: Async<TcpStream>,
+    socket_peer: SocketAddr,
     broker: Arc<Broker>,
-    config: ConnectionConfig,
-    verdict: Verdict,
+    config: Arc<ConnectionConfig>,
+    admission: ListenerAdmission,
 ) {
-    let Some(stream) = tls_handshake(acceptor, stream, peer, &config).await else {
+    let Proxied {
+        peer,
+        identity,
+        rbuf,
+    } = if config.proxy_trusted.is_some() {
+        let preamble = connection::read_proxy_preamble(&mut stream, socket_peer, &config);
+        match Box::pin(preamble).await {
+            Some(proxied) => proxied,
+            None => return,
+        }
+    } else {
+        Proxied {
+            peer: socket_peer,
+            identity: None,
+            rbuf: BytesMut::new(),
+        }
+    };
+    // Admitted once the real client is known: the rate limit is per client address.
+    let verdict = admission.admit(peer.ip(), Instant::now());
+    let ws_path = config.ws_path.clone();
+    let Some(tls) = config.tls.clone() else {
+        match ws_path {
+            None => {
+                let serving =
+                    connection::serve(stream, peer, broker, config, verdict, rbuf, identity);
+                Box::pin(serving).await;
+            }
+            Some(path) => {
+                let stream = Rewind::new(rbuf, stream);
+                let upgrade = ws_upgrade(stream, &path, peer, &broker, &config);
+                if let Some(ws) = Box::pin(upgrade).await {
+                    let serving = connection::serve(
+                        ws,
+                        peer,
+                        broker,
+                        config,
+                        verdict,
+                        BytesMut::new(),
+                        identity,
+                    );
+                    Box::pin(serving).await;
+                }
+            }
+        }
+        return;
+    };
+    let stream = Rewind::new(rbuf, stream);
+    let handshake = tls_handshake(tls.acceptor(), stream, peer, &config);
+    let Some(stream) = Box::pin(handshake).await else {
         return;
     };
     let identity = stream
@@ -65,9 +145,30 @@ async fn serve_tls(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|cert| common_name(cert));
-    let rbuf = BytesMut::new();
-    connection::serve(stream, peer, broker, config, verdict, rbuf, identity).await;
+        .and_then(|cert| common_name(cert))
+        .or(identity);
+    match ws_path {
+        None => {
+            let serving = connection::serve(
+                stream,
+                peer,
+                broker,
+                config,
+                verdict,
+                BytesMut::new(),
+                identity,
+            );
+            Box::pin(serving).await;
+        }
+        Some(path) => {
+            let upgrade = ws_upgrade(stream, &path, peer, &broker, &config);
+            if let Some(ws) = Box::pin(upgrade).await {
+                let serving =
+                    connection::serve(ws, peer, broker, config, verdict, BytesMut::new(), identity);
+                Box::pin(serving).await;
+            }
+        }
+    }
 }
 
 /// Connect bursts from a fleet reconnecting at once must not be refused by the kernel.
@@ -88,49 +189,38 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
     Async::new(listener)
 }
 
-/// Accepts connections until the task is dropped; with `tls`, each is a TLS
-/// connection (the MQTT/TLS listener).
+/// Accepts connections until the task is dropped.
 pub async fn accept_loop(
     listener: Async<TcpListener>,
     broker: Arc<Broker>,
     executor: Arc<Executor<'static>>,
-    config: ConnectionConfig,
+    config: Arc<ConnectionConfig>,
     admission: ListenerAdmission,
-    tls: Option<Arc<Tls>>,
 ) {
+    let wrapped =
+        config.proxy_trusted.is_some() || config.tls.is_some() || config.ws_path.is_some();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                let broker = broker.clone();
-                let config = config.clone();
-                if let Some(tls) = &tls {
-                    let verdict = admission.admit(peer.ip(), Instant::now());
-                    let acceptor = tls.acceptor();
-                    executor
-                        .spawn(serve_tls(acceptor, stream, peer, broker, config, verdict))
-                        .detach();
-                } else if config.proxy_trusted.is_some() {
-                    // Admitted once the header has named the real client.
-                    let admission = admission.clone();
-                    executor
-                        .spawn(connection::serve_behind_proxy(
-                            stream, peer, broker, config, admission,
-                        ))
-                        .detach();
+                let (broker, config) = (broker.clone(), config.clone());
+                if wrapped {
+                    let task = serve_wrapped(stream, peer, broker, config, admission.clone());
+                    executor.spawn(task).detach();
                 } else {
+                    // Spawned as it is: a wrapper's own copy of the arguments would be
+                    // part of every idle connection's task.
                     let verdict = admission.admit(peer.ip(), Instant::now());
-                    executor
-                        .spawn(connection::serve(
-                            stream,
-                            peer,
-                            broker,
-                            config,
-                            verdict,
-                            BytesMut::new(),
-                            None,
-                        ))
-                        .detach();
+                    let serving = connection::serve(
+                        stream,
+                        peer,
+                        broker,
+                        config,
+                        verdict,
+                        BytesMut::new(),
+                        None,
+                    );
+                    executor.spawn(serving).detach();
                 }
             }
             Err(e) => {

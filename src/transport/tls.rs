@@ -5,7 +5,6 @@
 //! new certificate.
 
 use std::io;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -15,7 +14,7 @@ use futures_rustls::rustls::server::WebPkiClientVerifier;
 use futures_rustls::rustls::{self, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use smol::Async;
+use smol::io::{AsyncRead, AsyncWrite};
 
 use super::Stream;
 
@@ -170,7 +169,7 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, contents, &input[header + len..]))
 }
 
-impl Stream for futures_rustls::server::TlsStream<Async<TcpStream>> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for futures_rustls::server::TlsStream<S> {
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Decrypted bytes may already be buffered: let the read itself tell.
         Poll::Ready(Ok(()))

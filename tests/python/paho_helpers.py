@@ -12,11 +12,17 @@ V31, V311, V5 = mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5
 
 class Paho:
     def __init__(self, broker, client_id="", protocol=V5, clean_start=True, properties=None,
-                 will=None, keepalive=60, username=None, expect_refusal=False):
-        kwargs = {}
+                 will=None, keepalive=60, username=None, expect_refusal=False,
+                 transport="tcp", port=None, ws_path="/mqtt", ca=None):
+        """`transport` "websockets" with `port` for the ws/wss listeners; `ca` turns on TLS."""
+        kwargs = {"transport": transport}
         if protocol != V5:
             kwargs["clean_session"] = clean_start
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
+        if ca:
+            self.c.tls_set(ca_certs=str(ca))
         self.messages = queue.Queue()
         self.connack = threading.Event()
         self.subacks = queue.Queue()
@@ -34,7 +40,7 @@ class Paho:
         if protocol == V5:
             ckw["clean_start"] = clean_start
             ckw["properties"] = properties
-        self.c.connect(broker.host, broker.port, keepalive=keepalive, **ckw)
+        self.c.connect(broker.host, port or broker.port, keepalive=keepalive, **ckw)
         self.c.loop_start()
         assert self.connack.wait(5), "no CONNACK"
         if not expect_refusal:

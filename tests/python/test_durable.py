@@ -514,7 +514,9 @@ def test_queue_qos0_keeps_qos0_for_offline_persistent_sessions(make_broker):
     pub, _ = raw(b, "p", clean=True)
     for i in range(3):
         pub.publish("q0/x", f"{i}", qos=0)
-    time.sleep(0.3)
+    # Packets are handled in order: once this is acknowledged, the three are queued.
+    pub.publish("elsewhere", "sync", qos=1, packet_id=9)
+    pub.recv_kind(PUBACK)
     b.restart()
     sub, _ = raw(b, "q0")
     got = [sub.recv_kind(PUBLISH) for _ in range(3)]
