@@ -67,9 +67,9 @@ backend terns
 class Device:
     """A paho client over TLS from its own loopback address."""
 
-    def __init__(self, port, source, client_id, ca, cert=None, key=None):
+    def __init__(self, port, source, client_id, ca, cert=None, key=None, transport="tcp"):
         self.messages = queue.Queue()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport)
         self.c.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key),
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.c.on_message = lambda c, u, m: self.messages.put(m.payload)
@@ -152,12 +152,12 @@ def test_haproxy_client_certificate_name_is_the_user_name(tmp_path, certs):
         terns[0].wait_for_log(r"client connected client_id=dev .*addr=127\.0\.0\.2:")
 
 
-def test_nginx_stream_tls_termination_with_proxy_v1(tmp_path, certs):
-    terns = nodes(tmp_path)
-    port = free_port()
+def start_nginx(tmp_path, upstreams, port, certs):
+    """Nginx's stream module terminating TLS on `port` for `upstreams` (HOST:PORT),
+    each connection handed on with a PROXY v1 header."""
     prefix = tmp_path / "nginx"
     (prefix / "logs").mkdir(parents=True)
-    upstreams = "\n".join(f"    server {t.host}:{t.port} max_fails=1 fail_timeout=5s;" for t in terns)
+    servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
     cfg = prefix / "nginx.conf"
     cfg.write_text(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
@@ -168,7 +168,7 @@ events {{ worker_connections 128; }}
 stream {{
   upstream terns {{
     hash $remote_addr;
-{upstreams}
+{servers}
   }}
   server {{
     listen 127.0.0.1:{port} ssl;
@@ -183,9 +183,32 @@ stream {{
 """)
     nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(cfg), "-e", str(prefix / "logs/error.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    assert nginx.poll() is None, nginx.stdout.read() + (prefix / "logs/error.log").read_text()
+    return nginx
+
+
+def test_nginx_in_front_of_the_websocket_listener(tmp_path, certs):
+    """Browsers reach wss:// on Nginx, which hands plain WebSocket to Tern's ws listener
+    with a PROXY header: the log shows the browser's own address."""
+    ws = free_port()
+    d = tmp_path / "node"
+    d.mkdir()
+    tern = Broker(d, f'[listeners.ws]\nbind = "127.0.0.1:{ws}"\nproxy_protocol = true\n')
+    port = free_port()
+    nginx = start_nginx(tmp_path, [f"127.0.0.1:{ws}"], port, certs)
+    with in_front_of(nginx, [tern]):
+        device = Device(port, "127.0.0.2", "ws-device", certs / "ca.pem", transport="websockets")
+        device.round_trip("ws/via-nginx")
+        device.close()
+        tern.wait_for_log(r"client connected client_id=ws-device proto=3\.1\.1 addr=127\.0\.0\.2:\d+ listener=ws ")
+
+
+def test_nginx_stream_tls_termination_with_proxy_v1(tmp_path, certs):
+    terns = nodes(tmp_path)
+    port = free_port()
+    nginx = start_nginx(tmp_path, [f"{t.host}:{t.port}" for t in terns], port, certs)
     with in_front_of(nginx, terns):
-        time.sleep(0.5)
-        assert nginx.poll() is None, nginx.stdout.read() + (prefix / "logs/error.log").read_text()
         # Nginx has no active health checks: it learns a node is down from a failed
         # connect and tries the next one.
         through_balancer(terns, port, certs, failover_wait=0)
