@@ -1,6 +1,7 @@
 //! Tern: an MQTT broker for the edge. See ARCHITECTURE.md for the map of the code.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod protocol;

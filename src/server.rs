@@ -119,6 +119,7 @@ pub fn run(config: Config) -> Result<(), String> {
             admission.listener(listener.max_connections),
         )));
     }
+    let bridge_tasks = crate::bridge::start(&broker, &executor, config.bridges()?)?;
     let ticker = executor.spawn({
         let broker = broker.clone();
         async move {
@@ -169,6 +170,7 @@ pub fn run(config: Config) -> Result<(), String> {
     while broker.metrics.clients_connected.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
+    drop(bridge_tasks);
     drop(ticker);
     for _ in &workers {
         let _ = stop.try_send(());

@@ -2,23 +2,19 @@
 //! read large chunks, parsing only the fixed header, topic and packet id of what arrives.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::pin::Pin;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_rustls::TlsConnector;
-use futures_rustls::client::TlsStream;
-use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use smol::Async;
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 use tern::protocol::{
     Ack, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions, encode,
 };
+use tern::transport::client::{self, ClientStream};
 
 const V: ProtocolVersion = ProtocolVersion::V311;
 
@@ -27,71 +23,14 @@ const V: ProtocolVersion = ProtocolVersion::V311;
 static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 pub fn use_tls(ca_file: &str) -> io::Result<()> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).map_err(io::Error::other)? {
-        roots
-            .add(cert.map_err(io::Error::other)?)
-            .map_err(io::Error::other)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    let _ = TLS.set(Arc::new(config));
+    let config =
+        client::tls_config(Some(Path::new(ca_file)), None, false).map_err(io::Error::other)?;
+    let _ = TLS.set(config);
     Ok(())
 }
 
-/// Plain TCP or TLS, whichever the run asked for.
-pub enum BenchStream {
-    Tcp(Async<TcpStream>),
-    Tls(Box<TlsStream<Async<TcpStream>>>),
-}
-
-impl AsyncRead for BenchStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BenchStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for BenchStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BenchStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BenchStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BenchStream::Tcp(s) => Pin::new(s).poll_close(cx),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
-
 pub struct Conn {
-    pub stream: BenchStream,
+    pub stream: ClientStream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -135,18 +74,10 @@ impl Conn {
         keep_alive: u16,
         clean: bool,
     ) -> io::Result<Conn> {
-        let tcp = Async::<TcpStream>::connect(addr).await?;
-        tcp.get_ref().set_nodelay(true)?;
-        let stream = match TLS.get() {
-            None => BenchStream::Tcp(tcp),
-            Some(config) => {
-                let name = ServerName::IpAddress(addr.ip().into());
-                let tls = TlsConnector::from(config.clone())
-                    .connect(name, tcp)
-                    .await?;
-                BenchStream::Tls(Box::new(tls))
-            }
-        };
+        let tls = TLS
+            .get()
+            .map(|config| (config, ServerName::IpAddress(addr.ip().into())));
+        let stream = client::connect(addr, tls).await?;
         let mut conn = Conn {
             stream,
             buf: vec![0; 64 * 1024],

@@ -119,6 +119,8 @@ pub struct Broker {
     pub settings: Settings,
     pub metrics: Metrics,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// The bridges' states, for `$SYS` and the management API.
+    pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
     router: RwLock<Router>,
     retained: RwLock<Retained>,
     shutting_down: AtomicBool,
@@ -165,6 +167,7 @@ impl Broker {
             settings,
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
+            bridges: Mutex::new(Vec::new()),
             router: RwLock::new(Router::default()),
             shutting_down: AtomicBool::new(false),
             store,
@@ -294,6 +297,14 @@ impl Broker {
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `client_id`'s session a bridge outbox: its own queue limits, the oldest
+    /// message dropped when full. Returns the session, for its figures.
+    pub fn make_outbox(&self, client_id: &str, limits: QueueLimits) -> Option<Arc<Session>> {
+        let session = self.sessions().get(client_id).cloned()?;
+        session.lock().outbox = Some(limits);
+        Some(session)
     }
 
     fn queue_limits(&self) -> QueueLimits {

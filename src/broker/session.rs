@@ -232,6 +232,11 @@ pub struct SessionState {
     /// The session did not drain within the stall timeout: publishers no longer wait.
     pub stalled: bool,
     high_water: (usize, usize),
+    /// A bridge's outbox: its own limits, and the oldest message makes room for a new
+    /// one when it is full.
+    pub outbox: Option<QueueLimits>,
+    /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
+    pub dropped: u64,
 }
 
 impl SessionState {
@@ -256,6 +261,8 @@ impl SessionState {
             pressured: false,
             stalled: false,
             high_water: (usize::MAX, usize::MAX),
+            outbox: None,
+            dropped: 0,
         }
     }
 
@@ -287,11 +294,56 @@ impl SessionState {
 
     fn enqueue(
         &mut self,
+        delivery: Delivery,
+        limits: &QueueLimits,
+        store: Option<(&Store, u64)>,
+        ops: &mut Vec<Op>,
+    ) -> Enqueued {
+        let outcome = self.try_enqueue(delivery, limits, store, ops);
+        if matches!(outcome, Enqueued::Dropped | Enqueued::Overflow) {
+            self.dropped += 1;
+        }
+        outcome
+    }
+
+    /// Whether the queue has no room for `size` more bytes.
+    fn is_full(&self, limits: &QueueLimits, size: usize) -> bool {
+        let (backlog_messages, backlog_bytes) = self.backlog.unwrap_or_default();
+        self.queue.len() + backlog_messages >= limits.max_queued_messages
+            || self.queued_bytes + backlog_bytes + size > limits.max_queued_bytes
+    }
+
+    /// Drops the oldest queued messages until `size` more bytes fit; false when the
+    /// queue holds nothing in memory to drop (a backlog still on disk).
+    fn drop_oldest(
+        &mut self,
+        limits: &QueueLimits,
+        size: usize,
+        store: Option<(&Store, u64)>,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        while self.is_full(limits, size) {
+            let Some(oldest) = self.queue.pop_front() else {
+                return false;
+            };
+            self.queued_bytes -= oldest.message.payload.len() + oldest.message.topic.as_str().len();
+            self.dropped += 1;
+            if let Some((_, sid)) = store {
+                ops.extend(done_op(sid, &oldest));
+            }
+        }
+        true
+    }
+
+    fn try_enqueue(
+        &mut self,
         mut delivery: Delivery,
         limits: &QueueLimits,
         store: Option<(&Store, u64)>,
         ops: &mut Vec<Op>,
     ) -> Enqueued {
+        let outbox = self.outbox;
+        let limits = outbox.as_ref().unwrap_or(limits);
         let offline = !self.connected;
         if delivery.qos == QoS::AtMostOnce
             && offline
@@ -300,9 +352,10 @@ impl SessionState {
             return Enqueued::Dropped;
         }
         let size = delivery.message.payload.len() + delivery.message.topic.as_str().len();
-        let (backlog_messages, backlog_bytes) = self.backlog.unwrap_or_default();
-        let full = self.queue.len() + backlog_messages >= limits.max_queued_messages
-            || self.queued_bytes + backlog_bytes + size > limits.max_queued_bytes;
+        let mut full = self.is_full(limits, size);
+        if full && outbox.is_some() {
+            full = !self.drop_oldest(limits, size, store, ops);
+        }
         if full {
             if delivery.qos > QoS::AtMostOnce && self.connected && !self.is_persistent() {
                 self.close_reason.get_or_insert(ReasonCode::QUOTA_EXCEEDED);
@@ -454,6 +507,35 @@ mod tests {
         max_queued_bytes: 1 << 20,
         queue_qos0_offline: false,
     };
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_message() {
+        let s = Session::new("$bridge/b".into(), ProtocolVersion::V5, NEVER_EXPIRES, 0);
+        s.lock().outbox = Some(LIMITS);
+        let numbered = |n: &'static [u8]| {
+            let mut d = delivery(QoS::AtLeastOnce);
+            d.message = Arc::new(Message::new(
+                "t",
+                Bytes::from_static(n),
+                QoS::AtLeastOnce,
+                false,
+            ));
+            d
+        };
+        // The global limits would allow far more; the outbox's own ones apply.
+        let roomy = QueueLimits {
+            max_queued_messages: 100,
+            ..LIMITS
+        };
+        for n in [b"1", b"2", b"3"] {
+            let queued = s.lock().enqueue(numbered(n), &roomy, None, &mut vec![]);
+            assert!(matches!(queued, Enqueued::Queued { .. }));
+        }
+        let st = s.lock();
+        let left: Vec<&[u8]> = st.queue.iter().map(|d| &d.message.payload[..]).collect();
+        assert_eq!(left, [b"2", b"3"]);
+        assert_eq!(st.dropped, 1);
+    }
 
     #[test]
     fn full_queue_drops_qos0_and_overflows_clean_qos1() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::{AuthPolicy, AuthSettings};
+use crate::bridge::settings::{BridgeSettings, BridgeTable};
 use crate::broker::Settings;
 use crate::broker::session::NEVER_EXPIRES;
 use crate::store::{Durability, OnCorrupt, StoreConfig};
@@ -26,6 +27,9 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub storage: Storage,
+    /// `[[bridge]]` tables.
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeTable>,
     /// The directory relative paths resolve against: the config file's, or the
     /// working directory when there is no file.
     #[serde(skip)]
@@ -171,6 +175,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: Auth::default(),
             storage: Storage::default(),
+            bridges: Vec::new(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -283,6 +288,13 @@ impl Config {
         let listeners = config
             .listeners()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        for bridge in config
+            .bridges()
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+        {
+            crate::bridge::check(&bridge)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        }
         // A password, ACL or certificate file that does not load is a configuration
         // error too.
         for listener in listeners {
@@ -306,10 +318,24 @@ impl Config {
         Ok(config)
     }
 
+    /// The checked `[[bridge]]` tables.
+    pub fn bridges(&self) -> Result<Vec<BridgeSettings>, String> {
+        let mut out: Vec<BridgeSettings> = Vec::new();
+        for table in &self.bridges {
+            let bridge = table.settings(&self.node.name, &self.base_dir)?;
+            if out.iter().any(|b| b.name == bridge.name) {
+                return Err(format!("two [[bridge]] tables are named {:?}", bridge.name));
+            }
+            out.push(bridge);
+        }
+        Ok(out)
+    }
+
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         config.validate()?;
+        config.bridges()?;
         Ok(config)
     }
 

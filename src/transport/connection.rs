@@ -258,6 +258,19 @@ async fn handshake<S: Stream>(
                 .into(),
         ));
     }
+    if connect.client_id.starts_with(crate::bridge::OUTBOX_PREFIX)
+        && !config.listener.starts_with(crate::bridge::OUTBOX_PREFIX)
+        && refusal.is_none()
+    {
+        // A network client must not take over (and so empty) a bridge's outbox.
+        refusal = Some((
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            format!(
+                "client identifiers starting with {} belong to bridges",
+                crate::bridge::OUTBOX_PREFIX
+            ),
+        ));
+    }
     if let Some((code, why)) = refusal {
         LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{why} ({code})"));
         let properties = protocol::Properties {

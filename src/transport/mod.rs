@@ -3,6 +3,7 @@
 //! beyond the [`Stream`] trait, so TLS and WebSocket can plug in beside TCP.
 
 pub mod admission;
+pub mod client;
 pub mod connection;
 pub mod proxy;
 pub mod tcp;
