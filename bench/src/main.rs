@@ -23,12 +23,19 @@ struct Args {
     /// scenario: fanin-qos0, fanin-qos1, qos1-sweep, fanout, latency, connections, startup,
     /// persist-qos1 (to an offline persistent subscriber), sessions (leave N persistent
     /// sessions behind), handshakes (connect, CONNACK, close, for `duration`; with
-    /// --tls-ca the TLS handshake rate)
+    /// --tls-ca the TLS handshake rate), publish (COUNT QoS 1 messages, acknowledged),
+    /// drain (a persistent subscriber counts COUNT messages)
     #[argh(positional)]
     scenario: String,
     /// broker address
     #[argh(option, default = "\"127.0.0.1:1883\".parse().unwrap()")]
     addr: SocketAddr,
+    /// where subscribers connect (a central broker across a bridge); --addr by default
+    #[argh(option)]
+    sub_addr: Option<SocketAddr>,
+    /// messages for `publish` and `drain`
+    #[argh(option, default = "100000")]
+    count: u64,
     /// broker process id, for CPU and memory figures
     #[argh(option, default = "String::from(\"0\")")]
     pid: String,
@@ -97,6 +104,8 @@ fn main() -> ExitCode {
 fn run_async(args: &Args) -> std::io::Result<scenarios::Line> {
     let opts = scenarios::Opts {
         addr: args.addr,
+        sub_addr: args.sub_addr.unwrap_or(args.addr),
+        count: args.count,
         broker_pid: args.pid.clone(),
         duration: Duration::from_secs_f64(args.duration),
         publishers: args.publishers,
@@ -129,6 +138,8 @@ fn run_async(args: &Args) -> std::io::Result<scenarios::Line> {
             "latency" => scenarios::latency(&ex, &opts, args.rate).await,
             "connections" => scenarios::connections(&ex, &opts).await,
             "handshakes" => scenarios::handshakes(&ex, &opts).await,
+            "publish" => scenarios::publish(&ex, &opts).await,
+            "drain" => scenarios::drain_backlog(&opts).await,
             "persist-qos1" => scenarios::persist_qos1(&ex, &opts).await,
             "sessions" => scenarios::sessions(&ex, &opts).await,
             other => Err(std::io::Error::other(format!("unknown scenario {other}"))),

@@ -20,6 +20,10 @@ type Result<T> = std::io::Result<T>;
 
 pub struct Opts {
     pub addr: SocketAddr,
+    /// Where subscribers connect (another broker, across a bridge); `addr` by default.
+    pub sub_addr: SocketAddr,
+    /// Messages for `publish` and `drain`.
+    pub count: u64,
     pub broker_pid: String,
     pub duration: Duration,
     pub publishers: usize,
@@ -135,7 +139,7 @@ fn figures(line: &mut Line, cpu: &CpuWindow, peak: PeakRss) {
 /// ahead of the subscriber (QoS 0) or of the broker's PUBACKs (QoS 1) allows; one
 /// subscriber on `bench/#` receives.
 pub async fn fan_in(ex: &Executor<'static>, o: &Opts, qos: QoS) -> Result<Line> {
-    let mut sub = Conn::open(o.addr, "bench-sub", 60).await?;
+    let mut sub = Conn::open(o.sub_addr, "bench-sub", 60).await?;
     sub.subscribe("bench/#", qos).await?;
     let (received, sent, stop, sub_stop) = (counter(), counter(), flag(), flag());
     let sub_task = spawn_subscriber(ex, sub, received.clone(), sub_stop.clone(), None);
@@ -155,7 +159,7 @@ pub async fn fan_in(ex: &Executor<'static>, o: &Opts, qos: QoS) -> Result<Line> 
                 QoS::AtMostOnce => {
                     publish_qos0(conn, &topic, window, &sent, &received, &stop).await
                 }
-                _ => publish_qos1(conn, &topic, window, None, &sent, &stop).await,
+                _ => publish_qos1(conn, &topic, window, None, u64::MAX, &sent, &stop).await,
             }
         }));
     }
@@ -219,12 +223,14 @@ async fn publish_qos0(
 }
 
 /// Publishes QoS 1 keeping `window` messages unacknowledged, optionally paced to
-/// `rate` messages a second; `acked` counts what the broker acknowledged.
+/// `rate` messages a second, at most `limit` in all; `acked` counts what the broker
+/// acknowledged.
 async fn publish_qos1(
     mut conn: Conn,
     topic: &str,
     window: u64,
     rate: Option<f64>,
+    limit: u64,
     acked: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -240,6 +246,7 @@ async fn publish_qos1(
             None => u64::MAX,
         };
         out.clear();
+        let allowed = allowed.min(limit);
         while !stop.load(Ordering::Relaxed) && inflight < window && sent < allowed {
             next_id = next_id.checked_add(1).unwrap_or(1);
             publish_packet(topic, QoS::AtLeastOnce, next_id, &pay, &mut out);
@@ -250,7 +257,7 @@ async fn publish_qos1(
             conn.send(&out).await?;
         }
         if inflight == 0 {
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || sent == limit {
                 return Ok(());
             }
             Timer::after(Duration::from_micros(200)).await;
@@ -302,6 +309,7 @@ pub async fn qos1_sweep(ex: &Executor<'static>, o: &Opts, rates: &[f64]) -> Resu
                     &format!("sweep/{i}"),
                     window,
                     Some(per),
+                    u64::MAX,
                     &acked,
                     &stop,
                 )
@@ -552,6 +560,80 @@ pub async fn connections(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
     Ok(line)
 }
 
+/// `count` QoS 1 messages from `publishers` clients to `bench/N`, `window` in flight
+/// each, every one acknowledged: the acknowledged rate (a backlog for `drain`).
+pub async fn publish(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
+    let per_publisher = o.count.div_ceil(o.publishers as u64);
+    let acked = counter();
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for i in 0..o.publishers {
+        let conn = Conn::open(o.addr, &format!("bench-pub-{i}"), 60).await?;
+        let (acked, window, stop) = (acked.clone(), o.window, flag());
+        let topic = format!("bench/{i}");
+        pubs.push(ex.spawn(async move {
+            publish_qos1(conn, &topic, window, None, per_publisher, &acked, &stop).await
+        }));
+    }
+    for p in pubs {
+        p.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = acked.load(Ordering::Relaxed);
+    Ok(vec![
+        ("rate", format!("{:.0}", n as f64 / elapsed)),
+        ("acked", n.to_string()),
+    ])
+}
+
+/// A persistent subscriber (`drain-sub`, QoS 1 on `bench/#`) connects and counts until
+/// `count` messages (duplicates included) arrived: the time from its CONNACK to the last one, and
+/// the rate from the first to the last. With `count` 0 it only leaves its session.
+pub async fn drain_backlog(o: &Opts) -> Result<Line> {
+    let start = Instant::now();
+    let mut conn = Conn::open_session(o.addr, "drain-sub", 60, false).await?;
+    conn.subscribe("bench/#", QoS::AtLeastOnce).await?;
+    let mut received = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut acks = BytesMut::new();
+    let deadline = Duration::from_secs(120);
+    while received < o.count && start.elapsed() < deadline {
+        let read = conn
+            .read_frames(|f| {
+                if f.kind == PUBLISH {
+                    let (id, _) = f.publish();
+                    if id != 0 {
+                        puback_packet(id, &mut acks);
+                    }
+                    received += 1;
+                }
+            })
+            .or(async {
+                Timer::after(Duration::from_millis(500)).await;
+                Ok(0)
+            })
+            .await?;
+        if read > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if !acks.is_empty() {
+            conn.send(&acks).await?;
+            acks.clear();
+        }
+    }
+    let total = start.elapsed();
+    let flowing = first.map_or(Duration::ZERO, |f| f.elapsed());
+    Ok(vec![
+        ("drain_ms", format!("{:.0}", total.as_secs_f64() * 1000.0)),
+        (
+            "rate",
+            format!("{:.0}", received as f64 / flowing.as_secs_f64().max(1e-3)),
+        ),
+        ("received", received.to_string()),
+        ("loss", o.count.saturating_sub(received).to_string()),
+    ])
+}
+
 /// New connections, each closed after its CONNACK, from 16 at a time for `duration`:
 /// the rate of whole handshakes (TCP, TLS when asked for, MQTT CONNECT).
 pub async fn handshakes(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
@@ -600,9 +682,9 @@ pub async fn persist_qos1(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
         let conn = Conn::open(o.addr, &format!("bench-pub-{i}"), 60).await?;
         let (acked, stop) = (acked.clone(), stop.clone());
         let (topic, window) = (format!("bench/{i}"), o.window);
-        pubs.push(
-            ex.spawn(async move { publish_qos1(conn, &topic, window, None, &acked, &stop).await }),
-        );
+        pubs.push(ex.spawn(async move {
+            publish_qos1(conn, &topic, window, None, u64::MAX, &acked, &stop).await
+        }));
     }
     let written_before = write_bytes(&o.broker_pid);
     let cpu = CpuWindow::start(&o.broker_pid);

@@ -66,14 +66,42 @@ impl BridgeStatus {
         }
     }
 
-    /// Messages waiting in the outbox (queued and in flight), and how many it dropped.
-    pub fn outbox_figures(&self) -> (usize, u64) {
+    /// The outbox: messages waiting (queued and in flight), their bytes, and how many
+    /// it dropped.
+    pub fn outbox_figures(&self) -> (usize, usize, u64) {
         let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        outbox.as_ref().map_or((0, 0), |s| {
+        outbox.as_ref().map_or((0, 0, 0), |s| {
             let st = s.lock();
-            let backlog = st.backlog.map_or(0, |(n, _)| n);
-            (st.queue.len() + st.inflight.len() + backlog, st.dropped)
+            let (backlog, backlog_bytes) = st.backlog.unwrap_or_default();
+            let messages = st.queue.len() + st.inflight.len() + backlog;
+            (messages, st.queued_bytes + backlog_bytes, st.dropped)
         })
+    }
+
+    /// Every figure by name, as `$SYS/tern/bridge/NAME/KEY` carries it.
+    pub fn figures(&self) -> Vec<(&'static str, String)> {
+        let (queued, queued_bytes, dropped) = self.outbox_figures();
+        let text = |m: &Mutex<String>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        vec![
+            (
+                "connected",
+                u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
+            ),
+            ("remote", text(&self.remote)),
+            ("queued", queued.to_string()),
+            ("queued_bytes", queued_bytes.to_string()),
+            ("dropped", dropped.to_string()),
+            ("sent", self.sent.load(Ordering::Relaxed).to_string()),
+            (
+                "acknowledged",
+                self.acknowledged.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "received",
+                self.received.load(Ordering::Relaxed).to_string(),
+            ),
+            ("last_error", text(&self.last_error)),
+        ]
     }
 
     pub(crate) fn set_error(&self, why: &str) {
@@ -115,6 +143,7 @@ pub fn start(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(status.clone());
+        tasks.push(executor.spawn(report(broker.clone(), status.clone())));
         tasks.push(executor.spawn(run(broker.clone(), settings, tls, status)));
     }
     Ok(tasks)
@@ -129,6 +158,27 @@ fn publish_state(broker: &Broker, status: &BridgeStatus, up: bool) {
         Message::new(topic, payload, QoS::AtMostOnce, true),
         Instant::now(),
     );
+}
+
+/// How often a bridge's figures are published under `$SYS` (when they changed).
+const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Publishes the bridge's figures, retained, under `$SYS/tern/bridge/NAME/`.
+async fn report(broker: Arc<Broker>, status: Arc<BridgeStatus>) {
+    let mut last: Vec<(&'static str, String)> = Vec::new();
+    loop {
+        smol::Timer::after(REPORT_INTERVAL).await;
+        let figures = status.figures();
+        for (key, value) in &figures {
+            if last.iter().any(|(k, v)| k == key && v == value) {
+                continue;
+            }
+            let topic = format!("$SYS/tern/bridge/{}/{key}", status.name);
+            let message = Message::new(topic, Bytes::from(value.clone()), QoS::AtMostOnce, true);
+            broker.publish(message, Instant::now());
+        }
+        last = figures;
+    }
 }
 
 /// Serves the outbox session over `uplink` until the relay ends; returns why.

@@ -253,7 +253,7 @@ impl BridgeTable {
             max_queued_messages: self.max_queued_messages.unwrap_or(100_000).max(1),
             max_queued_bytes: self.max_queued_bytes.unwrap_or(64 << 20).max(1),
             queue_qos0: self.queue_qos0.unwrap_or(false),
-            max_inflight: self.max_inflight.unwrap_or(100).max(1),
+            max_inflight: self.max_inflight.unwrap_or(1000).max(1),
             reconnect_min,
             reconnect_max,
             tls,

@@ -131,6 +131,24 @@ def test_rules_both_ways_with_prefixes_qos_and_retained(tmp_path, stop_all, prot
     assert local_state.expect().payload == b"1"
 
 
+def sys_figure(tern, key, wanted, timeout=8):
+    """Waits for `$SYS/tern/bridge/central/KEY` to carry a value `wanted` accepts."""
+    c = Paho(tern, f"sys-{key}", protocol=V311)
+    c.subscribe(f"$SYS/tern/bridge/central/{key}", 0)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            value = c.expect(timeout=deadline - time.monotonic()).payload.decode()
+        except Exception:
+            break
+        seen.append(value)
+        if wanted(value):
+            c.disconnect()
+            return True
+    raise AssertionError(f"$SYS/tern/bridge/central/{key} was {seen}")
+
+
 def publish_many(tern, n, topic="sensors/x", qos=1):
     """`n` numbered QoS 1 messages from one edge client, each acknowledged."""
     c = Paho(tern, "burst", protocol=V311)
@@ -171,6 +189,10 @@ def test_store_and_forward_through_an_outage(tmp_path, stop_all, kill):
     central.stop()
     tern.wait_for_log(r"bridge central lost mqtt://")
     publish_many(tern, 1000)
+    # The outbox's figures under $SYS (published every two seconds when they change).
+    assert sys_figure(tern, "queued", lambda v: v == "1000")
+    assert sys_figure(tern, "connected", lambda v: v == "0")
+    assert sys_figure(tern, "last_error", lambda v: "cannot" in v or "closed" in v or "refused" in v)
     if kill:
         tern.restart(signal.SIGKILL)
     start = len(tern.lines)
