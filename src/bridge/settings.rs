@@ -41,6 +41,8 @@ pub struct BridgeTable {
     pub max_inflight: Option<u16>,
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
+    /// A cap on the bytes a second sent to the remote (metered uplinks).
+    pub max_bytes_per_second: Option<u64>,
     pub tls: Option<TlsTable>,
     #[serde(default)]
     pub topic: Vec<TopicTable>,
@@ -104,6 +106,7 @@ pub struct BridgeSettings {
     pub max_inflight: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub max_bytes_per_second: Option<u64>,
     pub tls: BridgeTls,
     pub rules: Rules,
 }
@@ -256,6 +259,7 @@ impl BridgeTable {
             max_inflight: self.max_inflight.unwrap_or(1000).max(1),
             reconnect_min,
             reconnect_max,
+            max_bytes_per_second: self.max_bytes_per_second.filter(|&b| b > 0),
             tls,
             rules: Rules(rules),
         })

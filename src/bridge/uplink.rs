@@ -67,6 +67,50 @@ pub struct Uplink {
     remote_only: HashSet<u16>,
     /// Why the relay ended; once set, the local client is told DISCONNECT and EOF.
     ended: Option<String>,
+    cap: Option<RateCap>,
+}
+
+/// A byte budget for a metered uplink: refilled continuously at `per_second`, holding
+/// at most one second's worth, so bursts stay within the cap too.
+struct RateCap {
+    per_second: f64,
+    tokens: f64,
+    refilled: Instant,
+    timer: Timer,
+}
+
+impl RateCap {
+    fn new(per_second: u64) -> RateCap {
+        RateCap {
+            per_second: per_second as f64,
+            tokens: per_second as f64,
+            refilled: Instant::now(),
+            timer: Timer::never(),
+        }
+    }
+
+    /// How many bytes may go now; when none, `Pending` until some may.
+    fn poll_budget(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+        loop {
+            let now = Instant::now();
+            let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + earned).min(self.per_second);
+            self.refilled = now;
+            if self.tokens >= 1.0 {
+                return Poll::Ready(self.tokens as usize);
+            }
+            let wait = (1.0 - self.tokens) / self.per_second;
+            self.timer
+                .set_after(Duration::from_secs_f64(wait.max(0.001)));
+            if Pin::new(&mut self.timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
 }
 
 impl Uplink {
@@ -137,6 +181,7 @@ impl Uplink {
             local_only: HashSet::new(),
             remote_only: HashSet::new(),
             ended: None,
+            cap: settings.max_bytes_per_second.map(RateCap::new),
         };
         if uplink.link.is_none() && !has_out_rules {
             uplink.end("outbox ready".into());
@@ -343,10 +388,20 @@ impl Uplink {
             return Poll::Ready(Ok(()));
         };
         while !self.to_remote.is_empty() {
-            match Pin::new(&mut link.stream).poll_write(cx, &self.to_remote) {
+            let mut budget = self.to_remote.len();
+            if let Some(cap) = self.cap.as_mut() {
+                match cap.poll_budget(cx) {
+                    Poll::Ready(allowed) => budget = budget.min(allowed),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match Pin::new(&mut link.stream).poll_write(cx, &self.to_remote[..budget]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     let _ = self.to_remote.split_to(n);
+                    if let Some(cap) = self.cap.as_mut() {
+                        cap.spend(n);
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,

@@ -20,7 +20,7 @@ use event_listener::EventListener;
 
 use super::message::{DURABLE_PENDING, Delivery, Message};
 use super::session::{Inflight, Owner, Session, Stage, Subscription, done_op};
-use super::{Broker, count};
+use super::{Broker, REFUSED, count};
 use crate::auth::{Access, AuthPolicy};
 use crate::protocol::*;
 use crate::store::{Op, StoredMessage, TicketState};
@@ -95,6 +95,9 @@ pub struct Client {
     pending: Vec<Arc<Message>>,
     pending_acks: Vec<(usize, QoS, u16)>,
     reached: Vec<usize>,
+    /// Why the connection must close after this batch (a 3.x publish nobody may
+    /// acknowledge).
+    refusal: Option<Close>,
     publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
@@ -304,6 +307,7 @@ impl Client {
             pending: Vec::new(),
             pending_acks: Vec::new(),
             reached: Vec::new(),
+            refusal: None,
             publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
             hold: None,
@@ -736,10 +740,18 @@ impl Client {
             self.hold_for(ticket);
         }
         for &(index, qos, packet_id) in &acks {
-            let code = if self.reached[index] == 0 && self.v5() {
-                ReasonCode::NO_MATCHING_SUBSCRIBERS
-            } else {
-                ReasonCode::SUCCESS
+            let code = match self.reached[index] {
+                REFUSED if !self.v5() => {
+                    // 3.x has no way to say "not kept" in a PUBACK: close instead of
+                    // acknowledging what was not kept.
+                    self.refusal.get_or_insert_with(|| {
+                        Close::new(ReasonCode::QUOTA_EXCEEDED, "a bridge outbox is full")
+                    });
+                    continue;
+                }
+                REFUSED => ReasonCode::QUOTA_EXCEEDED,
+                0 if self.v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                _ => ReasonCode::SUCCESS,
             };
             match qos {
                 QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
@@ -1002,6 +1014,9 @@ impl Client {
     /// write high-water mark allow. Fails when the session must close (taken over,
     /// queue overflow, shutdown).
     pub fn pump(&mut self, now: Instant) -> Result<(), Close> {
+        if let Some(close) = self.refusal.take() {
+            return Err(close);
+        }
         let session = self.session.clone();
         let mut st = session.lock();
         if st.generation != self.generation {

@@ -22,7 +22,9 @@ pub use client::{Client, Close, ConnectOutcome};
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{Inflight, NEVER_EXPIRES, Owner, QueueLimits, Session, SessionState, Subscription};
+use session::{
+    Inflight, NEVER_EXPIRES, Outbox, Owner, QueueLimits, Session, SessionState, Subscription,
+};
 
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
@@ -129,6 +131,10 @@ pub struct Broker {
 }
 
 /// Where a publish went.
+/// In `publish_batch`'s `reached`: a full bridge outbox refused the message, so its
+/// publisher must be refused too (never acknowledged).
+pub const REFUSED: usize = usize::MAX;
+
 #[derive(Default)]
 pub struct Routed {
     pub reached: usize,
@@ -303,7 +309,12 @@ impl Broker {
     /// message dropped when full. Returns the session, for its figures.
     pub fn make_outbox(&self, client_id: &str, limits: QueueLimits) -> Option<Arc<Session>> {
         let session = self.sessions().get(client_id).cloned()?;
-        session.lock().outbox = Some(limits);
+        // Under `strict` nothing acknowledged may be dropped: a full outbox refuses.
+        let drops_oldest = !self.store().is_some_and(|s| s.is_strict());
+        session.lock().outbox = Some(Outbox {
+            limits,
+            drops_oldest,
+        });
         Some(session)
     }
 
@@ -583,12 +594,18 @@ impl Broker {
         }
         let limits = self.queue_limits();
         let mut pressure = None;
+        let first = reached.len() - messages.len();
         for (session, deliveries) in staged {
-            let (pressured, dropped) =
+            let (pressured, dropped, refused) =
                 session.deliver(deliveries, &limits, self.store.as_deref(), ops);
             self.metrics
                 .dropped_queue_full
                 .fetch_add(dropped, Ordering::Relaxed);
+            for message in refused {
+                if let Some(i) = messages.iter().position(|m| Arc::ptr_eq(m, &message)) {
+                    reached[first + i] = REFUSED;
+                }
+            }
             if pressured && pressure.is_none() {
                 pressure = Some(session);
             }
@@ -600,7 +617,7 @@ impl Broker {
     /// handed on), counting it if the session's queue drops it.
     fn enqueue(&self, session: &Session, delivery: Delivery) {
         let mut ops = Vec::new();
-        let (_, dropped) = session.deliver(
+        let (_, dropped, _) = session.deliver(
             vec![delivery],
             &self.queue_limits(),
             self.store.as_deref(),

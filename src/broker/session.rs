@@ -123,19 +123,22 @@ impl Session {
 
     /// Queues several deliveries under one lock and wakes the connection at most once;
     /// for a stored session, appends the ops that store them to `ops`. Returns whether
-    /// publishers should wait for this session, and how many were dropped.
+    /// publishers should wait for this session, how many were dropped, and the messages
+    /// a full bridge outbox refused (their publishers must not be acknowledged).
     pub fn deliver(
         &self,
         deliveries: Vec<Delivery>,
         limits: &QueueLimits,
         store: Option<&Store>,
         ops: &mut Vec<Op>,
-    ) -> (bool, u64) {
+    ) -> (bool, u64, Vec<Arc<Message>>) {
         let mut st = self.lock();
         let was_empty = st.queue.is_empty();
         let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
+        let mut refused = Vec::new();
         let store = store.filter(|_| st.stored).map(|s| (s, self.sid));
         for delivery in deliveries {
+            let message = delivery.message.clone();
             match st.enqueue(delivery, limits, store, ops) {
                 Enqueued::Queued { pressure: p, .. } => pressure |= p,
                 Enqueued::Dropped => dropped += 1,
@@ -143,6 +146,7 @@ impl Session {
                     dropped += 1;
                     overflow = true;
                 }
+                Enqueued::Refused => refused.push(message),
             }
         }
         let wake = overflow || (was_empty && !st.queue.is_empty());
@@ -151,7 +155,7 @@ impl Session {
         if let Some(owner) = owner {
             owner.notify();
         }
-        (pressure, dropped)
+        (pressure, dropped, refused)
     }
 }
 
@@ -173,6 +177,18 @@ pub enum Enqueued {
     /// QoS 1/2 to a full queue of a session that made no durability promise: its
     /// connection is closed with 0x97 (quota exceeded).
     Overflow,
+    /// QoS 1/2 to a full bridge outbox under `strict`: not queued, and its publisher is
+    /// refused rather than acknowledged (the design guide's overload rule).
+    Refused,
+}
+
+/// A bridge's outbox: its own bounds, and what it does when they are reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox {
+    pub limits: QueueLimits,
+    /// Make room by dropping the oldest message (`batched`, `memory`); otherwise a full
+    /// outbox refuses QoS 1/2 messages (`strict`).
+    pub drops_oldest: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,9 +248,8 @@ pub struct SessionState {
     /// The session did not drain within the stall timeout: publishers no longer wait.
     pub stalled: bool,
     high_water: (usize, usize),
-    /// A bridge's outbox: its own limits, and the oldest message makes room for a new
-    /// one when it is full.
-    pub outbox: Option<QueueLimits>,
+    /// A bridge's outbox: its own limits and overload rule.
+    pub outbox: Option<Outbox>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
     pub dropped: u64,
 }
@@ -300,7 +315,10 @@ impl SessionState {
         ops: &mut Vec<Op>,
     ) -> Enqueued {
         let outcome = self.try_enqueue(delivery, limits, store, ops);
-        if matches!(outcome, Enqueued::Dropped | Enqueued::Overflow) {
+        if matches!(
+            outcome,
+            Enqueued::Dropped | Enqueued::Overflow | Enqueued::Refused
+        ) {
             self.dropped += 1;
         }
         outcome
@@ -343,7 +361,7 @@ impl SessionState {
         ops: &mut Vec<Op>,
     ) -> Enqueued {
         let outbox = self.outbox;
-        let limits = outbox.as_ref().unwrap_or(limits);
+        let limits = outbox.as_ref().map_or(limits, |o| &o.limits);
         let offline = !self.connected;
         if delivery.qos == QoS::AtMostOnce
             && offline
@@ -353,8 +371,10 @@ impl SessionState {
         }
         let size = delivery.message.payload.len() + delivery.message.topic.as_str().len();
         let mut full = self.is_full(limits, size);
-        if full && outbox.is_some() {
-            full = !self.drop_oldest(limits, size, store, ops);
+        match outbox {
+            Some(o) if full && o.drops_oldest => full = !self.drop_oldest(limits, size, store, ops),
+            Some(_) if full && delivery.qos > QoS::AtMostOnce => return Enqueued::Refused,
+            _ => {}
         }
         if full {
             if delivery.qos > QoS::AtMostOnce && self.connected && !self.is_persistent() {
@@ -511,7 +531,10 @@ mod tests {
     #[test]
     fn a_full_outbox_drops_its_oldest_message() {
         let s = Session::new("$bridge/b".into(), ProtocolVersion::V5, NEVER_EXPIRES, 0);
-        s.lock().outbox = Some(LIMITS);
+        s.lock().outbox = Some(Outbox {
+            limits: LIMITS,
+            drops_oldest: true,
+        });
         let numbered = |n: &'static [u8]| {
             let mut d = delivery(QoS::AtLeastOnce);
             d.message = Arc::new(Message::new(
@@ -535,6 +558,19 @@ mod tests {
         let left: Vec<&[u8]> = st.queue.iter().map(|d| &d.message.payload[..]).collect();
         assert_eq!(left, [b"2", b"3"]);
         assert_eq!(st.dropped, 1);
+        drop(st);
+        // Under `strict` a full outbox refuses QoS 1/2 instead, and drops QoS 0.
+        s.lock().outbox = Some(Outbox {
+            limits: LIMITS,
+            drops_oldest: false,
+        });
+        let refused = s.lock().enqueue(numbered(b"4"), &roomy, None, &mut vec![]);
+        assert_eq!(refused, Enqueued::Refused);
+        let qos0 = s
+            .lock()
+            .enqueue(delivery(QoS::AtMostOnce), &roomy, None, &mut vec![]);
+        assert_eq!(qos0, Enqueued::Dropped);
+        assert_eq!(s.lock().queue.len(), 2);
     }
 
     #[test]

@@ -378,3 +378,65 @@ def test_network_clients_cannot_take_an_outbox(tmp_path, stop_all):
     intruder = Paho(tern, "$bridge/central", expect_refusal=True)
     assert intruder.reason_code.value == 0x85
     tern.wait_for_log(r"client identifiers starting with \$bridge/ belong to bridges")
+
+
+def test_a_metered_uplink_is_held_to_its_byte_rate(tmp_path, stop_all):
+    central = Mosquitto(tmp_path)
+    stop_all(central)
+    watcher = Paho(central, "watcher", protocol=V311)
+    watcher.subscribe("sensors/#", 1)
+    tern = edge(tmp_path, [f"127.0.0.1:{central.port}"], [("sensors/#", "out", 1, "", "")],
+                extra="max_bytes_per_second = 2000\n")
+    stop_all(tern)
+    connected(tern)
+    time.sleep(1.2)  # the bucket holds one second's worth: let the handshake's bytes refill
+    start = time.monotonic()
+    device = Paho(tern, "device", protocol=V311)
+    for i in range(60):
+        device.c.publish("sensors/t", f"{i:03d}".encode() * 33, 1)  # about 115 bytes each
+    got = [watcher.expect(timeout=15).payload[:3] for _ in range(60)]
+    elapsed = time.monotonic() - start
+    assert got == [f"{i:03d}".encode() for i in range(60)]
+    # 60 × ~115 bytes is ~6.9 kB: at 2 kB/s, with one second's burst, about 2.5 s.
+    assert elapsed > 2.0, f"60 messages took only {elapsed:.2f} s through a 2 kB/s cap"
+
+
+@pytest.mark.parametrize("durability", ["strict", "batched"])
+def test_a_full_outbox_refuses_under_strict_and_drops_oldest_otherwise(tmp_path, stop_all, durability):
+    from mqttraw import PUBACK, RawClient
+    central = Mosquitto(tmp_path, persistence=True)
+    stop_all(central)
+    sub = Paho(central, "central-sub", protocol=V311, clean_start=False)
+    sub.subscribe("sensors/#", 1)
+    sub.disconnect()
+    tern = edge(tmp_path, [f"127.0.0.1:{central.port}"], [("sensors/#", "out", 1, "", "")],
+                extra=f'max_queued_messages = 5\n[storage]\ndurability = "{durability}"\n')
+    stop_all(tern)
+    connected(tern)
+    central.stop()
+    tern.wait_for_log(r"bridge central lost mqtt://")
+    v5 = RawClient(tern.host, tern.port, version=5)
+    v5.connect("v5-publisher")
+    for i in range(8):
+        v5.publish("sensors/t", str(i), qos=1, packet_id=i + 1)
+    codes = [v5.recv_kind(PUBACK).code for _ in range(8)]
+    if durability == "strict":
+        # Never acknowledge and then drop: what does not fit is refused.
+        assert codes == [0] * 5 + [0x97] * 3, codes
+        v3 = RawClient(tern.host, tern.port, version=4)
+        v3.connect("v3-publisher", version=4)
+        v3.publish("sensors/t", "no room", qos=1)
+        assert all(p.kind != PUBACK for p in v3.closed()), "a 3.1.1 publisher is closed, not acknowledged"
+        tern.wait_for_log(r"client disconnected client_id=v3-publisher .*a bridge outbox is full")
+        expected, dropped = [0, 1, 2, 3, 4], "4"  # three from the v5 client, one from the v3
+    else:
+        assert codes == [0] * 8, codes
+        expected, dropped = [3, 4, 5, 6, 7], "3"  # the oldest made room
+    start = len(tern.lines)
+    central.start()
+    connected(tern, start=start)
+    sub = Paho(central, "central-sub", protocol=V311, clean_start=False)
+    got = [int(sub.expect(timeout=10).payload) for _ in range(5)]
+    assert got == expected
+    sub.expect_none(1.0)
+    assert sys_figure(tern, "dropped", lambda v: v == dropped)
