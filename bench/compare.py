@@ -113,7 +113,10 @@ class Broker:
         tls = scenario.startswith("tls-")
         if self.name == "tern":
             conf = workdir / "tern.toml"
-            text = f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
+            # The MQTT/TCP listener only, as Mosquitto's and rumqttd's configurations.
+            text = ('[listeners.ws]\nenabled = false\n[api]\nenabled = false\nsys_interval = 0\n'
+                    '[dashboard]\nenabled = false\n')
+            text += f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
             if scenario == "central":
                 text += "[limits]\nmax_queued_messages = 10000000\nmax_queued_bytes = 17179869184\n"
             if scenario.startswith("bridge-"):
@@ -122,8 +125,9 @@ class Broker:
                          "max_queued_bytes = 17179869184\n"
                          '[[bridge.topic]]\npattern = "bench/#"\ndirection = "out"\nqos = 1\n')
             if tls:
-                text = (f'[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.tls]\nbind = "127.0.0.1:{port}"\n'
-                        f'cert = "{CERTS}/server.crt"\nkey = "{CERTS}/server.key"\n')
+                text = text.replace(f'bind = "127.0.0.1:{port}"', 'bind = "127.0.0.1:0"')
+                text += (f'[listeners.tls]\nbind = "127.0.0.1:{port}"\n'
+                         f'cert = "{CERTS}/server.crt"\nkey = "{CERTS}/server.key"\n')
             if scenario.startswith("persist-"):
                 durability = scenario.split("-", 1)[1]
                 text += (f'[storage]\ndurability = "{durability}"\n'

@@ -1,5 +1,6 @@
 //! Tern: an MQTT broker for the edge. See ARCHITECTURE.md for the map of the code.
 
+pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod broker;

@@ -120,6 +120,7 @@ pub fn run(config: Config) -> Result<(), String> {
         )));
     }
     let bridge_tasks = crate::bridge::start(&broker, &executor, config.bridges()?)?;
+    let (admin, admin_tasks) = start_admin(&config, &listeners, &broker, &executor)?;
     let ticker = executor.spawn({
         let broker = broker.clone();
         async move {
@@ -138,6 +139,9 @@ pub fn run(config: Config) -> Result<(), String> {
                 }
             })
             .detach();
+    }
+    if let Some(admin) = &admin {
+        admin.serving.store(true, Ordering::SeqCst);
     }
     systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     log::info!(
@@ -164,6 +168,9 @@ pub fn run(config: Config) -> Result<(), String> {
     }))?;
     log::info!("received {signal}: shutting down");
     systemd::notify("STOPPING=1");
+    if let Some(admin) = &admin {
+        admin.serving.store(false, Ordering::SeqCst);
+    }
     drop(accept_tasks);
     broker.shut_down();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -171,6 +178,7 @@ pub fn run(config: Config) -> Result<(), String> {
         thread::sleep(Duration::from_millis(20));
     }
     drop(bridge_tasks);
+    drop(admin_tasks);
     drop(ticker);
     for _ in &workers {
         let _ = stop.try_send(());
@@ -185,6 +193,75 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+type AdminTasks = (Option<Arc<crate::admin::Admin>>, Vec<smol::Task<()>>);
+
+/// Binds the management API and the dashboard (each when enabled) and starts `$SYS`.
+fn start_admin(
+    config: &Config,
+    listeners: &[crate::config::Listener],
+    broker: &Arc<Broker>,
+    executor: &Arc<Executor<'static>>,
+) -> Result<AdminTasks, String> {
+    use crate::admin::{self, Admin, ListenerView};
+    let mut tasks = Vec::new();
+    if config.api.sys_interval > 0 {
+        let interval = Duration::from_secs(config.api.sys_interval);
+        let sys = admin::sys::publish_loop(broker.clone(), interval, Instant::now());
+        tasks.push(executor.spawn(sys));
+    }
+    if !config.api.enabled && !config.dashboard.enabled {
+        return Ok((None, tasks));
+    }
+    let memory_only = config.store_config().is_none();
+    if memory_only && config.api.app_secret.is_none() {
+        // Nowhere to keep a generated secret, and no default password may work.
+        log::info!(
+            "durability = \"memory\" and no [api] app_secret: the management API and dashboard are off"
+        );
+        return Ok((None, tasks));
+    }
+    let app_secret = admin::secret(
+        config.api.app_secret.as_deref(),
+        &config.api.app_id,
+        &config.data_dir(),
+    )?;
+    let admin = Arc::new(Admin {
+        broker: broker.clone(),
+        listeners: listeners
+            .iter()
+            .map(|l| ListenerView {
+                name: l.name.clone(),
+                protocol: format!("mqtt:{}", l.kind),
+                bind: l.bind.to_string(),
+                max_connections: l.max_connections,
+            })
+            .collect(),
+        app_id: config.api.app_id.clone(),
+        app_secret,
+        metrics_auth: config.api.metrics_auth,
+        started: Instant::now(),
+        serving: std::sync::atomic::AtomicBool::new(false),
+    });
+    for (name, enabled, bind, dashboard) in [
+        ("api", config.api.enabled, config.api.bind, false),
+        (
+            "dashboard",
+            config.dashboard.enabled,
+            config.dashboard.bind,
+            true,
+        ),
+    ] {
+        if !enabled {
+            continue;
+        }
+        let socket = tcp::bind(bind).map_err(|e| format!("[{name}] cannot bind {bind}: {e}"))?;
+        let addr = socket.get_ref().local_addr().map_err(|e| e.to_string())?;
+        log::info!("listening name={name} addr={addr}");
+        tasks.push(admin::serve(executor, socket, admin.clone(), dashboard));
+    }
+    Ok((Some(admin), tasks))
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP runs `on_hangup` and keeps waiting.

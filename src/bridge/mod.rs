@@ -154,10 +154,7 @@ fn publish_state(broker: &Broker, status: &BridgeStatus, up: bool) {
     status.connected.store(up, Ordering::Relaxed);
     let topic = format!("$SYS/broker/connection/{}/state", status.name);
     let payload = Bytes::from_static(if up { b"1" } else { b"0" });
-    broker.publish(
-        Message::new(topic, payload, QoS::AtMostOnce, true),
-        Instant::now(),
-    );
+    broker.publish_internal(Message::new(topic, payload, QoS::AtMostOnce, true));
 }
 
 /// How often a bridge's figures are published under `$SYS` (when they changed).
@@ -175,7 +172,7 @@ async fn report(broker: Arc<Broker>, status: Arc<BridgeStatus>) {
             }
             let topic = format!("$SYS/tern/bridge/{}/{key}", status.name);
             let message = Message::new(topic, Bytes::from(value.clone()), QoS::AtMostOnce, true);
-            broker.publish(message, Instant::now());
+            broker.publish_internal(message);
         }
         last = figures;
     }

@@ -6,18 +6,20 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 
+use super::info::ConnInfo;
 use super::message::{DURABLE_PENDING, Delivery, Message};
 use super::session::{Inflight, Owner, Session, Stage, Subscription, done_op};
 use super::{Broker, REFUSED, count};
@@ -95,6 +97,8 @@ pub struct Client {
     pending: Vec<Arc<Message>>,
     pending_acks: Vec<(usize, QoS, u16)>,
     reached: Vec<usize>,
+    /// What the management API shows of this connection.
+    info: Option<Arc<ConnInfo>>,
     /// Why the connection must close after this batch (a 3.x publish nobody may
     /// acknowledge).
     refusal: Option<Close>,
@@ -307,6 +311,7 @@ impl Client {
             pending: Vec::new(),
             pending_acks: Vec::new(),
             reached: Vec::new(),
+            info: None,
             refusal: None,
             publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
@@ -325,6 +330,30 @@ impl Client {
 
     fn send(&mut self, packet: &Packet) {
         encode(packet, self.version, &mut self.out);
+    }
+
+    /// Registers this connection for the management API: `peer` is the client's real
+    /// address (from a PROXY header where there was one), `listener` where it came in.
+    pub fn describe(&mut self, peer: SocketAddr, listener: &Arc<str>, clean_start: bool) {
+        let info = Arc::new(ConnInfo {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            peer,
+            listener: listener.clone(),
+            protocol: self.version,
+            keep_alive: self.keep_alive.map_or(0, |k| k.as_secs() as u16),
+            clean_start,
+            expiry_interval: self.session_expiry_at_connect,
+            connected_at: SystemTime::now(),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        });
+        let mut st = self.session.lock();
+        if st.generation == self.generation {
+            st.connection = Some(info.clone());
+        }
+        drop(st);
+        self.info = Some(info);
     }
 
     fn v5(&self) -> bool {
@@ -518,6 +547,10 @@ impl Client {
         allowed
     }
 
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     pub fn is_bridge(&self) -> bool {
         self.bridge
     }
@@ -579,6 +612,9 @@ impl Client {
     }
 
     fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
+        if let Some(info) = &self.info {
+            info.received.fetch_add(1, Ordering::Relaxed);
+        }
         if self.v5() {
             if !p.properties.subscription_identifiers.is_empty() {
                 return Err(Close::new(
@@ -1029,6 +1065,7 @@ impl Client {
             let reason = match code {
                 ReasonCode::QUOTA_EXCEEDED => "queue full: the client reads too slowly",
                 ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+                ReasonCode::ADMINISTRATIVE_ACTION => "kicked through the management API",
                 _ => "closed by the broker",
             };
             return Err(Close::new(code, reason));
@@ -1168,6 +1205,9 @@ impl Client {
         }
         publish.encode(self.version, &mut self.out);
         count(&self.broker.metrics.messages_sent);
+        if let Some(info) = &self.info {
+            info.sent.fetch_add(1, Ordering::Relaxed);
+        }
         true
     }
 
@@ -1203,6 +1243,7 @@ impl Client {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
                 st.owner = None;
+                st.connection = None;
             }
         }
         let will_delay = self

@@ -6,6 +6,7 @@
 //! router or the retained store, then one session's state.
 
 mod client;
+pub mod info;
 pub mod message;
 pub mod retained;
 pub mod router;
@@ -111,6 +112,9 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     pub dropped_expired: AtomicU64,
     pub dropped_retained_full: AtomicU64,
+    /// Bytes read from and written to client connections.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -131,6 +135,15 @@ pub struct Broker {
 }
 
 /// Where a publish went.
+/// A connected client as the management API lists it.
+pub struct ClientView {
+    pub info: Arc<info::ConnInfo>,
+    pub queued: usize,
+    pub inflight: usize,
+    pub subscriptions: usize,
+    pub dropped: u64,
+}
+
 /// In `publish_batch`'s `reached`: a full bridge outbox refused the message, so its
 /// publisher must be refused too (never acknowledged).
 pub const REFUSED: usize = usize::MAX;
@@ -316,6 +329,72 @@ impl Broker {
             drops_oldest,
         });
         Some(session)
+    }
+
+    /// The connected clients, with their queue figures.
+    pub fn clients(&self) -> Vec<ClientView> {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        sessions
+            .iter()
+            .filter_map(|session| {
+                let st = session.lock();
+                let info = st.connection.clone()?;
+                Some(ClientView {
+                    info,
+                    queued: st.queue.len() + st.backlog.map_or(0, |(n, _)| n),
+                    inflight: st.inflight.len(),
+                    subscriptions: st.subscriptions.len(),
+                    dropped: st.dropped,
+                })
+            })
+            .collect()
+    }
+
+    /// Every session's subscriptions (online or not): client id, filter, options.
+    pub fn subscription_list(&self) -> Vec<(Arc<str>, String, Subscription)> {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        let mut out = Vec::new();
+        for session in sessions {
+            let st = session.lock();
+            for (filter, subscription) in &st.subscriptions {
+                out.push((session.client_id.clone(), filter.clone(), *subscription));
+            }
+        }
+        out
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The retained messages (not those under `$` topics), newest state of each topic.
+    pub fn retained_list(&self, now: Instant) -> Vec<Arc<Message>> {
+        self.retained_matching("#", now)
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Disconnects `client_id` (DISCONNECT 0x98 for v5); whether it was connected.
+    pub fn kick(&self, client_id: &str) -> bool {
+        let Some(session) = self.sessions().get(client_id).cloned() else {
+            return false;
+        };
+        let mut st = session.lock();
+        if !st.connected {
+            return false;
+        }
+        st.close_reason = Some(ReasonCode::ADMINISTRATIVE_ACTION);
+        let owner = st.owner.clone();
+        drop(st);
+        if let Some(owner) = owner {
+            owner.notify();
+        }
+        true
     }
 
     fn queue_limits(&self) -> QueueLimits {
@@ -550,9 +629,41 @@ impl Broker {
         reached: &mut Vec<usize>,
         ops: &mut Vec<Op>,
     ) -> Option<Arc<Session>> {
+        self.metrics
+            .messages_received
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.route(messages, reached, ops, true)
+    }
+
+    /// Publishes what the broker says itself (`$SYS`, bridge states): routed and
+    /// retained like any message, not counted as received from a client.
+    ///
+    /// A retained one is kept in memory only, outside the retained limits: it is
+    /// published again after a restart, and writing it to the store every few seconds
+    /// would wear an SD card for nothing.
+    pub fn publish_internal(&self, message: Message) {
+        let message = Arc::new(message);
+        if message.retain {
+            self.retained
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_unbounded(&message);
+        }
+        let mut reached = Vec::with_capacity(1);
+        let mut ops = Vec::new();
+        self.route(vec![message], &mut reached, &mut ops, false);
+        self.submit(ops);
+    }
+
+    fn route(
+        &self,
+        messages: Vec<Arc<Message>>,
+        reached: &mut Vec<usize>,
+        ops: &mut Vec<Op>,
+        keep_retained: bool,
+    ) -> Option<Arc<Session>> {
         for message in &messages {
-            count(&self.metrics.messages_received);
-            if message.retain {
+            if message.retain && keep_retained {
                 self.set_retained(message, ops);
             }
         }

@@ -12,6 +12,9 @@ use crate::protocol::topic;
 
 pub struct Retained {
     by_topic: HashMap<Box<str>, Arc<Message>>,
+    /// Topics and bytes of clients' retained messages; the broker's own (`$SYS`) are
+    /// outside the limits and these counts.
+    topics: usize,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
@@ -25,6 +28,7 @@ impl Retained {
     pub fn new(max_messages: usize, max_bytes: usize) -> Retained {
         Retained {
             by_topic: HashMap::new(),
+            topics: 0,
             bytes: 0,
             max_messages,
             max_bytes,
@@ -40,7 +44,7 @@ impl Retained {
             .map_or(0, |m| size(m));
         let is_new = old == 0 && !message.payload.is_empty();
         if !message.payload.is_empty()
-            && ((is_new && self.by_topic.len() >= self.max_messages)
+            && ((is_new && self.topics >= self.max_messages)
                 || self.bytes - old + size(message) > self.max_bytes)
         {
             return false;
@@ -57,9 +61,16 @@ impl Retained {
         } else {
             self.by_topic.insert(topic.into(), message.clone())
         };
-        self.bytes -= old.map_or(0, |m| size(&m));
+        if topic.starts_with('$') {
+            return;
+        }
+        if let Some(old) = &old {
+            self.bytes -= size(old);
+            self.topics -= 1;
+        }
         if !message.payload.is_empty() {
             self.bytes += size(message);
+            self.topics += 1;
         }
     }
 
@@ -85,12 +96,13 @@ impl Retained {
         self.bytes -= freed;
     }
 
+    /// Clients' retained messages (not the broker's own `$SYS` ones).
     pub fn len(&self) -> usize {
-        self.by_topic.len()
+        self.topics
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_topic.is_empty()
+        self.topics == 0
     }
 }
 

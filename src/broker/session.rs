@@ -252,6 +252,8 @@ pub struct SessionState {
     pub outbox: Option<Outbox>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
     pub dropped: u64,
+    /// The connection that owns the session, as the management API shows it.
+    pub connection: Option<Arc<super::info::ConnInfo>>,
 }
 
 impl SessionState {
@@ -278,6 +280,7 @@ impl SessionState {
             high_water: (usize::MAX, usize::MAX),
             outbox: None,
             dropped: 0,
+            connection: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Config {
     /// `[[bridge]]` tables.
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeTable>,
+    pub api: Api,
+    pub dashboard: Dashboard,
     /// The directory relative paths resolve against: the config file's, or the
     /// working directory when there is no file.
     #[serde(skip)]
@@ -127,6 +129,54 @@ pub struct Auth {
     pub acl_file: Option<PathBuf>,
 }
 
+/// The management HTTP API (EMQX v4 shape), Prometheus metrics and `$SYS`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    pub enabled: bool,
+    #[serde(deserialize_with = "socket_addr_required")]
+    pub bind: SocketAddr,
+    /// HTTP Basic credentials; without a secret one is generated into
+    /// `<data_dir>/api_secret` at first start.
+    pub app_id: String,
+    pub app_secret: Option<String>,
+    /// `/metrics` needs the credentials too.
+    pub metrics_auth: bool,
+    /// Seconds between `$SYS` updates; 0 turns `$SYS` off.
+    pub sys_interval: u64,
+}
+
+impl Default for Api {
+    fn default() -> Api {
+        Api {
+            enabled: true,
+            bind: "0.0.0.0:8081".parse().expect("a valid address"),
+            app_id: "admin".into(),
+            app_secret: None,
+            metrics_auth: false,
+            sys_interval: 10,
+        }
+    }
+}
+
+/// The dashboard page (it also serves the API, so the page stays same-origin).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dashboard {
+    pub enabled: bool,
+    #[serde(deserialize_with = "socket_addr_required")]
+    pub bind: SocketAddr,
+}
+
+impl Default for Dashboard {
+    fn default() -> Dashboard {
+        Dashboard {
+            enabled: true,
+            bind: "0.0.0.0:18083".parse().expect("a valid address"),
+        }
+    }
+}
+
 /// What is kept on disk, how durably, and the bounds on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +226,8 @@ impl Default for Config {
             auth: Auth::default(),
             storage: Storage::default(),
             bridges: Vec::new(),
+            api: Api::default(),
+            dashboard: Dashboard::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -229,6 +281,11 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
     parse_bind(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn socket_addr_required<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_bind(&text).map_err(serde::de::Error::custom)
 }
 
 /// `HOST:PORT`, `[v6]:PORT`; a host name is resolved once, at start.
@@ -382,6 +439,7 @@ impl Config {
         };
         let mut tables = self.listeners.clone();
         tables.entry("tcp".into()).or_default();
+        tables.entry("ws".into()).or_default();
         let mut out: Vec<Listener> = Vec::new();
         for (name, table) in &tables {
             let (kind, default_bind) = match (builtin(name), table.kind) {
@@ -408,7 +466,9 @@ impl Config {
                 && table.bind.is_none()
                 && table.cert.is_none()
                 && table.path.is_none();
-            if kind != ListenerKind::Tcp && builtin(name).is_some() && said_nothing {
+            // tcp and ws are on by default; tls and wss need a certificate first.
+            let on_by_default = matches!(kind, ListenerKind::Tcp | ListenerKind::Ws);
+            if !on_by_default && builtin(name).is_some() && said_nothing {
                 continue;
             }
             let resolve = |p: &PathBuf| self.base_dir.join(p);
@@ -580,11 +640,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_config_gives_a_tcp_listener_on_1883() {
+    fn empty_config_gives_tcp_on_1883_and_websocket_on_8083() {
         let c = Config::parse("").unwrap();
         let l = c.listeners().unwrap();
-        assert_eq!(l.len(), 1);
+        assert_eq!(l.len(), 2);
         assert_eq!(l[0].bind, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(l[1].bind, "0.0.0.0:8083".parse().unwrap());
+        assert_eq!(l[1].ws_path.as_deref(), Some("/mqtt"));
         assert_eq!(c.node.name, "tern1");
     }
 
@@ -617,12 +679,14 @@ mod tests {
         let err = c.listeners().unwrap_err();
         assert!(err.contains("more") && err.contains("tcp"), "{err}");
         let c = Config::parse("[listeners.more]\ntype = \"tcp\"\nbind = \"[::1]:1884\"\n").unwrap();
-        assert_eq!(c.listeners().unwrap().len(), 2);
+        assert_eq!(c.listeners().unwrap().len(), 3, "tcp, ws and more");
     }
 
     #[test]
     fn disabled_listener_is_left_out() {
-        let c = Config::parse("[listeners.tcp]\nenabled = false\n").unwrap();
+        let c =
+            Config::parse("[listeners.tcp]\nenabled = false\n[listeners.ws]\nenabled = false\n")
+                .unwrap();
         assert!(c.listeners().unwrap().is_empty());
     }
 

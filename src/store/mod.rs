@@ -165,6 +165,9 @@ struct Shared {
     committed: Event,
     /// Batches that failed, for the metrics.
     failed_batches: AtomicU64,
+    /// Batches committed (or tried), and the time they took in microseconds.
+    commits: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 impl Shared {
@@ -174,6 +177,8 @@ impl Shared {
 }
 
 pub struct Store {
+    /// The SQLite file.
+    path: PathBuf,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Mutex<rusqlite::Connection>,
@@ -222,6 +227,8 @@ impl Store {
             failures: Mutex::new(VecDeque::new()),
             committed: Event::new(),
             failed_batches: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
         });
         let live_sids = loaded.sessions.iter().map(|s| s.sid).collect();
         let writer = writer::Writer::new(
@@ -237,6 +244,7 @@ impl Store {
             .spawn(move || writer.run())
             .map_err(|e| format!("cannot start the store writer thread: {e}"))?;
         let store = Arc::new(Store {
+            path: config.path.clone(),
             shared,
             writer: Mutex::new(Some(handle)),
             reader: Mutex::new(reader),
@@ -251,6 +259,19 @@ impl Store {
             _lock: opened.lock,
         });
         Ok((store, loaded))
+    }
+
+    /// For the metrics: commits, microseconds spent in them, bytes of the file and its
+    /// WAL.
+    pub fn figures(&self) -> (u64, u64, u64) {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        (
+            self.shared.commits.load(Ordering::Relaxed),
+            self.shared.commit_micros.load(Ordering::Relaxed),
+            size(&self.path) + size(std::path::Path::new(&wal)),
+        )
     }
 
     pub fn is_strict(&self) -> bool {

@@ -117,7 +117,13 @@ impl Writer {
             match self.next_batch() {
                 Next::Batch(ops, last_ticket) => {
                     let first_ticket = last_ticket + 1 - ops.len() as u64;
+                    let started = Instant::now();
                     let ok = self.commit(ops);
+                    self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                    let micros = started.elapsed().as_micros() as u64;
+                    self.shared
+                        .commit_micros
+                        .fetch_add(micros, Ordering::Relaxed);
                     if !ok {
                         self.shared.failed_batches.fetch_add(1, Ordering::Relaxed);
                         let mut failures = self

@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -298,7 +299,10 @@ async fn handshake<S: Stream>(
         identity.as_deref(),
         Instant::now(),
     ) {
-        ConnectOutcome::Accepted(client) => client,
+        ConnectOutcome::Accepted(mut client) => {
+            client.describe(peer, &config.listener, clean_start);
+            client
+        }
         ConnectOutcome::Refused {
             code,
             reason,
@@ -572,12 +576,18 @@ async fn run<S: Stream>(
                     "connection closed by the client without DISCONNECT",
                 );
             }
-            Ok(Event::Read(_)) => {
+            Ok(Event::Read(n)) => {
+                let metrics = &client.broker().metrics;
+                metrics
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
                     return close;
                 }
             }
             Ok(Event::Wrote(n)) => {
+                let metrics = &client.broker().metrics;
+                metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                 unflushed = true;
                 client.wrote(n);
             }

@@ -23,8 +23,11 @@ class Broker:
         self.dir = tmp_path
         self.config_path = tmp_path / "tern.toml"
         text = config
-        if "[listeners.tcp]" not in text:
-            text = '[listeners.tcp]\nbind = "127.0.0.1:0"\n' + text
+        # Every listener a test does not set itself goes to a free loopback port, so
+        # brokers running side by side (a bridge and its centre) do not collide.
+        for table in ("[listeners.tcp]", "[listeners.ws]", "[api]", "[dashboard]"):
+            if table not in text:
+                text = f'{table}\nbind = "127.0.0.1:0"\n' + text
         self.config_path.write_text(text)
         self.start(prefix, env)
 
@@ -48,6 +51,8 @@ class Broker:
         threading.Thread(target=self._read_log, daemon=True).start()
         m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)")
         self.host, self.port = m.group(1), int(m.group(2))
+        m = re.search(r"listening name=api addr=([\d.]+):(\d+)", self.log_text())
+        self.api_port = int(m.group(2)) if m else None
 
     def restart(self, sig=signal.SIGTERM, prefix=(), env=None):
         self.stop(sig)

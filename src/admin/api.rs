@@ -1,0 +1,625 @@
+//! The management API in EMQX v4's shape, so operators' existing scripts work against
+//! Tern unchanged: base `/api/v4`, HTTP Basic with an app id and secret, the envelope
+//! `{"code":0,"data":...}` (lists add `meta` and take `_page`/`_limit`), EMQX's field
+//! names and result codes. Also `/status` for load balancers and `/metrics` for
+//! Prometheus.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::http::{Request, Response};
+use super::prometheus;
+use crate::broker::message::Message;
+use crate::broker::{Broker, ClientView};
+use crate::protocol::topic::validate_name;
+use crate::protocol::{ProtocolVersion, QoS};
+
+/// EMQX v4 result codes.
+const WRONG_CREDENTIALS: u32 = 103;
+const MISSING_PARAMETER: u32 = 107;
+const BAD_PARAMETER: u32 = 108;
+const BAD_JSON: u32 = 109;
+const CLIENT_OFFLINE: u32 = 112;
+const BAD_TOPIC: u32 = 115;
+
+/// EMQX's default page size.
+const DEFAULT_LIMIT: usize = 10_000;
+
+/// A listener as `/api/v4/listeners` shows it.
+pub struct ListenerView {
+    pub name: String,
+    pub protocol: String,
+    pub bind: String,
+    pub max_connections: Option<usize>,
+}
+
+pub struct Admin {
+    pub broker: Arc<Broker>,
+    pub listeners: Vec<ListenerView>,
+    pub app_id: String,
+    pub app_secret: String,
+    pub metrics_auth: bool,
+    pub started: Instant,
+    /// `/status` says 200 only while this is set: from the listeners' start to shutdown.
+    pub serving: AtomicBool,
+}
+
+fn ok(data: Value) -> Response {
+    Response::json(200, &json!({"code": 0, "data": data}))
+}
+
+fn error(status: u16, code: u32, message: impl Into<String>) -> Response {
+    Response::json(status, &json!({"code": code, "message": message.into()}))
+}
+
+/// A page of `items` as `_page` and `_limit` ask, with EMQX's `meta`.
+fn page(req: &Request, items: Vec<Value>) -> Response {
+    let number = |name: &str, default: usize| {
+        req.query(name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(default)
+    };
+    let (page, limit) = (number("_page", 1), number("_limit", DEFAULT_LIMIT));
+    let count = items.len();
+    let start = (page - 1).saturating_mul(limit).min(count);
+    let end = start.saturating_add(limit).min(count);
+    let data: Vec<Value> = items[start..end].to_vec();
+    Response::json(
+        200,
+        &json!({"code": 0, "data": data,
+                "meta": {"page": page, "limit": limit, "count": count, "hasnext": end < count}}),
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, as EMQX v4 writes times.
+pub fn datetime(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// EMQX's uptime wording: `2 hours, 3 minutes, 4 seconds`.
+pub fn uptime(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "days"),
+        (secs % 86_400 / 3600, "hours"),
+        (secs % 3600 / 60, "minutes"),
+        (secs % 60, "seconds"),
+    ];
+    let words: Vec<String> = parts
+        .iter()
+        .skip_while(|(n, unit)| *n == 0 && *unit != "seconds")
+        .map(|(n, unit)| format!("{n} {unit}"))
+        .collect();
+    words.join(", ")
+}
+
+fn proto_ver(v: ProtocolVersion) -> u8 {
+    match v {
+        ProtocolVersion::V31 => 3,
+        ProtocolVersion::V311 => 4,
+        ProtocolVersion::V5 => 5,
+    }
+}
+
+impl Admin {
+    fn node(&self) -> &str {
+        &self.broker.settings.node_name
+    }
+
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(given) = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+        else {
+            return false;
+        };
+        let expected = format!("{}:{}", self.app_id, self.app_secret);
+        given.ct_eq(expected.as_bytes()).into()
+    }
+
+    /// Answers one request; `dashboard`: this port also serves the dashboard's page.
+    pub fn handle(&self, req: Request, dashboard: bool) -> Response {
+        let path = req.path.trim_end_matches('/').to_owned();
+        match (req.method.as_str(), path.as_str()) {
+            ("GET", "/status") => return self.status(),
+            ("GET", "/metrics") if !self.metrics_auth => return self.prometheus(),
+            _ => {}
+        }
+        if dashboard && req.method == "GET" {
+            if let Some(page) = super::dashboard::page(&path) {
+                return page;
+            }
+        }
+        if !self.authorized(&req) {
+            log::warn!(
+                "management API: {} {} from {} without valid credentials",
+                req.method,
+                req.path,
+                req.peer
+            );
+            let mut r = error(401, WRONG_CREDENTIALS, "Username or password error");
+            if req.header("x-requested-with").is_none() {
+                r.headers
+                    .push(("WWW-Authenticate", "Basic realm=\"tern\"".into()));
+            }
+            return r;
+        }
+        if path == "/metrics" {
+            return self.prometheus();
+        }
+        let Some(rest) = path.strip_prefix("/api/v4") else {
+            return error(
+                404,
+                BAD_PARAMETER,
+                format!("no such endpoint: {}", req.path),
+            );
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        match (req.method.as_str(), segments.as_slice()) {
+            ("GET", ["brokers"] | ["brokers", _]) => ok(json!([self.broker_info()])),
+            ("GET", ["nodes"] | ["nodes", _]) => ok(json!([self.node_info()])),
+            ("GET", ["stats"]) => ok(json!([self.stats()])),
+            ("GET", ["metrics"]) => ok(json!([{"node": self.node(), "metrics": self.metrics()}])),
+            ("GET", ["listeners"]) => {
+                ok(json!([{"node": self.node(), "listeners": self.listeners()}]))
+            }
+            ("GET", ["clients"]) => self.clients(&req),
+            ("GET", ["clients", "username", user]) => {
+                let found = self.client_list(|c| c.info.username.as_deref() == Some(*user));
+                ok(json!(found))
+            }
+            ("GET", ["clients", ..]) => self.client(&rest_after(rest, "clients/")),
+            ("DELETE", ["clients", ..]) => self.kick(&rest_after(rest, "clients/")),
+            ("GET", ["subscriptions"]) => page(&req, self.subscriptions(None)),
+            ("GET", ["subscriptions", ..]) => ok(json!(
+                self.subscriptions(Some(&rest_after(rest, "subscriptions/")))
+            )),
+            ("GET", ["routes"]) => page(&req, self.routes(None)),
+            ("GET", ["routes", ..]) => ok(json!(self.routes(Some(&rest_after(rest, "routes/"))))),
+            ("POST", ["mqtt", "publish"]) => self.publish(&req, false),
+            ("POST", ["mqtt", "publish_batch"]) => self.publish(&req, true),
+            ("GET", ["retainer", "messages"]) => page(&req, self.retained()),
+            ("DELETE", ["retainer", "message", ..]) => {
+                self.delete_retained(&rest_after(rest, "retainer/message/"))
+            }
+            ("GET", ["bridges"]) => ok(json!(self.bridges())),
+            (_, _) => error(
+                404,
+                BAD_PARAMETER,
+                format!("no such endpoint: {} {}", req.method, req.path),
+            ),
+        }
+    }
+
+    fn status(&self) -> Response {
+        let up = self.serving.load(Ordering::Relaxed) && !self.broker.is_shutting_down();
+        let state = if up { "is running" } else { "is not running" };
+        let body = format!(
+            "Node {} is {}\ntern {state}\n",
+            self.node(),
+            if up {
+                "started"
+            } else {
+                "starting or stopping"
+            }
+        );
+        Response::new(if up { 200 } else { 503 }, "text/plain", body)
+    }
+
+    fn broker_info(&self) -> Value {
+        json!({
+            "node": self.node(),
+            "node_status": "Running",
+            "sysdescr": "Tern MQTT broker",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime": uptime(self.started.elapsed().as_secs()),
+            "datetime": datetime(SystemTime::now()),
+        })
+    }
+
+    fn node_info(&self) -> Value {
+        let (load1, load5, load15) = loadavg();
+        json!({
+            "node": self.node(),
+            "node_status": "Running",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime": uptime(self.started.elapsed().as_secs()),
+            "connections": self.broker.metrics.clients_connected.load(Ordering::Relaxed),
+            "load1": load1, "load5": load5, "load15": load15,
+            "memory_used": prometheus::resident_bytes(),
+            "store_bytes": self.broker.store().map(|s| s.figures().2),
+            "max_fds": max_fds(),
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let subscriptions = self.broker.subscription_list();
+        let topics = {
+            let mut filters: Vec<&String> = subscriptions.iter().map(|(_, f, _)| f).collect();
+            filters.sort();
+            filters.dedup();
+            filters.len()
+        };
+        json!({
+            "node": self.node(),
+            "connections.count": self.broker.metrics.clients_connected.load(Ordering::Relaxed),
+            "sessions.count": self.broker.session_count(),
+            "subscriptions.count": subscriptions.len(),
+            "subscribers.count": subscriptions.iter().map(|(c, _, _)| c).collect::<std::collections::HashSet<_>>().len(),
+            "topics.count": topics,
+            "routes.count": topics,
+            "retained.count": self.broker.retained_count(),
+        })
+    }
+
+    fn metrics(&self) -> Value {
+        let m = &self.broker.metrics;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let dropped =
+            get(&m.dropped_queue_full) + get(&m.dropped_too_large) + get(&m.dropped_expired);
+        json!({
+            "messages.received": get(&m.messages_received),
+            "messages.sent": get(&m.messages_sent),
+            "messages.dropped": dropped,
+            "messages.dropped.queue_full": get(&m.dropped_queue_full),
+            "messages.dropped.too_large": get(&m.dropped_too_large),
+            "messages.dropped.expired": get(&m.dropped_expired),
+            "messages.retained": self.broker.retained_count(),
+            "bytes.received": get(&m.bytes_received),
+            "bytes.sent": get(&m.bytes_sent),
+            "client.connected": get(&m.connections),
+        })
+    }
+
+    fn listeners(&self) -> Vec<Value> {
+        let clients = self.broker.clients();
+        self.listeners
+            .iter()
+            .map(|l| {
+                let current = clients
+                    .iter()
+                    .filter(|c| *c.info.listener == *l.name)
+                    .count();
+                json!({
+                    "identifier": l.name,
+                    "protocol": l.protocol,
+                    "listen_on": l.bind,
+                    "current_conns": current,
+                    "max_conns": l.max_connections,
+                })
+            })
+            .collect()
+    }
+
+    fn client_json(&self, c: &ClientView) -> Value {
+        let i = &c.info;
+        json!({
+            "node": self.node(),
+            "clientid": &*i.client_id,
+            "username": i.username,
+            "ip_address": i.peer.ip().to_string(),
+            "port": i.peer.port(),
+            "proto_name": if i.protocol == ProtocolVersion::V31 { "MQIsdp" } else { "MQTT" },
+            "proto_ver": proto_ver(i.protocol),
+            "clean_start": i.clean_start,
+            "keepalive": i.keep_alive,
+            "expiry_interval": i.expiry_interval,
+            "connected": true,
+            "connected_at": datetime(i.connected_at),
+            "zone": &*i.listener,
+            "mqueue_len": c.queued,
+            "mqueue_dropped": c.dropped,
+            "inflight": c.inflight,
+            "subscriptions_cnt": c.subscriptions,
+            "recv_msg": i.received(),
+            "send_msg": i.sent(),
+        })
+    }
+
+    fn client_list(&self, keep: impl Fn(&ClientView) -> bool) -> Vec<Value> {
+        let mut clients = self.broker.clients();
+        clients.sort_by_key(|c| c.info.connected_at);
+        clients
+            .iter()
+            .filter(|c| keep(c))
+            .map(|c| self.client_json(c))
+            .collect()
+    }
+
+    fn clients(&self, req: &Request) -> Response {
+        let like_id = req.query("_like_clientid").unwrap_or("");
+        let like_user = req.query("_like_username").unwrap_or("");
+        let found = self.client_list(|c| {
+            c.info.client_id.contains(like_id)
+                && (like_user.is_empty()
+                    || c.info
+                        .username
+                        .as_deref()
+                        .is_some_and(|u| u.contains(like_user)))
+        });
+        page(req, found)
+    }
+
+    fn client(&self, id: &str) -> Response {
+        let found = self.client_list(|c| &*c.info.client_id == id);
+        if found.is_empty() {
+            return error(
+                404,
+                CLIENT_OFFLINE,
+                format!("client {id:?} is not connected"),
+            );
+        }
+        ok(json!(found))
+    }
+
+    fn kick(&self, id: &str) -> Response {
+        if self.broker.kick(id) {
+            log::info!("management API: kicked client_id={id}");
+            ok(Value::Null)
+        } else {
+            error(
+                404,
+                CLIENT_OFFLINE,
+                format!("client {id:?} is not connected"),
+            )
+        }
+    }
+
+    fn subscriptions(&self, client: Option<&str>) -> Vec<Value> {
+        self.broker
+            .subscription_list()
+            .into_iter()
+            .filter(|(c, _, _)| client.is_none_or(|id| **c == *id))
+            .map(|(c, filter, s)| {
+                json!({"node": self.node(), "clientid": &*c, "topic": filter,
+                       "qos": s.options.qos as u8})
+            })
+            .collect()
+    }
+
+    fn routes(&self, topic: Option<&str>) -> Vec<Value> {
+        let mut filters: Vec<String> = self
+            .broker
+            .subscription_list()
+            .into_iter()
+            .map(|(_, f, _)| f)
+            .filter(|f| topic.is_none_or(|t| f == t))
+            .collect();
+        filters.sort();
+        filters.dedup();
+        filters
+            .into_iter()
+            .map(|f| json!({"topic": f, "node": self.node()}))
+            .collect()
+    }
+
+    fn retained(&self) -> Vec<Value> {
+        self.broker
+            .retained_list(Instant::now())
+            .iter()
+            .map(|m| {
+                json!({"topic": m.topic.as_str(), "qos": m.qos as u8,
+                       "payload": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                       "encoding": "base64"})
+            })
+            .collect()
+    }
+
+    fn delete_retained(&self, topic: &str) -> Response {
+        if validate_name(topic).is_err() {
+            return error(
+                400,
+                BAD_TOPIC,
+                format!("{topic:?} is not a valid topic name"),
+            );
+        }
+        let clear = Message::new(topic, Bytes::new(), QoS::AtMostOnce, true);
+        self.broker.publish(clear, Instant::now());
+        ok(Value::Null)
+    }
+
+    fn bridges(&self) -> Vec<Value> {
+        let bridges = self
+            .broker
+            .bridges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        bridges
+            .iter()
+            .map(|b| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("name".into(), json!(b.name));
+                for (key, value) in b.figures() {
+                    let value = value.parse::<u64>().map_or(json!(value), |n| json!(n));
+                    fields.insert(key.into(), value);
+                }
+                Value::Object(fields)
+            })
+            .collect()
+    }
+
+    /// `POST /api/v4/mqtt/publish` (one object) or `publish_batch` (an array of them).
+    fn publish(&self, req: &Request, batch: bool) -> Response {
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return error(400, BAD_JSON, format!("request body is not JSON: {e}")),
+        };
+        let requests: Vec<Value> = match (batch, body) {
+            (false, v @ Value::Object(_)) => vec![v],
+            (true, Value::Array(items)) => items,
+            (false, _) => return error(400, BAD_PARAMETER, "expected a JSON object"),
+            (true, _) => return error(400, BAD_PARAMETER, "expected a JSON array"),
+        };
+        let mut messages = Vec::new();
+        for r in &requests {
+            match message_from(r) {
+                Ok(mut m) => messages.append(&mut m),
+                Err(response) => return response,
+            }
+        }
+        let n = messages.len();
+        for m in messages {
+            self.broker.publish(m, Instant::now());
+        }
+        log::debug!("management API: published {n} message(s)");
+        if batch {
+            ok(json!(
+                requests
+                    .iter()
+                    .map(|_| json!({"code": 0}))
+                    .collect::<Vec<_>>()
+            ))
+        } else {
+            Response::json(200, &json!({"code": 0}))
+        }
+    }
+
+    fn prometheus(&self) -> Response {
+        Response::new(
+            200,
+            "text/plain; version=0.0.4",
+            prometheus::render(&self.broker),
+        )
+    }
+}
+
+fn rest_after(rest: &str, prefix: &str) -> String {
+    rest.trim_start_matches('/')
+        .strip_prefix(prefix)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One request object of `/mqtt/publish`: `topic` or `topics` (comma-separated),
+/// `payload`, `encoding` (`plain` or `base64`), `qos`, `retain`, v5 `properties`.
+fn message_from(r: &Value) -> Result<Vec<Message>, Response> {
+    let topics: Vec<String> = match (r.get("topic"), r.get("topics")) {
+        (Some(Value::String(t)), _) => vec![t.clone()],
+        (None, Some(Value::String(ts))) => ts.split(',').map(|t| t.trim().to_owned()).collect(),
+        (Some(_), _) | (None, Some(_)) => {
+            return Err(error(400, BAD_PARAMETER, "topic must be a string"));
+        }
+        (None, None) => return Err(error(400, MISSING_PARAMETER, "missing topic or topics")),
+    };
+    for t in &topics {
+        if let Err(e) = validate_name(t) {
+            return Err(error(
+                400,
+                BAD_TOPIC,
+                format!("topic {t:?}: {}", e.describe()),
+            ));
+        }
+    }
+    let qos = match r.get("qos").map(Value::as_u64) {
+        None => QoS::AtMostOnce,
+        Some(Some(0)) => QoS::AtMostOnce,
+        Some(Some(1)) => QoS::AtLeastOnce,
+        Some(Some(2)) => QoS::ExactlyOnce,
+        Some(_) => return Err(error(400, BAD_PARAMETER, "qos must be 0, 1 or 2")),
+    };
+    let retain = match r.get("retain") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(error(400, BAD_PARAMETER, "retain must be true or false")),
+    };
+    let text = match r.get("payload") {
+        None => "",
+        Some(Value::String(p)) => p.as_str(),
+        Some(_) => return Err(error(400, BAD_PARAMETER, "payload must be a string")),
+    };
+    let payload = match r.get("encoding").and_then(Value::as_str).unwrap_or("plain") {
+        "plain" => Bytes::copy_from_slice(text.as_bytes()),
+        "base64" => match base64::engine::general_purpose::STANDARD.decode(text) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => return Err(error(400, BAD_PARAMETER, "payload is not valid base64")),
+        },
+        other => {
+            return Err(error(
+                400,
+                BAD_PARAMETER,
+                format!("encoding {other:?} is not plain or base64"),
+            ));
+        }
+    };
+    let expiry = r
+        .get("properties")
+        .and_then(|p| p.get("message_expiry_interval"))
+        .and_then(Value::as_u64);
+    Ok(topics
+        .into_iter()
+        .map(|t| {
+            let mut m = Message::new(t, payload.clone(), qos, retain);
+            if let Some(secs) = expiry {
+                m.expires_at = Some(Instant::now() + std::time::Duration::from_secs(secs));
+            }
+            m
+        })
+        .collect())
+}
+
+fn loadavg() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0));
+    (
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    )
+}
+
+fn max_fds() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_emqx_wording() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(datetime(t), "2026-11-18 11:06:40");
+        assert_eq!(datetime(UNIX_EPOCH), "1970-01-01 00:00:00");
+        assert_eq!(uptime(5), "5 seconds");
+        assert_eq!(uptime(3 * 3600 + 7), "3 hours, 0 minutes, 7 seconds");
+    }
+}

@@ -1,0 +1,314 @@
+//! A small HTTP/1.1 server for the management API and the dashboard. Heads are parsed
+//! by httparse; bodies come by Content-Length only. Both are bounded, and a client that
+//! is slow to send either is cut off, so a stuck script or a scanner costs one task.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smol::future::FutureExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::{Async, Executor, Timer};
+
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+/// How long a request may take to arrive, and an idle keep-alive connection may wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Request {
+    pub method: String,
+    /// The path, percent-decoded, without the query.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response::new(status, "application/json", value.to_string())
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` in queries); invalid escapes stay as they are.
+pub fn percent_decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_target(target: &str) -> (String, Vec<(String, String)>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k, true), percent_decode(v, true))
+        })
+        .collect();
+    (percent_decode(path, false), query)
+}
+
+/// Accepts until dropped; each connection is served by `handler`.
+pub async fn serve<H>(
+    listener: Async<TcpListener>,
+    executor: Arc<Executor<'static>>,
+    handler: Arc<H>,
+) where
+    H: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let handler = handler.clone();
+                executor
+                    .spawn(async move {
+                        if let Err(e) = connection(stream, peer, &*handler).await {
+                            log::debug!("HTTP connection from {peer}: {e}");
+                        }
+                    })
+                    .detach();
+            }
+            Err(e) => {
+                log::warn!("HTTP accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Read {
+    Request(Request, bool),
+    Refuse(u16, &'static str),
+    Closed,
+}
+
+async fn connection<H>(
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    handler: &H,
+) -> io::Result<()>
+where
+    H: Fn(Request) -> Response,
+{
+    let mut buf = Vec::new();
+    loop {
+        let read = read_request(&mut stream, &mut buf, peer).or(async {
+            Timer::after(REQUEST_TIMEOUT).await;
+            Ok(Read::Refuse(408, "the request did not arrive in time"))
+        });
+        let (response, keep_alive) = match read.await? {
+            Read::Closed => return Ok(()),
+            Read::Refuse(status, why) => {
+                if status != 408 || !buf.is_empty() {
+                    log::warn!("HTTP request from {peer} refused: {why} ({status})");
+                }
+                (
+                    Response::new(status, "text/plain", format!("{why}\n")),
+                    false,
+                )
+            }
+            Read::Request(request, keep_alive) => (handler(request), keep_alive),
+        };
+        write_response(&mut stream, &response, keep_alive).await?;
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_request(
+    stream: &mut Async<TcpStream>,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+) -> io::Result<Read> {
+    let mut chunk = [0u8; 4096];
+    let (head_len, method, target, headers, close) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let headers: Vec<(String, String)> = req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_owned(), value)
+                    })
+                    .collect();
+                let close = req.version == Some(0)
+                    || headers.iter().any(|(k, v)| {
+                        k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+                    });
+                let method = req.method.unwrap_or("GET").to_owned();
+                let target = req.path.unwrap_or("/").to_owned();
+                break (len, method, target, headers, close);
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Ok(Read::Refuse(400, "malformed HTTP request")),
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(Read::Refuse(431, "request head larger than 16 KiB"));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Read::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let length = match headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        Some((_, v)) => match v.trim().parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => return Ok(Read::Refuse(400, "bad Content-Length")),
+        },
+        None if headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) =>
+        {
+            return Ok(Read::Refuse(
+                400,
+                "chunked bodies are not accepted; send Content-Length",
+            ));
+        }
+        None => 0,
+    };
+    if length > MAX_BODY {
+        return Ok(Read::Refuse(413, "request body larger than 1 MiB"));
+    }
+    while buf.len() < head_len + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Read::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_len..head_len + length].to_vec();
+    buf.drain(..head_len + length);
+    let (path, query) = parse_target(&target);
+    let request = Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+        peer,
+    };
+    Ok(Read::Request(request, !close))
+}
+
+async fn write_response(
+    stream: &mut Async<TcpStream>,
+    response: &Response,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
+    );
+    for (k, v) in &response.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&response.body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_split_and_decoded() {
+        let (path, query) = parse_target("/api/v4/clients/a%2Fb?_like_clientid=de%20v&_page=2");
+        assert_eq!(path, "/api/v4/clients/a/b");
+        assert_eq!(
+            query,
+            [
+                ("_like_clientid".to_owned(), "de v".to_owned()),
+                ("_page".to_owned(), "2".to_owned())
+            ]
+        );
+        assert_eq!(percent_decode("100%", false), "100%");
+        assert_eq!(percent_decode("%zz%4", false), "%zz%4");
+    }
+}

@@ -1,0 +1,208 @@
+//! `GET /metrics` in the Prometheus text format (version 0.0.4).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::broker::Broker;
+
+/// The process's resident memory, from /proc.
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(broker: &Broker) -> String {
+    let m = &broker.metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let clients = broker.clients();
+    let subscriptions = broker.subscription_list().len() as u64;
+    let mut out = String::new();
+    let connected = m.clients_connected.load(Ordering::Relaxed).max(0) as u64;
+    metric(
+        &mut out,
+        "tern_connections",
+        "gauge",
+        "Clients connected now.",
+        &[("", connected)],
+    );
+    metric(
+        &mut out,
+        "tern_connections_total",
+        "counter",
+        "Connections accepted since start.",
+        &[("", get(&m.connections))],
+    );
+    metric(
+        &mut out,
+        "tern_sessions",
+        "gauge",
+        "Sessions, connected or not.",
+        &[("", broker.session_count() as u64)],
+    );
+    metric(
+        &mut out,
+        "tern_subscriptions",
+        "gauge",
+        "Subscriptions of every session.",
+        &[("", subscriptions)],
+    );
+    metric(
+        &mut out,
+        "tern_retained_messages",
+        "gauge",
+        "Retained messages kept.",
+        &[("", broker.retained_count() as u64)],
+    );
+    metric(
+        &mut out,
+        "tern_messages_received_total",
+        "counter",
+        "PUBLISH packets received from clients.",
+        &[("", get(&m.messages_received))],
+    );
+    metric(
+        &mut out,
+        "tern_messages_sent_total",
+        "counter",
+        "PUBLISH packets sent to clients.",
+        &[("", get(&m.messages_sent))],
+    );
+    metric(
+        &mut out,
+        "tern_bytes_received_total",
+        "counter",
+        "Bytes read from client connections.",
+        &[("", get(&m.bytes_received))],
+    );
+    metric(
+        &mut out,
+        "tern_bytes_sent_total",
+        "counter",
+        "Bytes written to client connections.",
+        &[("", get(&m.bytes_sent))],
+    );
+    metric(
+        &mut out,
+        "tern_messages_dropped_total",
+        "counter",
+        "Messages dropped, by reason.",
+        &[
+            ("reason=\"queue_full\"", get(&m.dropped_queue_full)),
+            ("reason=\"too_large\"", get(&m.dropped_too_large)),
+            ("reason=\"expired\"", get(&m.dropped_expired)),
+            ("reason=\"retained_full\"", get(&m.dropped_retained_full)),
+        ],
+    );
+    let queued: u64 = clients.iter().map(|c| c.queued as u64).sum();
+    let inflight: u64 = clients.iter().map(|c| c.inflight as u64).sum();
+    metric(
+        &mut out,
+        "tern_queued_messages",
+        "gauge",
+        "Messages queued for connected clients.",
+        &[("", queued)],
+    );
+    metric(
+        &mut out,
+        "tern_inflight_messages",
+        "gauge",
+        "QoS 1/2 messages sent to connected clients and not yet acknowledged.",
+        &[("", inflight)],
+    );
+    if let Some(store) = broker.store() {
+        let (commits, commit_micros, bytes) = store.figures();
+        metric(
+            &mut out,
+            "tern_store_commits_total",
+            "counter",
+            "Store commits.",
+            &[("", commits)],
+        );
+        metric(
+            &mut out,
+            "tern_store_commit_microseconds_total",
+            "counter",
+            "Time spent committing and syncing.",
+            &[("", commit_micros)],
+        );
+        metric(
+            &mut out,
+            "tern_store_file_bytes",
+            "gauge",
+            "Size of the SQLite file and its WAL.",
+            &[("", bytes)],
+        );
+    }
+    let bridges = broker.bridges.lock().unwrap_or_else(|p| p.into_inner());
+    if !bridges.is_empty() {
+        let mut state = Vec::new();
+        let mut queued = Vec::new();
+        let mut dropped = Vec::new();
+        let names: Vec<String> = bridges
+            .iter()
+            .map(|b| format!("bridge=\"{}\"", label(&b.name)))
+            .collect();
+        for (b, name) in bridges.iter().zip(&names) {
+            let (q, _, d) = b.outbox_figures();
+            state.push((
+                name.as_str(),
+                u64::from(b.connected.load(Ordering::Relaxed)),
+            ));
+            queued.push((name.as_str(), q as u64));
+            dropped.push((name.as_str(), d));
+        }
+        metric(
+            &mut out,
+            "tern_bridge_connected",
+            "gauge",
+            "1 while the bridge's uplink is connected.",
+            &state,
+        );
+        metric(
+            &mut out,
+            "tern_bridge_queued_messages",
+            "gauge",
+            "Messages waiting in the bridge's outbox.",
+            &queued,
+        );
+        metric(
+            &mut out,
+            "tern_bridge_dropped_total",
+            "counter",
+            "Messages the bridge's outbox dropped or refused.",
+            &dropped,
+        );
+    }
+    metric(
+        &mut out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        &[("", resident_bytes())],
+    );
+    out
+}
