@@ -120,7 +120,9 @@ pub fn run(config: Config) -> Result<(), String> {
         )));
     }
     let bridge_tasks = crate::bridge::start(&broker, &executor, config.bridges()?)?;
-    let (admin, admin_tasks) = start_admin(&config, &listeners, &broker, &executor)?;
+    let (admin, admin_tasks, admin_certificates) =
+        start_admin(&config, &listeners, &broker, &executor)?;
+    certificates.extend(admin_certificates);
     let ticker = executor.spawn({
         let broker = broker.clone();
         async move {
@@ -195,7 +197,11 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-type AdminTasks = (Option<Arc<crate::admin::Admin>>, Vec<smol::Task<()>>);
+type AdminTasks = (
+    Option<Arc<crate::admin::Admin>>,
+    Vec<smol::Task<()>>,
+    Vec<(String, Arc<Tls>)>,
+);
 
 /// Binds the management API and the dashboard (each when enabled) and starts `$SYS`.
 fn start_admin(
@@ -212,7 +218,7 @@ fn start_admin(
         tasks.push(executor.spawn(sys));
     }
     if !config.api.enabled && !config.dashboard.enabled {
-        return Ok((None, tasks));
+        return Ok((None, tasks, Vec::new()));
     }
     let memory_only = config.store_config().is_none();
     if memory_only && config.api.app_secret.is_none() {
@@ -220,7 +226,7 @@ fn start_admin(
         log::info!(
             "durability = \"memory\" and no [api] app_secret: the management API and dashboard are off"
         );
-        return Ok((None, tasks));
+        return Ok((None, tasks, Vec::new()));
     }
     let app_secret = admin::secret(
         config.api.app_secret.as_deref(),
@@ -244,6 +250,7 @@ fn start_admin(
         started: Instant::now(),
         serving: std::sync::atomic::AtomicBool::new(false),
     });
+    let mut certificates = Vec::new();
     for (name, enabled, bind, dashboard) in [
         ("api", config.api.enabled, config.api.bind, false),
         (
@@ -256,12 +263,27 @@ fn start_admin(
         if !enabled {
             continue;
         }
+        let tls = match config.http_tls(name)? {
+            Some(settings) => {
+                let tls = Arc::new(Tls::load(settings).map_err(|e| format!("[{name}]: {e}"))?);
+                certificates.push((name.to_owned(), tls.clone()));
+                Some(tls)
+            }
+            None => None,
+        };
         let socket = tcp::bind(bind).map_err(|e| format!("[{name}] cannot bind {bind}: {e}"))?;
         let addr = socket.get_ref().local_addr().map_err(|e| e.to_string())?;
-        log::info!("listening name={name} addr={addr}");
-        tasks.push(admin::serve(executor, socket, admin.clone(), dashboard));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        log::info!("listening name={name} addr={addr} ({scheme})");
+        tasks.push(admin::serve(
+            executor,
+            socket,
+            admin.clone(),
+            dashboard,
+            tls,
+        ));
     }
-    Ok((Some(admin), tasks))
+    Ok((Some(admin), tasks, certificates))
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP runs `on_hangup` and keeps waiting.

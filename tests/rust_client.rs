@@ -17,7 +17,10 @@ impl Broker {
         let dir = std::env::temp_dir().join(format!("tern-rust-client-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("tern.toml");
-        std::fs::write(&config, "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n").unwrap();
+        // Every listener on a free port: the tests run side by side.
+        let text = "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.ws]\nbind = \"127.0.0.1:0\"\n\
+                    [api]\nbind = \"127.0.0.1:0\"\n[dashboard]\nbind = \"127.0.0.1:0\"\n";
+        std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("--config")
             .arg(&config)

@@ -81,23 +81,8 @@ fn page(req: &Request, items: Vec<Value>) -> Response {
 /// `YYYY-MM-DD HH:MM:SS` in UTC, as EMQX v4 writes times.
 pub fn datetime(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (year, month, day, hour, minute, second) = crate::civil::utc(secs);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
 }
 
 /// EMQX's uptime wording: `2 hours, 3 minutes, 4 seconds`.
@@ -211,6 +196,11 @@ impl Admin {
                 self.delete_retained(&rest_after(rest, "retainer/message/"))
             }
             ("GET", ["bridges"]) => ok(json!(self.bridges())),
+            ("GET", ["alarms"]) => ok(json!([{"node": self.node(), "alarms": self.alarms()}])),
+            ("POST", ["mqtt", "subscribe"]) => self.subscribe(&req, false, true),
+            ("POST", ["mqtt", "subscribe_batch"]) => self.subscribe(&req, true, true),
+            ("POST", ["mqtt", "unsubscribe"]) => self.subscribe(&req, false, false),
+            ("POST", ["mqtt", "unsubscribe_batch"]) => self.subscribe(&req, true, false),
             (_, _) => error(
                 404,
                 BAD_PARAMETER,
@@ -288,6 +278,12 @@ impl Admin {
         json!({
             "messages.received": get(&m.messages_received),
             "messages.sent": get(&m.messages_sent),
+            "messages.qos0.received": get(&m.received_by_qos[0]),
+            "messages.qos1.received": get(&m.received_by_qos[1]),
+            "messages.qos2.received": get(&m.received_by_qos[2]),
+            "messages.qos0.sent": get(&m.sent_by_qos[0]),
+            "messages.qos1.sent": get(&m.sent_by_qos[1]),
+            "messages.qos2.sent": get(&m.sent_by_qos[2]),
             "messages.dropped": dropped,
             "messages.dropped.queue_full": get(&m.dropped_queue_full),
             "messages.dropped.too_large": get(&m.dropped_too_large),
@@ -466,17 +462,76 @@ impl Admin {
             .collect()
     }
 
+    fn alarms(&self) -> Vec<Value> {
+        let alarms = self.broker.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        alarms
+            .iter()
+            .map(|a| json!({"name": a.name, "message": a.message, "activate_at": datetime(a.raised_at)}))
+            .collect()
+    }
+
+    /// `POST /api/v4/mqtt/subscribe` and `unsubscribe` (one object: `topic` or `topics`,
+    /// `clientid`, `qos`) and their `_batch` forms (an array), for connected clients.
+    fn subscribe(&self, req: &Request, batch: bool, subscribe: bool) -> Response {
+        let requests = match json_requests(req, batch) {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
+        let mut checked = Vec::new();
+        for r in &requests {
+            let Some(client) = r.get("clientid").and_then(Value::as_str) else {
+                return error(400, MISSING_PARAMETER, "missing clientid");
+            };
+            let filters = match topics_of(r) {
+                Ok(t) => t,
+                Err(response) => return response,
+            };
+            for f in &filters {
+                if let Err(e) = crate::protocol::topic::validate_filter(f) {
+                    return error(
+                        400,
+                        BAD_TOPIC,
+                        format!("topic filter {f:?}: {}", e.describe()),
+                    );
+                }
+            }
+            let qos = match qos_of(r) {
+                Ok(q) => q,
+                Err(response) => return response,
+            };
+            checked.push((client.to_owned(), filters, qos));
+        }
+        let mut results = Vec::new();
+        for (client, filters, qos) in checked {
+            let mut online = true;
+            for f in &filters {
+                online &= if subscribe {
+                    self.broker.subscribe_for(&client, f, qos, Instant::now())
+                } else {
+                    self.broker.unsubscribe_for(&client, f).is_some()
+                };
+            }
+            results.push(if online {
+                json!({"code": 0, "clientid": client})
+            } else {
+                json!({"code": CLIENT_OFFLINE, "clientid": client, "message": "client is not connected"})
+            });
+        }
+        if batch {
+            return ok(json!(results));
+        }
+        match results.pop() {
+            Some(r) if r["code"] == 0 => Response::json(200, &json!({"code": 0})),
+            Some(r) => Response::json(404, &r),
+            None => error(400, MISSING_PARAMETER, "nothing to do"),
+        }
+    }
+
     /// `POST /api/v4/mqtt/publish` (one object) or `publish_batch` (an array of them).
     fn publish(&self, req: &Request, batch: bool) -> Response {
-        let body: Value = match serde_json::from_slice(&req.body) {
-            Ok(v) => v,
-            Err(e) => return error(400, BAD_JSON, format!("request body is not JSON: {e}")),
-        };
-        let requests: Vec<Value> = match (batch, body) {
-            (false, v @ Value::Object(_)) => vec![v],
-            (true, Value::Array(items)) => items,
-            (false, _) => return error(400, BAD_PARAMETER, "expected a JSON object"),
-            (true, _) => return error(400, BAD_PARAMETER, "expected a JSON array"),
+        let requests = match json_requests(req, batch) {
+            Ok(r) => r,
+            Err(response) => return response,
         };
         let mut messages = Vec::new();
         for r in &requests {
@@ -518,33 +573,48 @@ fn rest_after(rest: &str, prefix: &str) -> String {
         .to_owned()
 }
 
+/// The request objects of a body: one object, or (`batch`) an array of them.
+fn json_requests(req: &Request, batch: bool) -> Result<Vec<Value>, Response> {
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| error(400, BAD_JSON, format!("request body is not JSON: {e}")))?;
+    match (batch, body) {
+        (false, v @ Value::Object(_)) => Ok(vec![v]),
+        (true, Value::Array(items)) => Ok(items),
+        (false, _) => Err(error(400, BAD_PARAMETER, "expected a JSON object")),
+        (true, _) => Err(error(400, BAD_PARAMETER, "expected a JSON array")),
+    }
+}
+
+/// `topic`, or `topics` separated by commas.
+fn topics_of(r: &Value) -> Result<Vec<String>, Response> {
+    match (r.get("topic"), r.get("topics")) {
+        (Some(Value::String(t)), _) => Ok(vec![t.clone()]),
+        (None, Some(Value::String(ts))) => Ok(ts.split(',').map(|t| t.trim().to_owned()).collect()),
+        (Some(_), _) | (None, Some(_)) => Err(error(400, BAD_PARAMETER, "topic must be a string")),
+        (None, None) => Err(error(400, MISSING_PARAMETER, "missing topic or topics")),
+    }
+}
+
+fn qos_of(r: &Value) -> Result<QoS, Response> {
+    match r.get("qos").map(Value::as_u64) {
+        None | Some(Some(0)) => Ok(QoS::AtMostOnce),
+        Some(Some(1)) => Ok(QoS::AtLeastOnce),
+        Some(Some(2)) => Ok(QoS::ExactlyOnce),
+        Some(_) => Err(error(400, BAD_PARAMETER, "qos must be 0, 1 or 2")),
+    }
+}
+
 /// One request object of `/mqtt/publish`: `topic` or `topics` (comma-separated),
 /// `payload`, `encoding` (`plain` or `base64`), `qos`, `retain`, v5 `properties`.
 fn message_from(r: &Value) -> Result<Vec<Message>, Response> {
-    let topics: Vec<String> = match (r.get("topic"), r.get("topics")) {
-        (Some(Value::String(t)), _) => vec![t.clone()],
-        (None, Some(Value::String(ts))) => ts.split(',').map(|t| t.trim().to_owned()).collect(),
-        (Some(_), _) | (None, Some(_)) => {
-            return Err(error(400, BAD_PARAMETER, "topic must be a string"));
-        }
-        (None, None) => return Err(error(400, MISSING_PARAMETER, "missing topic or topics")),
-    };
+    let topics = topics_of(r)?;
     for t in &topics {
         if let Err(e) = validate_name(t) {
-            return Err(error(
-                400,
-                BAD_TOPIC,
-                format!("topic {t:?}: {}", e.describe()),
-            ));
+            let why = format!("topic {t:?}: {}", e.describe());
+            return Err(error(400, BAD_TOPIC, why));
         }
     }
-    let qos = match r.get("qos").map(Value::as_u64) {
-        None => QoS::AtMostOnce,
-        Some(Some(0)) => QoS::AtMostOnce,
-        Some(Some(1)) => QoS::AtLeastOnce,
-        Some(Some(2)) => QoS::ExactlyOnce,
-        Some(_) => return Err(error(400, BAD_PARAMETER, "qos must be 0, 1 or 2")),
-    };
+    let qos = qos_of(r)?;
     let retain = match r.get("retain") {
         None => false,
         Some(Value::Bool(b)) => *b,

@@ -3,13 +3,15 @@
 //! is slow to send either is cut off, so a stuck script or a scanner costs one task.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use smol::future::FutureExt;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Executor, Timer};
+
+use crate::transport::tls::Tls;
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
@@ -117,11 +119,13 @@ fn parse_target(target: &str) -> (String, Vec<(String, String)>) {
     (percent_decode(path, false), query)
 }
 
-/// Accepts until dropped; each connection is served by `handler`.
+/// Accepts until dropped; each connection is served by `handler`, over TLS when `tls`
+/// is given (HTTPS).
 pub async fn serve<H>(
     listener: Async<TcpListener>,
     executor: Arc<Executor<'static>>,
     handler: Arc<H>,
+    tls: Option<Arc<Tls>>,
 ) where
     H: Fn(Request) -> Response + Send + Sync + 'static,
 {
@@ -129,9 +133,23 @@ pub async fn serve<H>(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let handler = handler.clone();
+                let acceptor = tls.as_ref().map(|t| t.acceptor());
                 executor
                     .spawn(async move {
-                        if let Err(e) = connection(stream, peer, &*handler).await {
+                        let served = match acceptor {
+                            None => connection(stream, peer, &*handler).await,
+                            Some(acceptor) => {
+                                let handshake = async { acceptor.accept(stream).await }.or(async {
+                                    Timer::after(REQUEST_TIMEOUT).await;
+                                    Err(io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake"))
+                                });
+                                match handshake.await {
+                                    Ok(stream) => connection(stream, peer, &*handler).await,
+                                    Err(e) => Err(e),
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
                             log::debug!("HTTP connection from {peer}: {e}");
                         }
                     })
@@ -151,12 +169,9 @@ enum Read {
     Closed,
 }
 
-async fn connection<H>(
-    mut stream: Async<TcpStream>,
-    peer: SocketAddr,
-    handler: &H,
-) -> io::Result<()>
+async fn connection<S, H>(mut stream: S, peer: SocketAddr, handler: &H) -> io::Result<()>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     H: Fn(Request) -> Response,
 {
     let mut buf = Vec::new();
@@ -185,8 +200,8 @@ where
     }
 }
 
-async fn read_request(
-    stream: &mut Async<TcpStream>,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     peer: SocketAddr,
 ) -> io::Result<Read> {
@@ -267,8 +282,8 @@ async fn read_request(
     Ok(Read::Request(request, !close))
 }
 
-async fn write_response(
-    stream: &mut Async<TcpStream>,
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     response: &Response,
     keep_alive: bool,
 ) -> io::Result<()> {

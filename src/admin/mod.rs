@@ -63,13 +63,14 @@ pub fn secret(configured: Option<&str>, app_id: &str, data_dir: &Path) -> Result
     Ok(secret)
 }
 
-/// Serves `admin` on `socket`; with `dashboard`, the page too.
+/// Serves `admin` on `socket` (HTTPS with `tls`); with `dashboard`, the page too.
 pub fn serve(
     executor: &Arc<Executor<'static>>,
     socket: Async<TcpListener>,
     admin: Arc<Admin>,
     dashboard: bool,
+    tls: Option<Arc<crate::transport::tls::Tls>>,
 ) -> Task<()> {
     let handler = Arc::new(move |req| admin.handle(req, dashboard));
-    executor.spawn(http::serve(socket, executor.clone(), handler))
+    executor.spawn(http::serve(socket, executor.clone(), handler, tls))
 }

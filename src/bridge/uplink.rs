@@ -256,16 +256,8 @@ impl Uplink {
                         self.status.name,
                         publish.topic
                     );
-                    let id = publish.packet_id;
-                    match publish.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => {
-                            self.send_local(&Packet::PubAck(Ack::new(id, ReasonCode::SUCCESS)))
-                        }
-                        QoS::ExactlyOnce => {
-                            self.local_only.insert(id);
-                            self.send_local(&Packet::PubRec(Ack::new(id, ReasonCode::SUCCESS)));
-                        }
+                    if let Some(ack) = acknowledge_here(&publish, &mut self.local_only) {
+                        self.send_local(&ack);
                     }
                 }
             },
@@ -324,17 +316,8 @@ impl Uplink {
                             self.status.name,
                             publish.topic
                         );
-                        let id = publish.packet_id;
-                        match publish.qos {
-                            QoS::AtMostOnce => {}
-                            QoS::AtLeastOnce => {
-                                self.send_remote(&Packet::PubAck(Ack::new(id, ReasonCode::SUCCESS)))
-                            }
-                            QoS::ExactlyOnce => {
-                                self.remote_only.insert(id);
-                                let rec = Ack::new(id, ReasonCode::SUCCESS);
-                                self.send_remote(&Packet::PubRec(rec));
-                            }
+                        if let Some(ack) = acknowledge_here(&publish, &mut self.remote_only) {
+                            self.send_remote(&ack);
                         }
                     }
                 }
@@ -434,6 +417,20 @@ impl Uplink {
             }
             self.send_remote(&Packet::PingReq);
             self.ping.set_after(self.keep_alive / 2);
+        }
+    }
+}
+
+/// The acknowledgement for a message no rule covers, so its sender does not wait for
+/// ever; a QoS 2 id is remembered in `unrouted` to answer its PUBREL.
+fn acknowledge_here(publish: &Publish, unrouted: &mut HashSet<u16>) -> Option<Packet> {
+    let ack = Ack::new(publish.packet_id, ReasonCode::SUCCESS);
+    match publish.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
+        QoS::ExactlyOnce => {
+            unrouted.insert(publish.packet_id);
+            Some(Packet::PubRec(ack))
         }
     }
 }

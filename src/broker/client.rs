@@ -1205,6 +1205,7 @@ impl Client {
         }
         publish.encode(self.version, &mut self.out);
         count(&self.broker.metrics.messages_sent);
+        count(&self.broker.metrics.sent_by_qos[d.qos as usize]);
         if let Some(info) = &self.info {
             info.sent.fetch_add(1, Ordering::Relaxed);
         }

@@ -115,6 +115,9 @@ pub struct Metrics {
     /// Bytes read from and written to client connections.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Messages received from and sent to clients, by QoS 0, 1, 2.
+    pub received_by_qos: [AtomicU64; 3],
+    pub sent_by_qos: [AtomicU64; 3],
 }
 
 fn count(counter: &AtomicU64) {
@@ -379,6 +382,75 @@ impl Broker {
             .len()
     }
 
+    /// Subscribes a connected client to `filter` on its behalf (the management API),
+    /// storing the subscription when its session is stored and sending it the retained
+    /// messages that match. False when the client is not connected.
+    pub fn subscribe_for(&self, client_id: &str, filter: &str, qos: QoS, now: Instant) -> bool {
+        let Some(session) = self.sessions().get(client_id).cloned() else {
+            return false;
+        };
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        let subscription = Subscription { options, id: None };
+        let stored = {
+            let mut st = session.lock();
+            if !st.connected {
+                return false;
+            }
+            st.add_subscription(filter, subscription);
+            st.stored
+        };
+        self.subscribe(&session, filter, subscription);
+        if stored && self.store.is_some() {
+            self.submit(vec![Op::PutSubscription {
+                sid: session.sid,
+                filter: filter.to_owned(),
+                options: options.to_byte(),
+                identifier: None,
+            }]);
+        }
+        if crate::protocol::topic::parse_shared(filter).is_none() {
+            for message in self.retained_matching(filter, now) {
+                let qos = message.qos.min(qos);
+                let delivery = Delivery {
+                    message,
+                    qos,
+                    retain: true,
+                    subscription_ids: Vec::new(),
+                    shared: None,
+                    seq: 0,
+                };
+                self.enqueue(&session, delivery);
+            }
+        }
+        true
+    }
+
+    /// Removes a connected client's subscription on its behalf: `None` when it is not
+    /// connected, otherwise whether the subscription existed.
+    pub fn unsubscribe_for(&self, client_id: &str, filter: &str) -> Option<bool> {
+        let session = self.sessions().get(client_id).cloned()?;
+        let (existed, stored) = {
+            let mut st = session.lock();
+            if !st.connected {
+                return None;
+            }
+            (st.remove_subscription(filter), st.stored)
+        };
+        if existed {
+            self.unsubscribe(&session, filter);
+            if stored && self.store.is_some() {
+                self.submit(vec![Op::DeleteSubscription {
+                    sid: session.sid,
+                    filter: filter.to_owned(),
+                }]);
+            }
+        }
+        Some(existed)
+    }
+
     /// Disconnects `client_id` (DISCONNECT 0x98 for v5); whether it was connected.
     pub fn kick(&self, client_id: &str) -> bool {
         let Some(session) = self.sessions().get(client_id).cloned() else {
@@ -632,6 +704,9 @@ impl Broker {
         self.metrics
             .messages_received
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        for message in &messages {
+            count(&self.metrics.received_by_qos[message.qos as usize]);
+        }
         self.route(messages, reached, ops, true)
     }
 

@@ -144,6 +144,9 @@ pub struct Api {
     pub metrics_auth: bool,
     /// Seconds between `$SYS` updates; 0 turns `$SYS` off.
     pub sys_interval: u64,
+    /// HTTPS: PEM certificate chain and key.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Api {
@@ -155,6 +158,8 @@ impl Default for Api {
             app_secret: None,
             metrics_auth: false,
             sys_interval: 10,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct Dashboard {
     pub enabled: bool,
     #[serde(deserialize_with = "socket_addr_required")]
     pub bind: SocketAddr,
+    /// HTTPS: PEM certificate chain and key.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Dashboard {
@@ -173,6 +181,8 @@ impl Default for Dashboard {
         Dashboard {
             enabled: true,
             bind: "0.0.0.0:18083".parse().expect("a valid address"),
+            cert: None,
+            key: None,
         }
     }
 }
@@ -375,6 +385,26 @@ impl Config {
         Ok(config)
     }
 
+    /// The HTTPS settings of `[api]` or `[dashboard]` (`name`), if it has a certificate.
+    pub fn http_tls(&self, name: &str) -> Result<Option<TlsSettings>, String> {
+        let (cert, key) = match name {
+            "api" => (&self.api.cert, &self.api.key),
+            _ => (&self.dashboard.cert, &self.dashboard.key),
+        };
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsSettings {
+                cert: self.base_dir.join(cert),
+                key: self.base_dir.join(key),
+                ca: None,
+                require_client_cert: false,
+            })),
+            _ => Err(format!(
+                "[{name}] needs both cert and key for HTTPS, or neither"
+            )),
+        }
+    }
+
     /// The checked `[[bridge]]` tables.
     pub fn bridges(&self) -> Result<Vec<BridgeSettings>, String> {
         let mut out: Vec<BridgeSettings> = Vec::new();
@@ -393,6 +423,8 @@ impl Config {
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         config.validate()?;
         config.bridges()?;
+        config.http_tls("api")?;
+        config.http_tls("dashboard")?;
         Ok(config)
     }
 

@@ -12,11 +12,11 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
 
-use super::Rewind;
-use super::admission::ListenerAdmission;
+use super::admission::{ListenerAdmission, Verdict};
 use super::connection::{self, ConnectionConfig, Proxied};
 use super::tls::common_name;
 use super::ws::{self, WsStream};
+use super::{Rewind, Stream};
 use crate::broker::Broker;
 use crate::throttle::Throttle;
 
@@ -108,32 +108,13 @@ async fn serve_wrapped(
     };
     // Admitted once the real client is known: the rate limit is per client address.
     let verdict = admission.admit(peer.ip(), Instant::now());
-    let ws_path = config.ws_path.clone();
     let Some(tls) = config.tls.clone() else {
-        match ws_path {
-            None => {
-                let serving =
-                    connection::serve(stream, peer, broker, config, verdict, rbuf, identity);
-                Box::pin(serving).await;
-            }
-            Some(path) => {
-                let stream = Rewind::new(rbuf, stream);
-                let upgrade = ws_upgrade(stream, &path, peer, &broker, &config);
-                if let Some(ws) = Box::pin(upgrade).await {
-                    let serving = connection::serve(
-                        ws,
-                        peer,
-                        broker,
-                        config,
-                        verdict,
-                        BytesMut::new(),
-                        identity,
-                    );
-                    Box::pin(serving).await;
-                }
-            }
-        }
-        return;
+        let client = Client {
+            peer,
+            verdict,
+            identity,
+        };
+        return serve_mqtt(stream, rbuf, client, broker, config).await;
     };
     let stream = Rewind::new(rbuf, stream);
     let handshake = tls_handshake(tls.acceptor(), stream, peer, &config);
@@ -147,27 +128,44 @@ async fn serve_wrapped(
         .and_then(|chain| chain.first())
         .and_then(|cert| common_name(cert))
         .or(identity);
-    match ws_path {
-        None => {
-            let serving = connection::serve(
-                stream,
-                peer,
-                broker,
-                config,
-                verdict,
-                BytesMut::new(),
-                identity,
-            );
-            Box::pin(serving).await;
-        }
-        Some(path) => {
-            let upgrade = ws_upgrade(stream, &path, peer, &broker, &config);
-            if let Some(ws) = Box::pin(upgrade).await {
-                let serving =
-                    connection::serve(ws, peer, broker, config, verdict, BytesMut::new(), identity);
-                Box::pin(serving).await;
-            }
-        }
+    let client = Client {
+        peer,
+        verdict,
+        identity,
+    };
+    serve_mqtt(stream, BytesMut::new(), client, broker, config).await;
+}
+
+/// Who is on the other end of a wrapped connection.
+struct Client {
+    peer: SocketAddr,
+    verdict: Verdict,
+    identity: Option<String>,
+}
+
+/// MQTT on `stream` (`rbuf`: what was read from it already), over a WebSocket when the
+/// listener has a path.
+async fn serve_mqtt<S: Stream>(
+    stream: S,
+    rbuf: BytesMut,
+    client: Client,
+    broker: Arc<Broker>,
+    config: Arc<ConnectionConfig>,
+) {
+    let Client {
+        peer,
+        verdict,
+        identity,
+    } = client;
+    let Some(path) = config.ws_path.clone() else {
+        let serving = connection::serve(stream, peer, broker, config, verdict, rbuf, identity);
+        return Box::pin(serving).await;
+    };
+    let upgrade = ws_upgrade(Rewind::new(rbuf, stream), &path, peer, &broker, &config);
+    if let Some(ws) = Box::pin(upgrade).await {
+        let rbuf = BytesMut::new();
+        let serving = connection::serve(ws, peer, broker, config, verdict, rbuf, identity);
+        Box::pin(serving).await;
     }
 }
 

@@ -51,8 +51,12 @@ class Broker:
         threading.Thread(target=self._read_log, daemon=True).start()
         m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)")
         self.host, self.port = m.group(1), int(m.group(2))
-        m = re.search(r"listening name=api addr=([\d.]+):(\d+)", self.log_text())
-        self.api_port = int(m.group(2)) if m else None
+
+
+    @property
+    def api_port(self):
+        """The management API's port (it is bound after the MQTT listeners)."""
+        return int(self.wait_for_log(r"listening name=api addr=[\d.]+:(\d+)").group(1))
 
     def restart(self, sig=signal.SIGTERM, prefix=(), env=None):
         self.stop(sig)

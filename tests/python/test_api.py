@@ -22,10 +22,10 @@ SECRET = "s3cret"
 
 
 def api_broker(tmp_path, extra=""):
+    """`extra` continues the [api] table (or starts further tables)."""
     d = tmp_path / "tern"
     d.mkdir(exist_ok=True)
     b = Broker(d, f'[api]\nbind = "127.0.0.1:0"\napp_secret = "{SECRET}"\nsys_interval = 1\n{extra}')
-    b.api_port = int(b.wait_for_log(r"listening name=api addr=[\d.]+:(\d+)").group(1))
     b.dashboard_port = int(b.wait_for_log(r"listening name=dashboard addr=[\d.]+:(\d+)").group(1))
     return b
 
@@ -100,7 +100,7 @@ def test_clients_subscriptions_kick_and_publish(tmp_path):
 
 
 def test_the_proxy_address_is_the_ip_address(tmp_path):
-    b = api_broker(tmp_path, '[listeners.behind]\ntype = "tcp"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n')
+    b = api_broker(tmp_path, '\n[listeners.behind]\ntype = "tcp"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n')
     try:
         port = int(b.wait_for_log(r"listening name=behind addr=[\d.]+:(\d+)").group(1))
         s = socket.create_connection(("127.0.0.1", port))
@@ -253,5 +253,53 @@ def test_dashboard_in_headless_chromium_kicks_a_client(tmp_path):
         assert call(b, "GET", "/api/v4/clients/victim")[0] == 404
         assert shot.stat().st_size > 1000
         print(f"dashboard screenshot: {shot}")
+    finally:
+        b.stop()
+
+
+def test_subscribe_and_unsubscribe_on_a_clients_behalf_and_alarms(tmp_path):
+    b = api_broker(tmp_path)
+    try:
+        dev = Paho(b, "dev-2", protocol=V5, clean_start=False,
+                   properties=None)
+        call(b, "POST", "/api/v4/mqtt/publish", {"topic": "ota/fw", "payload": "v2", "retain": True})
+        assert call(b, "POST", "/api/v4/mqtt/subscribe", {"topic": "ota/#", "clientid": "dev-2", "qos": 1}) == \
+            (200, {"code": 0})
+        m = dev.expect()
+        assert (m.topic, m.payload, m.retain) == ("ota/fw", b"v2", True)
+        call(b, "POST", "/api/v4/mqtt/publish", {"topic": "ota/now", "payload": "go", "qos": 1})
+        assert dev.expect().payload == b"go"
+        assert call(b, "GET", "/api/v4/subscriptions/dev-2")[1]["data"][0]["topic"] == "ota/#"
+        status, body = call(b, "POST", "/api/v4/mqtt/unsubscribe_batch", [{"topic": "ota/#", "clientid": "dev-2"},
+                                                                          {"topic": "x", "clientid": "nobody"}])
+        assert status == 200 and [r["code"] for r in body["data"]] == [0, 112], body
+        call(b, "POST", "/api/v4/mqtt/publish", {"topic": "ota/later", "payload": "no"})
+        dev.expect_none(0.5)
+        status, body = call(b, "POST", "/api/v4/mqtt/subscribe", {"topic": "a/#/b", "clientid": "dev-2"})
+        assert (status, body["code"]) == (400, 115)
+        assert call(b, "POST", "/api/v4/mqtt/subscribe", {"topic": "t", "clientid": "ghost"})[1]["code"] == 112
+        assert call(b, "GET", "/api/v4/alarms")[1]["data"] == [{"node": "tern1", "alarms": []}]
+    finally:
+        b.stop()
+
+
+def test_https_on_the_api_and_dashboard_ports(tmp_path, certs):
+    import ssl
+    b = api_broker(tmp_path, f'cert = "{certs}/server.crt"\nkey = "{certs}/server.key"\n'
+                             f'[dashboard]\nbind = "127.0.0.1:0"\ncert = "{certs}/server.crt"\n'
+                             f'key = "{certs}/server.key"\n')
+    try:
+        b.wait_for_log(r"listening name=api addr=\S+ \(https\)")
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        for port, path in [(b.api_port, "/api/v4/brokers"), (b.dashboard_port, "/")]:
+            req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{SECRET}".encode()).decode())
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                assert r.status == 200
+        # Plain HTTP on an HTTPS port is a failed handshake for that connection only.
+        s = socket.create_connection(("127.0.0.1", b.api_port))
+        s.sendall(b"GET /status HTTP/1.1\r\n\r\n")
+        s.settimeout(5)
+        assert not s.recv(100).startswith(b"HTTP/1.1 200")
     finally:
         b.stop()

@@ -300,6 +300,18 @@ def test_failover_to_the_second_remote(tmp_path, stop_all):
     assert connected(tern, start=start).endswith(f":{second.port}")
     Paho(tern, "device", protocol=V311).publish("sensors/t", b"via the second", qos=1)
     assert watcher.expect().payload == b"via the second"
+    # The management API shows where the bridge is and what it carried.
+    from test_api import call
+    secret = (tern.dir / "data" / "api_secret").read_text().strip()
+    deadline = time.monotonic() + 5
+    while True:
+        status, body = call(tern, "GET", "/api/v4/bridges", auth=("admin", secret), port=tern.api_port)
+        bridge = body["data"][0]
+        if bridge["acknowledged"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (bridge["name"], bridge["connected"]) == ("central", 1)
+    assert bridge["remote"].endswith(f":{second.port}") and bridge["sent"] >= 1 and bridge["acknowledged"] >= 1
 
 
 def test_wrong_credentials_and_untrusted_certificates_back_off_and_log(tmp_path, stop_all, certs):
