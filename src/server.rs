@@ -31,6 +31,22 @@ pub fn run(config: Config) -> Result<(), String> {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let executor = executor.clone();
+        let stopped = stopped.clone();
+        let worker = thread::Builder::new()
+            .name(format!("tern-worker-{i}"))
+            .spawn(move || smol::block_on(executor.run(async { stopped.recv().await.ok() })))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        workers.push(worker);
+    }
+
+    // The API answers first (503 while the store opens), so a balancer can tell a
+    // starting node from a dead one.
+    let (admin, admin_tasks, admin_certificates) = start_admin(&config, &listeners, &executor)?;
     let store = match config.store_config() {
         Some(store_config) => {
             let started = Instant::now();
@@ -51,19 +67,6 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let store_handle = store.as_ref().map(|(s, _)| s.clone());
     let broker = Broker::with_store(config.broker_settings(), store);
-    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
-    let (stop, stopped) = smol::channel::bounded::<()>(1);
-    let mut workers = Vec::new();
-    for i in 0..threads {
-        let executor = executor.clone();
-        let stopped = stopped.clone();
-        let worker = thread::Builder::new()
-            .name(format!("tern-worker-{i}"))
-            .spawn(move || smol::block_on(executor.run(async { stopped.recv().await.ok() })))
-            .map_err(|e| format!("cannot start worker thread: {e}"))?;
-        workers.push(worker);
-    }
-
     let admission = Admission::new(
         config.limits.max_connections,
         config.limits.max_connection_rate,
@@ -71,6 +74,16 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut accept_tasks = Vec::new();
     let mut policies: Vec<Arc<AuthPolicy>> = Vec::new();
     let mut certificates: Vec<(String, Arc<Tls>)> = Vec::new();
+    if let Some(admin) = &admin {
+        // After the store: it has checked (and created) the data directory.
+        let secret = crate::admin::secret(
+            config.api.app_secret.as_deref(),
+            &config.api.app_id,
+            &config.data_dir(),
+        )?;
+        let _ = admin.app_secret.set(secret);
+        let _ = admin.broker.set(broker.clone());
+    }
     for listener in &listeners {
         let socket = tcp::bind(listener.bind).map_err(|e| {
             format!(
@@ -119,10 +132,20 @@ pub fn run(config: Config) -> Result<(), String> {
             admission.listener(listener.max_connections),
         )));
     }
+    if let Some(admin) = &admin {
+        // The MQTT listeners accept from here on.
+        admin.serving.store(true, Ordering::SeqCst);
+    }
     let bridge_tasks = crate::bridge::start(&broker, &executor, config.bridges()?)?;
-    let (admin, admin_tasks, admin_certificates) =
-        start_admin(&config, &listeners, &broker, &executor)?;
     certificates.extend(admin_certificates);
+    let sys_task = (config.api.sys_interval > 0).then(|| {
+        let interval = Duration::from_secs(config.api.sys_interval);
+        executor.spawn(crate::admin::sys::publish_loop(
+            broker.clone(),
+            interval,
+            Instant::now(),
+        ))
+    });
     let ticker = executor.spawn({
         let broker = broker.clone();
         async move {
@@ -141,9 +164,6 @@ pub fn run(config: Config) -> Result<(), String> {
                 }
             })
             .detach();
-    }
-    if let Some(admin) = &admin {
-        admin.serving.store(true, Ordering::SeqCst);
     }
     systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     log::info!(
@@ -181,6 +201,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     drop(bridge_tasks);
     drop(admin_tasks);
+    drop(sys_task);
     drop(ticker);
     for _ in &workers {
         let _ = stop.try_send(());
@@ -203,20 +224,15 @@ type AdminTasks = (
     Vec<(String, Arc<Tls>)>,
 );
 
-/// Binds the management API and the dashboard (each when enabled) and starts `$SYS`.
+/// Binds the management API and the dashboard (each when enabled); they answer 503
+/// until the broker is set.
 fn start_admin(
     config: &Config,
     listeners: &[crate::config::Listener],
-    broker: &Arc<Broker>,
     executor: &Arc<Executor<'static>>,
 ) -> Result<AdminTasks, String> {
     use crate::admin::{self, Admin, ListenerView};
     let mut tasks = Vec::new();
-    if config.api.sys_interval > 0 {
-        let interval = Duration::from_secs(config.api.sys_interval);
-        let sys = admin::sys::publish_loop(broker.clone(), interval, Instant::now());
-        tasks.push(executor.spawn(sys));
-    }
     if !config.api.enabled && !config.dashboard.enabled {
         return Ok((None, tasks, Vec::new()));
     }
@@ -228,13 +244,8 @@ fn start_admin(
         );
         return Ok((None, tasks, Vec::new()));
     }
-    let app_secret = admin::secret(
-        config.api.app_secret.as_deref(),
-        &config.api.app_id,
-        &config.data_dir(),
-    )?;
     let admin = Arc::new(Admin {
-        broker: broker.clone(),
+        broker: std::sync::OnceLock::new(),
         listeners: listeners
             .iter()
             .map(|l| ListenerView {
@@ -245,7 +256,7 @@ fn start_admin(
             })
             .collect(),
         app_id: config.api.app_id.clone(),
-        app_secret,
+        app_secret: std::sync::OnceLock::new(),
         metrics_auth: config.api.metrics_auth,
         started: Instant::now(),
         serving: std::sync::atomic::AtomicBool::new(false),

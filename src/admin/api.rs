@@ -4,8 +4,8 @@
 //! names and result codes. Also `/status` for load balancers and `/metrics` for
 //! Prometheus.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -40,10 +40,13 @@ pub struct ListenerView {
 }
 
 pub struct Admin {
-    pub broker: Arc<Broker>,
+    /// Set once the store has loaded; until then every answer is 503.
+    pub broker: OnceLock<Arc<Broker>>,
     pub listeners: Vec<ListenerView>,
     pub app_id: String,
-    pub app_secret: String,
+    /// Set with the broker: it may be generated into the data directory, which the
+    /// store checks first.
+    pub app_secret: OnceLock<String>,
     pub metrics_auth: bool,
     pub started: Instant,
     /// `/status` says 200 only while this is set: from the listeners' start to shutdown.
@@ -110,8 +113,14 @@ fn proto_ver(v: ProtocolVersion) -> u8 {
 }
 
 impl Admin {
+    fn broker(&self) -> &Arc<Broker> {
+        self.broker
+            .get()
+            .expect("requests are answered 503 until the broker is set")
+    }
+
     fn node(&self) -> &str {
-        &self.broker.settings.node_name
+        &self.broker().settings.node_name
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -126,13 +135,20 @@ impl Admin {
         else {
             return false;
         };
-        let expected = format!("{}:{}", self.app_id, self.app_secret);
+        let Some(secret) = self.app_secret.get() else {
+            return false;
+        };
+        let expected = format!("{}:{}", self.app_id, secret);
         given.ct_eq(expected.as_bytes()).into()
     }
 
     /// Answers one request; `dashboard`: this port also serves the dashboard's page.
     pub fn handle(&self, req: Request, dashboard: bool) -> Response {
         let path = req.path.trim_end_matches('/').to_owned();
+        if self.broker.get().is_none() {
+            // The store is still opening: a balancer must not send clients here yet.
+            return Response::new(503, "text/plain", "tern is starting\n");
+        }
         match (req.method.as_str(), path.as_str()) {
             ("GET", "/status") => return self.status(),
             ("GET", "/metrics") if !self.metrics_auth => return self.prometheus(),
@@ -210,13 +226,18 @@ impl Admin {
     }
 
     fn status(&self) -> Response {
-        let up = self.serving.load(Ordering::Relaxed) && !self.broker.is_shutting_down();
+        let broker = self.broker();
+        let store_failing = broker.store().is_some_and(|s| s.is_failing());
+        let up =
+            self.serving.load(Ordering::Relaxed) && !broker.is_shutting_down() && !store_failing;
         let state = if up { "is running" } else { "is not running" };
         let body = format!(
             "Node {} is {}\ntern {state}\n",
             self.node(),
             if up {
                 "started"
+            } else if store_failing {
+                "started, but its store cannot write"
             } else {
                 "starting or stopping"
             }
@@ -242,16 +263,16 @@ impl Admin {
             "node_status": "Running",
             "version": env!("CARGO_PKG_VERSION"),
             "uptime": uptime(self.started.elapsed().as_secs()),
-            "connections": self.broker.metrics.clients_connected.load(Ordering::Relaxed),
+            "connections": self.broker().metrics.clients_connected.load(Ordering::Relaxed),
             "load1": load1, "load5": load5, "load15": load15,
             "memory_used": prometheus::resident_bytes(),
-            "store_bytes": self.broker.store().map(|s| s.figures().2),
+            "store_bytes": self.broker().store().map(|s| s.figures().2),
             "max_fds": max_fds(),
         })
     }
 
     fn stats(&self) -> Value {
-        let subscriptions = self.broker.subscription_list();
+        let subscriptions = self.broker().subscription_list();
         let topics = {
             let mut filters: Vec<&String> = subscriptions.iter().map(|(_, f, _)| f).collect();
             filters.sort();
@@ -260,18 +281,18 @@ impl Admin {
         };
         json!({
             "node": self.node(),
-            "connections.count": self.broker.metrics.clients_connected.load(Ordering::Relaxed),
-            "sessions.count": self.broker.session_count(),
+            "connections.count": self.broker().metrics.clients_connected.load(Ordering::Relaxed),
+            "sessions.count": self.broker().session_count(),
             "subscriptions.count": subscriptions.len(),
             "subscribers.count": subscriptions.iter().map(|(c, _, _)| c).collect::<std::collections::HashSet<_>>().len(),
             "topics.count": topics,
             "routes.count": topics,
-            "retained.count": self.broker.retained_count(),
+            "retained.count": self.broker().retained_count(),
         })
     }
 
     fn metrics(&self) -> Value {
-        let m = &self.broker.metrics;
+        let m = &self.broker().metrics;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let dropped =
             get(&m.dropped_queue_full) + get(&m.dropped_too_large) + get(&m.dropped_expired);
@@ -288,7 +309,7 @@ impl Admin {
             "messages.dropped.queue_full": get(&m.dropped_queue_full),
             "messages.dropped.too_large": get(&m.dropped_too_large),
             "messages.dropped.expired": get(&m.dropped_expired),
-            "messages.retained": self.broker.retained_count(),
+            "messages.retained": self.broker().retained_count(),
             "bytes.received": get(&m.bytes_received),
             "bytes.sent": get(&m.bytes_sent),
             "client.connected": get(&m.connections),
@@ -296,7 +317,7 @@ impl Admin {
     }
 
     fn listeners(&self) -> Vec<Value> {
-        let clients = self.broker.clients();
+        let clients = self.broker().clients();
         self.listeners
             .iter()
             .map(|l| {
@@ -341,7 +362,7 @@ impl Admin {
     }
 
     fn client_list(&self, keep: impl Fn(&ClientView) -> bool) -> Vec<Value> {
-        let mut clients = self.broker.clients();
+        let mut clients = self.broker().clients();
         clients.sort_by_key(|c| c.info.connected_at);
         clients
             .iter()
@@ -377,7 +398,7 @@ impl Admin {
     }
 
     fn kick(&self, id: &str) -> Response {
-        if self.broker.kick(id) {
+        if self.broker().kick(id) {
             log::info!("management API: kicked client_id={id}");
             ok(Value::Null)
         } else {
@@ -390,7 +411,7 @@ impl Admin {
     }
 
     fn subscriptions(&self, client: Option<&str>) -> Vec<Value> {
-        self.broker
+        self.broker()
             .subscription_list()
             .into_iter()
             .filter(|(c, _, _)| client.is_none_or(|id| **c == *id))
@@ -403,7 +424,7 @@ impl Admin {
 
     fn routes(&self, topic: Option<&str>) -> Vec<Value> {
         let mut filters: Vec<String> = self
-            .broker
+            .broker()
             .subscription_list()
             .into_iter()
             .map(|(_, f, _)| f)
@@ -418,7 +439,7 @@ impl Admin {
     }
 
     fn retained(&self) -> Vec<Value> {
-        self.broker
+        self.broker()
             .retained_list(Instant::now())
             .iter()
             .map(|m| {
@@ -438,13 +459,13 @@ impl Admin {
             );
         }
         let clear = Message::new(topic, Bytes::new(), QoS::AtMostOnce, true);
-        self.broker.publish(clear, Instant::now());
+        self.broker().publish(clear, Instant::now());
         ok(Value::Null)
     }
 
     fn bridges(&self) -> Vec<Value> {
         let bridges = self
-            .broker
+            .broker()
             .bridges
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -463,7 +484,11 @@ impl Admin {
     }
 
     fn alarms(&self) -> Vec<Value> {
-        let alarms = self.broker.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        let alarms = self
+            .broker()
+            .alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         alarms
             .iter()
             .map(|a| json!({"name": a.name, "message": a.message, "activate_at": datetime(a.raised_at)}))
@@ -506,9 +531,9 @@ impl Admin {
             let mut online = true;
             for f in &filters {
                 online &= if subscribe {
-                    self.broker.subscribe_for(&client, f, qos, Instant::now())
+                    self.broker().subscribe_for(&client, f, qos, Instant::now())
                 } else {
-                    self.broker.unsubscribe_for(&client, f).is_some()
+                    self.broker().unsubscribe_for(&client, f).is_some()
                 };
             }
             results.push(if online {
@@ -542,7 +567,7 @@ impl Admin {
         }
         let n = messages.len();
         for m in messages {
-            self.broker.publish(m, Instant::now());
+            self.broker().publish(m, Instant::now());
         }
         log::debug!("management API: published {n} message(s)");
         if batch {
@@ -561,7 +586,7 @@ impl Admin {
         Response::new(
             200,
             "text/plain; version=0.0.4",
-            prometheus::render(&self.broker),
+            prometheus::render(self.broker()),
         )
     }
 }

@@ -11,13 +11,19 @@ use super::message::Message;
 use crate::protocol::topic;
 
 pub struct Retained {
-    by_topic: HashMap<Box<str>, Arc<Message>>,
+    by_topic: HashMap<Box<str>, Entry>,
     /// Topics and bytes of clients' retained messages; the broker's own (`$SYS`) are
     /// outside the limits and these counts.
     topics: usize,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
+}
+
+struct Entry {
+    message: Arc<Message>,
+    /// A client's message, counted against the limits (not the broker's own).
+    counted: bool,
 }
 
 fn size(message: &Message) -> usize {
@@ -41,34 +47,40 @@ impl Retained {
         let old = self
             .by_topic
             .get(message.topic.as_str())
-            .map_or(0, |m| size(m));
-        let is_new = old == 0 && !message.payload.is_empty();
+            .filter(|e| e.counted)
+            .map(|e| size(&e.message));
         if !message.payload.is_empty()
-            && ((is_new && self.topics >= self.max_messages)
-                || self.bytes - old + size(message) > self.max_bytes)
+            && ((old.is_none() && self.topics >= self.max_messages)
+                || self.bytes - old.unwrap_or(0) + size(message) > self.max_bytes)
         {
             return false;
         }
-        self.set_unbounded(message);
+        self.put(message, true);
         true
     }
 
-    /// [`Retained::set`] without the limits, for the broker's own `$SYS` messages.
+    /// [`Retained::set`] without the limits or the counts, for the broker's own
+    /// messages (`$SYS`, alarms).
     pub fn set_unbounded(&mut self, message: &Arc<Message>) {
+        self.put(message, false);
+    }
+
+    fn put(&mut self, message: &Arc<Message>, counted: bool) {
         let topic = message.topic.as_str();
         let old = if message.payload.is_empty() {
             self.by_topic.remove(topic)
         } else {
-            self.by_topic.insert(topic.into(), message.clone())
+            let entry = Entry {
+                message: message.clone(),
+                counted,
+            };
+            self.by_topic.insert(topic.into(), entry)
         };
-        if topic.starts_with('$') {
-            return;
-        }
-        if let Some(old) = &old {
-            self.bytes -= size(old);
+        if let Some(old) = old.filter(|e| e.counted) {
+            self.bytes -= size(&old.message);
             self.topics -= 1;
         }
-        if !message.payload.is_empty() {
+        if counted && !message.payload.is_empty() {
             self.bytes += size(message);
             self.topics += 1;
         }
@@ -78,22 +90,24 @@ impl Retained {
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         self.by_topic
             .iter()
-            .filter(|(t, m)| topic::matches(filter, t) && !m.is_expired(now))
-            .map(|(_, m)| m.clone())
+            .filter(|(t, e)| topic::matches(filter, t) && !e.message.is_expired(now))
+            .map(|(_, e)| e.message.clone())
             .collect()
     }
 
     /// Forgets retained messages past their expiry.
     pub fn purge_expired(&mut self, now: Instant) {
-        let mut freed = 0;
-        self.by_topic.retain(|_, m| {
-            let keep = !m.is_expired(now);
-            if !keep {
-                freed += size(m);
+        let (mut bytes, mut topics) = (0, 0);
+        self.by_topic.retain(|_, e| {
+            let keep = !e.message.is_expired(now);
+            if !keep && e.counted {
+                bytes += size(&e.message);
+                topics += 1;
             }
             keep
         });
-        self.bytes -= freed;
+        self.bytes -= bytes;
+        self.topics -= topics;
     }
 
     /// Clients' retained messages (not the broker's own `$SYS` ones).
@@ -119,6 +133,28 @@ mod tests {
             QoS::AtMostOnce,
             true,
         ))
+    }
+
+    #[test]
+    fn the_brokers_own_messages_are_not_counted_and_a_client_may_replace_them() {
+        let mut r = Retained::new(1, 1000);
+        r.set_unbounded(&retained("$SYS/x", b"internal"));
+        assert_eq!(r.len(), 0);
+        assert!(
+            r.set(&retained("a", b"1")),
+            "the broker's message takes no room"
+        );
+        // A client's retained message on a `$` topic replaces an internal one.
+        assert!(
+            !r.set(&retained("$SYS/x", b"client")),
+            "over the count of 1"
+        );
+        assert!(r.set(&retained("a", b"")), "deleting is always allowed");
+        assert!(r.set(&retained("$SYS/x", b"client")));
+        assert_eq!(r.len(), 1);
+        r.set_unbounded(&retained("$SYS/x", b"internal again"));
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.bytes, 0);
     }
 
     #[test]

@@ -165,6 +165,8 @@ struct Shared {
     committed: Event,
     /// Batches that failed, for the metrics.
     failed_batches: AtomicU64,
+    /// The last batch failed (a full disk, the size limit): `/status` says 503.
+    last_failed: AtomicBool,
     /// Batches committed (or tried), and the time they took in microseconds.
     commits: AtomicU64,
     commit_micros: AtomicU64,
@@ -227,6 +229,7 @@ impl Store {
             failures: Mutex::new(VecDeque::new()),
             committed: Event::new(),
             failed_batches: AtomicU64::new(0),
+            last_failed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
         });
@@ -349,6 +352,11 @@ impl Store {
     /// Notified after every batch: listen, then check [`Store::ticket_state`].
     pub fn listen(&self) -> EventListener {
         self.shared.committed.listen()
+    }
+
+    /// Whether the last commit failed, so what clients ask to keep is being refused.
+    pub fn is_failing(&self) -> bool {
+        self.shared.last_failed.load(Ordering::Relaxed)
     }
 
     pub fn failed_batches(&self) -> u64 {

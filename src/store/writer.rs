@@ -119,6 +119,7 @@ impl Writer {
                     let first_ticket = last_ticket + 1 - ops.len() as u64;
                     let started = Instant::now();
                     let ok = self.commit(ops);
+                    self.shared.last_failed.store(!ok, Ordering::Relaxed);
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     let micros = started.elapsed().as_micros() as u64;
                     self.shared

@@ -27,6 +27,7 @@ def api_broker(tmp_path, extra=""):
     d.mkdir(exist_ok=True)
     b = Broker(d, f'[api]\nbind = "127.0.0.1:0"\napp_secret = "{SECRET}"\nsys_interval = 1\n{extra}')
     b.dashboard_port = int(b.wait_for_log(r"listening name=dashboard addr=[\d.]+:(\d+)").group(1))
+    b.wait_for_log(r"tern \S+ started node=")
     return b
 
 
@@ -303,3 +304,35 @@ def test_https_on_the_api_and_dashboard_ports(tmp_path, certs):
         assert not s.recv(100).startswith(b"HTTP/1.1 200")
     finally:
         b.stop()
+
+
+def test_status_is_503_until_the_store_has_opened(tmp_path):
+    """The API answers before the store has opened (its first sync is held back for
+    1.5 s with strace), so a balancer sees 503, then 200 once MQTT is served."""
+    from conftest import BIN, free_port
+    port = free_port()
+    d = tmp_path / "tern"
+    d.mkdir()
+    cfg = d / "tern.toml"
+    cfg.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nbind = "127.0.0.1:0"\n'
+                   f'[dashboard]\nenabled = false\n[api]\nbind = "127.0.0.1:{port}"\napp_secret = "x"\n')
+    slow_sync = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
+                 "-e", "inject=fsync,fdatasync:delay_enter=1500000:when=1"]
+    proc = subprocess.Popen([*slow_sync, BIN, "--config", str(cfg)], cwd=d, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (not seen or seen[-1] != 200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+                    seen.append(r.status)
+            except urllib.error.HTTPError as e:
+                seen.append(e.code)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert 503 in seen and seen[-1] == 200, seen
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)

@@ -465,9 +465,19 @@ def test_a_full_disk_refuses_durable_messages_and_keeps_serving_clean_sessions(t
 
 
 def test_the_store_size_limit_refuses_like_a_full_disk(make_broker):
+    import urllib.error
+    import urllib.request
     b = make_broker("[storage]\nmax_store_bytes = 262144\n")
+    status = f"http://127.0.0.1:{b.api_port}/status"
+    b.wait_for_log(r"tern \S+ started node=")
+    assert urllib.request.urlopen(status, timeout=5).status == 200
     _fill_until_refused(b, 200)
     assert os.path.getsize(db_path(b)) <= 262144 + 8192
+    # A balancer's health check now sends new clients elsewhere.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(status, timeout=5)
+    assert refused.value.code == 503
+    assert "store cannot write" in refused.value.read().decode()
 
 
 def test_retained_messages_survive_and_are_bounded(make_broker):
