@@ -12,6 +12,10 @@ struct Args {
     /// configuration file (TOML); without one the built-in defaults apply
     #[argh(option, short = 'c')]
     config: Option<PathBuf>,
+    /// a board profile whose runtime defaults apply (rpi-zero2w, rpi3, rpi3-32bit,
+    /// rpi4, rpi5, armv7, aarch64); the configuration's own keys win
+    #[argh(option)]
+    board: Option<String>,
     /// print the version and exit
     #[argh(switch, short = 'V')]
     version: bool,
@@ -82,15 +86,17 @@ fn main() -> ExitCode {
         };
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let board = args.board.as_deref();
     let config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default(),
+        Some(path) => Config::load_with_board(path, board).map_err(|e| e.to_string()),
+        None => Config::parse_with_board("", board),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     match tern::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

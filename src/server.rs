@@ -1,8 +1,9 @@
 //! Starting and stopping the broker: the store, executor threads, listeners, the
-//! housekeeping tick, and signals. Start order: the store opened and its sessions
-//! loaded, listeners bound (a port in use fails the start), then accepting; stop order:
-//! stop accepting, tell clients (v5: DISCONNECT 0x8B), let them flush, commit and
-//! close the store, exit.
+//! management API, bridges, the housekeeping tick, and signals. Start order: executor
+//! threads and the API (answering `/status` with 503), the store opened and its
+//! sessions loaded, MQTT listeners bound (a port in use fails the start) and accepting,
+//! `/status` 200, bridges; stop order: `/status` 503, stop accepting, tell clients (v5:
+//! DISCONNECT 0x8B), let them flush, commit and close the store, exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,6 +27,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(config: Config) -> Result<(), String> {
     raise_open_file_limit();
+    if let Some(board) = &config.node.board {
+        log::info!(
+            "board {board}: its runtime defaults apply where the configuration sets nothing"
+        );
+    }
     let listeners = config.listeners()?;
     let threads = match config.node.threads {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -155,6 +161,8 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }
     });
+    systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
+    // After READY=1: systemd expects that first.
     if let Some(interval) = systemd::watchdog_interval() {
         executor
             .spawn(async move {
@@ -165,7 +173,6 @@ pub fn run(config: Config) -> Result<(), String> {
             })
             .detach();
     }
-    systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     log::info!(
         "tern {} started node={} threads={threads}",
         env!("CARGO_PKG_VERSION"),

@@ -3,6 +3,8 @@
 //!
 //! The keys are documented with their defaults in `docs/config.md`.
 
+pub mod board;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -45,6 +47,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Executor threads; 0 means one per core.
     pub threads: usize,
+    /// A board profile (`boards/NAME.toml`) whose runtime defaults apply.
+    pub board: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -248,6 +252,7 @@ impl Default for Node {
         Node {
             name: "tern1".into(),
             data_dir: "data".into(),
+            board: None,
             threads: 0,
         }
     }
@@ -343,10 +348,16 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_board(path, None)
+    }
+
+    /// Loads `path` with a board profile's defaults under it: `board`, or the file's
+    /// `[node] board`.
+    pub fn load_with_board(path: &Path, board: Option<&str>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        let mut config =
-            Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut config = Config::parse_with_board(&text, board)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         config.base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -419,8 +430,23 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config =
+        Config::parse_with_board(text, None)
+    }
+
+    /// Parses `text`; with a board (`board`, or the text's `[node] board`), that
+    /// profile's runtime defaults fill in every key the text does not set.
+    pub fn parse_with_board(text: &str, board: Option<&str>) -> Result<Config, String> {
+        // Parsed alone first, so that a mistake in the file is named by its line.
+        let mut config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        if let Some(name) = board.map(str::to_owned).or(config.node.board.clone()) {
+            let mut table: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+            board::apply(&mut table, &name)?;
+            config = table
+                .try_into()
+                .map_err(|e| format!("board {name}: {}", e.to_string().trim_end()))?;
+            config.node.board = Some(name);
+        }
         config.validate()?;
         config.bridges()?;
         config.http_tls("api")?;

@@ -114,7 +114,8 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
     server.bind(str(notify))
     server.settimeout(10)
     conf = tmp_path / "c.toml"
-    conf.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n')
+    conf.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nbind = "127.0.0.1:0"\n'
+                    '[api]\nbind = "127.0.0.1:0"\n[dashboard]\nbind = "127.0.0.1:0"\n')
     env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="200000")
     proc = subprocess.Popen([BIN, "--config", str(conf)], stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -139,3 +140,23 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
         if proc.poll() is None:
             proc.kill()
         server.close()
+
+
+def test_board_profiles_from_the_command_line(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
+                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n[limits]\nmax_connections = 3\n')
+    proc = subprocess.Popen([BIN, "--config", str(conf), "--board", "rpi-zero2w"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("started node=" in l for l in lines):
+            lines.append(proc.stderr.readline())
+        text = "".join(lines)
+        assert "board rpi-zero2w: its runtime defaults apply" in text, text
+        assert "threads=2" in text, text  # from the board
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    r = run("--config", str(conf), "--board", "toaster")
+    assert r.returncode != 0 and 'unknown board "toaster"' in r.stderr and "rpi4" in r.stderr
