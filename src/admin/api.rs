@@ -28,6 +28,8 @@ const BAD_JSON: u32 = 109;
 const CLIENT_OFFLINE: u32 = 112;
 const BAD_TOPIC: u32 = 115;
 
+static CREDENTIAL_FAILURES: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
 /// EMQX's default page size.
 const DEFAULT_LIMIT: usize = 10_000;
 
@@ -160,12 +162,16 @@ impl Admin {
             }
         }
         if !self.authorized(&req) {
-            log::warn!(
-                "management API: {} {} from {} without valid credentials",
-                req.method,
-                req.path,
-                req.peer
-            );
+            // A password guesser must not fill the SD card: ten lines a minute, then a count.
+            if let Some(suppressed) = CREDENTIAL_FAILURES.check(Instant::now()) {
+                log::warn!(
+                    "management API: {} {} from {} without valid credentials{}",
+                    req.method,
+                    req.path,
+                    req.peer,
+                    crate::throttle::left_out(suppressed)
+                );
+            }
             let mut r = error(401, WRONG_CREDENTIALS, "Username or password error");
             if req.header("x-requested-with").is_none() {
                 r.headers
