@@ -16,7 +16,7 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use super::settings::{BridgeSettings, Remote};
 use crate::protocol::{
     self, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, Subscribe,
-    SubscriptionOptions, Will,
+    Will,
 };
 use crate::transport::client::{self, ClientStream};
 
@@ -226,19 +226,9 @@ impl Link {
             };
             protocol::encode(&Packet::Publish(up), self.version, &mut out);
         }
-        let filters: Vec<(String, SubscriptionOptions)> = settings
+        let filters = settings
             .rules
-            .incoming()
-            .map(|rule| {
-                let options = SubscriptionOptions {
-                    qos: rule.qos,
-                    no_local: true,
-                    retain_as_published: true,
-                    retain_handling: RetainHandling::SendAtSubscribe,
-                };
-                (rule.remote_filter(), options)
-            })
-            .collect();
+            .subscriptions(false, RetainHandling::SendAtSubscribe);
         if !filters.is_empty() {
             let subscribe = Subscribe {
                 packet_id: SUBSCRIBE_ID,

@@ -3,8 +3,8 @@
 //! `LOCAL_PREFIX + PATTERN`, remotely `REMOTE_PREFIX + PATTERN`; a message crossing the
 //! bridge keeps the part after the prefix and changes the prefix. Pure: no I/O.
 
-use crate::protocol::QoS;
 use crate::protocol::topic::matches;
+use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -72,6 +72,40 @@ impl Rules {
                 let rest = remote_topic.strip_prefix(r.remote_prefix.as_str())?;
                 Some(format!("{}{rest}", r.local_prefix))
             })
+    }
+
+    /// The bridge's subscriptions on one side: the local filters of the `out` rules
+    /// (`local`), or the remote filters of the `in` rules. No-local, so what the bridge
+    /// sends there does not come back; retain-as-published, so retained stays retained.
+    pub fn subscriptions(
+        &self,
+        local: bool,
+        retain_handling: RetainHandling,
+    ) -> Vec<(String, SubscriptionOptions)> {
+        self.0
+            .iter()
+            .filter(|r| {
+                if local {
+                    r.direction.goes_out()
+                } else {
+                    r.direction.comes_in()
+                }
+            })
+            .map(|rule| {
+                let options = SubscriptionOptions {
+                    qos: rule.qos,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling,
+                };
+                let filter = if local {
+                    rule.local_filter()
+                } else {
+                    rule.remote_filter()
+                };
+                (filter, options)
+            })
+            .collect()
     }
 
     pub fn outgoing(&self) -> impl Iterator<Item = &Rule> {

@@ -31,7 +31,7 @@ use super::settings::BridgeSettings;
 use crate::broker::session::NEVER_EXPIRES;
 use crate::protocol::{
     self, Ack, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    RetainHandling, Subscribe, SubscriptionOptions,
+    RetainHandling, Subscribe,
 };
 use crate::throttle::Throttle;
 use crate::transport::Stream;
@@ -143,20 +143,10 @@ impl Uplink {
             properties,
         };
         protocol::encode(&Packet::Connect(Box::new(connect)), LOCAL, &mut to_local);
-        let filters: Vec<(String, SubscriptionOptions)> = settings
+        // Retained messages go out once, when a rule is new, not on every reconnect.
+        let filters = settings
             .rules
-            .outgoing()
-            .map(|rule| {
-                let options = SubscriptionOptions {
-                    qos: rule.qos,
-                    // What the bridge brings in is not sent back out.
-                    no_local: true,
-                    retain_as_published: true,
-                    retain_handling: RetainHandling::SendIfNew,
-                };
-                (rule.local_filter(), options)
-            })
-            .collect();
+            .subscriptions(true, RetainHandling::SendIfNew);
         let subscribe = Subscribe {
             packet_id: LOCAL_SUBSCRIBE_ID,
             properties: Properties::default(),

@@ -704,8 +704,15 @@ impl Broker {
         self.metrics
             .messages_received
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        // Tallied per batch: the counters are shared by every connection's thread.
+        let mut by_qos = [0u64; 3];
         for message in &messages {
-            count(&self.metrics.received_by_qos[message.qos as usize]);
+            by_qos[message.qos as usize] += 1;
+        }
+        for (counter, n) in self.metrics.received_by_qos.iter().zip(by_qos) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
         self.route(messages, reached, ops, true)
     }
