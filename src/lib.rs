@@ -12,3 +12,4 @@ pub mod store;
 pub mod systemd;
 pub mod throttle;
 pub mod transport;
+pub mod watchdog;

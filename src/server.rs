@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use smol::Executor;
+use smol::future::FutureExt;
 
 use crate::auth::AuthPolicy;
 use crate::broker::Broker;
@@ -21,6 +22,7 @@ use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
 use crate::transport::tcp;
 use crate::transport::tls::Tls;
+use crate::watchdog::{self, Heartbeats};
 
 /// How long clients get to receive their DISCONNECT and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -39,13 +41,27 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
     let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let watchdog_interval = systemd::watchdog_interval();
+    let heartbeats = watchdog_interval
+        .map(|interval| Heartbeats::new(threads, watchdog::probe_period(interval)));
     let mut workers = Vec::new();
     for i in 0..threads {
         let executor = executor.clone();
         let stopped = stopped.clone();
+        let heartbeats = heartbeats.clone();
         let worker = thread::Builder::new()
             .name(format!("tern-worker-{i}"))
-            .spawn(move || smol::block_on(executor.run(async { stopped.recv().await.ok() })))
+            .spawn(move || {
+                smol::block_on(executor.run(async {
+                    let stop = async {
+                        stopped.recv().await.ok();
+                    };
+                    match &heartbeats {
+                        Some(heartbeats) => stop.or(heartbeats.probe(i)).await,
+                        None => stop.await,
+                    }
+                }))
+            })
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         workers.push(worker);
     }
@@ -163,15 +179,9 @@ pub fn run(config: Config) -> Result<(), String> {
     });
     systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     // After READY=1: systemd expects that first.
-    if let Some(interval) = systemd::watchdog_interval() {
-        executor
-            .spawn(async move {
-                loop {
-                    systemd::notify("WATCHDOG=1");
-                    smol::Timer::after(interval).await;
-                }
-            })
-            .detach();
+    if let (Some(interval), Some(heartbeats)) = (watchdog_interval, heartbeats) {
+        watchdog::start_pinger(heartbeats, interval)
+            .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
     }
     log::info!(
         "tern {} started node={} threads={threads}",

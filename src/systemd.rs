@@ -1,6 +1,6 @@
 //! The systemd notify protocol (`sd_notify(3)`), without libsystemd: one datagram to
 //! `$NOTIFY_SOCKET` per state change. `READY=1` once every listener is bound,
-//! `WATCHDOG=1` at half the unit's `WatchdogSec`, `STOPPING=1` when shutdown starts.
+//! `WATCHDOG=1` at half the unit's `WatchdogSec` (see `watchdog.rs`), `STOPPING=1` at shutdown.
 //! Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
 
 use std::os::unix::net::UnixDatagram;

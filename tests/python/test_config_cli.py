@@ -1,6 +1,7 @@
 """The command line, the configuration file and start/stop, through the real binary."""
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -139,6 +140,66 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        server.close()
+
+
+# The stall hook exists only in debug builds (`cargo build`); tests/run builds one.
+DEBUG_BIN = os.environ.get("TERN_DEBUG_BIN", str(pathlib.Path(BIN).parents[1] / "debug" / "tern"))
+
+
+def test_watchdog_pings_stop_when_an_executor_thread_stalls(tmp_path):
+    assert os.path.exists(DEBUG_BIN), f"no debug build at {DEBUG_BIN}: run `cargo build` first"
+    notify = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(notify))
+    server.settimeout(10)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[node]\nthreads = 2\n[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
+                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
+    # Pings every 0.5 s; worker 1 blocks for good 2.5 s after start.
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="1000000",
+               TERN_DEBUG_STALL="1 2500", RUST_LOG="info")
+    proc = subprocess.Popen([DEBUG_BIN, "--config", str(conf)], stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        messages = []
+        started = time.monotonic()
+        while time.monotonic() - started < 6:
+            server.settimeout(max(0.01, 6 - (time.monotonic() - started)))
+            try:
+                messages.append((time.monotonic() - started, server.recv(1024).decode()))
+            except socket.timeout:
+                break
+        pings = [t for t, m in messages if m == "WATCHDOG=1"]
+        assert any(m.startswith("READY=1") for _, m in messages), messages
+        assert len(pings) >= 3, messages  # healthy: pinged before the stall
+        # The stall starts at 2.5 s and is noticed within one interval after the probe
+        # missed a whole interval; no ping after that.
+        assert pings[-1] < 4.2, messages
+        assert any("STATUS=executor thread stalled: tern-worker-1" in m for _, m in messages), messages
+    finally:
+        proc.kill()
+        log = proc.stderr.read()
+        server.close()
+    assert "executor thread stalled" in log and "tern-worker-1" in log, log
+
+
+def test_the_release_build_has_no_stall_hook(tmp_path):
+    notify = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(notify))
+    server.settimeout(5)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[node]\nthreads = 2\n[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
+                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="400000", TERN_DEBUG_STALL="1 0")
+    proc = subprocess.Popen([BIN, "--config", str(conf)], stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    try:
+        messages = [server.recv(1024).decode() for _ in range(12)]
+        assert messages.count("WATCHDOG=1") >= 10, messages
+    finally:
+        proc.kill()
+        proc.wait(10)
         server.close()
 
 
