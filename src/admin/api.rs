@@ -698,6 +698,8 @@ fn loadavg() -> (f64, f64, f64) {
     )
 }
 
+// rlim_t is u32 on 32-bit ARM and u64 on 64-bit targets.
+#[allow(clippy::useless_conversion)]
 fn max_fds() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -705,7 +707,7 @@ fn max_fds() -> u64 {
     };
     // SAFETY: getrlimit writes into the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
+        u64::from(limit.rlim_cur)
     } else {
         0
     }

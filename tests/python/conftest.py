@@ -18,9 +18,15 @@ BIN = os.environ.get("TERN_BIN", str(ROOT / "target" / "release" / "tern"))
 class Broker:
     """A running broker process with its log captured line by line."""
 
-    def __init__(self, tmp_path, config="", prefix=(), env=None):
-        """`prefix`: a command the broker runs under (strace, faketime, unshare)."""
+    binary = BIN
+    start_timeout = 10.0
+
+    def __init__(self, tmp_path, config="", prefix=(), env=None, binary=BIN, start_timeout=10.0):
+        """`prefix`: a command the broker runs under (strace, faketime, unshare, qemu);
+        `binary`: another build of tern (a cross-compiled one under qemu)."""
         self.dir = tmp_path
+        self.binary = str(binary)
+        self.start_timeout = start_timeout
         self.config_path = tmp_path / "tern.toml"
         text = config
         # Every listener a test does not set itself goes to a free loopback port, so
@@ -40,7 +46,7 @@ class Broker:
         # A process group of its own, so that stopping it also stops a broker running
         # under a wrapper (strace, faketime, unshare) that does not pass signals on.
         self.proc = subprocess.Popen(
-            [*prefix, BIN, "--config", str(self.config_path)],
+            [*prefix, self.binary, "--config", str(self.config_path)],
             cwd=self.dir,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -49,7 +55,7 @@ class Broker:
             start_new_session=True,
         )
         threading.Thread(target=self._read_log, daemon=True).start()
-        m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)")
+        m = self.wait_for_log(r"listening name=tcp addr=([\d.]+):(\d+)", self.start_timeout)
         self.host, self.port = m.group(1), int(m.group(2))
 
 
