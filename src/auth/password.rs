@@ -204,10 +204,43 @@ pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), Stri
     if !replaced {
         lines.push(format!("{user}:{hash}"));
     }
-    let tmp = path.with_extension("tmp");
     let mut text = lines.join("\n");
     text.push('\n');
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+    replace_keeping_owner(path, text.as_bytes())
+}
+
+/// Replaces the file at `path` with `contents` through a rename, so that a broker
+/// reading it sees the old or the new file, never half of one. The new file keeps the
+/// old one's mode and owner: the Debian package's `/etc/tern/passwd` is root:tern
+/// 0640, and `sudo tern passwd` must leave it readable by the broker and nobody else.
+/// A new file gets 0640.
+fn replace_keeping_owner(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+    let old = std::fs::metadata(path).ok();
+    let mode = old.as_ref().map_or(0o640, |m| m.mode() & 0o7777);
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        if let Some(old) = &old {
+            // Only root may give a file away; anyone else keeps their own.
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
+                if e.kind() != std::io::ErrorKind::PermissionDenied {
+                    return Err(e);
+                }
+            }
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: cannot replace: {e}", path.display()))
 }
 
@@ -257,6 +290,28 @@ mod tests {
     fn round_trips_its_own_hashes() {
         let line = format!("carol:{}", hash_password(b"x y:z").unwrap());
         assert!(PasswordFile::parse(&line).unwrap().check("carol", b"x y:z"));
+    }
+
+    #[test]
+    fn set_password_keeps_the_files_mode_and_makes_new_files_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tern-passwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.join("fresh");
+        set_password(&fresh, "alice", b"pw").unwrap();
+        assert_eq!(mode(&fresh), 0o640);
+        let shared = dir.join("shared");
+        std::fs::write(&shared, "bob:$7$101$AAAA$BBBB\n").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o604)).unwrap();
+        set_password(&shared, "alice", b"pw").unwrap();
+        assert_eq!(mode(&shared), 0o604);
+        let text = std::fs::read_to_string(&shared).unwrap();
+        assert!(
+            text.starts_with("bob:") && text.contains("\nalice:$7$"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
