@@ -74,10 +74,11 @@ pub fn run(config: Config) -> Result<(), String> {
             let started = Instant::now();
             let (store, loaded) = Store::open(&store_config)?;
             log::info!(
-                "store {} opened (durability {}, commit interval {:?}) in {:?}",
+                "store {} opened (durability {}, commit interval {:?}, cache {} KiB) in {:?}",
                 store_config.path.display(),
                 store_config.durability,
                 store_config.commit_interval,
+                store_config.cache_kib,
                 started.elapsed()
             );
             Some((store, loaded))
@@ -179,7 +180,7 @@ pub fn run(config: Config) -> Result<(), String> {
     });
     systemd::notify("READY=1\nSTATUS=accepting MQTT connections");
     // After READY=1: systemd expects that first.
-    if let (Some(interval), Some(heartbeats)) = (watchdog_interval, heartbeats) {
+    if let (Some(interval), Some(heartbeats)) = (watchdog_interval, heartbeats.clone()) {
         watchdog::start_pinger(heartbeats, interval)
             .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
     }
@@ -207,6 +208,9 @@ pub fn run(config: Config) -> Result<(), String> {
     }))?;
     log::info!("received {signal}: shutting down");
     systemd::notify("STOPPING=1");
+    if let Some(heartbeats) = &heartbeats {
+        heartbeats.stop();
+    }
     if let Some(admin) = &admin {
         admin.serving.store(false, Ordering::SeqCst);
     }

@@ -7,7 +7,7 @@
 //! broker whose other threads hang.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ pub struct Heartbeats {
     beats: Box<[AtomicU64]>,
     /// How often each thread's probe stamps its heartbeat.
     period: Duration,
+    /// Set at shutdown, when the executor threads stop on purpose.
+    stopping: AtomicBool,
 }
 
 impl Heartbeats {
@@ -28,6 +30,7 @@ impl Heartbeats {
             started: Instant::now(),
             beats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             period,
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -44,6 +47,11 @@ impl Heartbeats {
             debug_stall(thread, self.started);
             smol::Timer::after(self.period).await;
         }
+    }
+
+    /// Ends the pinger: the executor threads are about to stop, which is no stall.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// The threads whose last heartbeat is older than `max_age`, with that age.
@@ -75,7 +83,7 @@ pub fn start_pinger(heartbeats: Arc<Heartbeats>, interval: Duration) -> std::io:
         .name("tern-watchdog".into())
         .spawn(move || {
             let mut was_stalled = false;
-            loop {
+            while !heartbeats.stopping.load(Ordering::Relaxed) {
                 let stalled = heartbeats.stalled(max_age);
                 if stalled.is_empty() {
                     if was_stalled {
