@@ -88,10 +88,12 @@ mod tests {
             let l = &config.limits;
             let s = &config.storage;
             // Worst cases held in memory at once: every connection idle over TLS
-            // (~16 KB), the retained set, and a few sessions with full queues.
+            // (~16 KB), the retained set, a few sessions with full queues, and the
+            // store's two SQLite page caches.
             let needed = l.max_connections as u64 * 16 * 1024
                 + s.max_retained_bytes as u64
-                + 8 * l.max_queued_bytes as u64;
+                + 8 * l.max_queued_bytes as u64
+                + 2 * s.cache_kib * 1024;
             let memory = profile.memory_mb * 1024 * 1024;
             assert!(
                 needed <= memory / 2,

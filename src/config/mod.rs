@@ -202,6 +202,8 @@ pub struct Storage {
     pub commit_interval_ms: Option<u64>,
     pub commit_batch_ops: usize,
     pub max_store_bytes: u64,
+    /// SQLite's page cache for the store's connections, in KiB.
+    pub cache_kib: u64,
     /// Seconds; caps the Session Expiry Interval v5 clients ask for.
     pub max_session_expiry: Option<u32>,
     /// Seconds a v3 persistent session lives after its client left; none: for ever.
@@ -221,6 +223,7 @@ impl Default for Storage {
             commit_interval_ms: None,
             commit_batch_ops: 10_000,
             max_store_bytes: 1 << 30,
+            cache_kib: 2048,
             max_session_expiry: None,
             persistent_client_expiration: None,
             queue_qos0: false,
@@ -481,6 +484,9 @@ impl Config {
         {
             return Err("[storage] commit_interval_ms must be at most 60000".into());
         }
+        if !(64..=1 << 20).contains(&self.storage.cache_kib) {
+            return Err("[storage] cache_kib must be between 64 and 1048576".into());
+        }
         Ok(())
     }
 
@@ -657,6 +663,7 @@ impl Config {
             ),
             commit_batch_ops: s.commit_batch_ops,
             max_store_bytes: s.max_store_bytes,
+            cache_kib: s.cache_kib,
             on_corrupt: s.on_corrupt_store,
         })
     }

@@ -62,6 +62,8 @@ pub struct StoreConfig {
     pub commit_batch_ops: usize,
     /// The database file stops growing here (SQLite's `max_page_count`); 0 is no limit.
     pub max_store_bytes: u64,
+    /// SQLite's page cache per connection (`PRAGMA cache_size`), in KiB.
+    pub cache_kib: u64,
     pub on_corrupt: OnCorrupt,
 }
 
@@ -183,7 +185,9 @@ pub struct Store {
     path: PathBuf,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    reader: Mutex<rusqlite::Connection>,
+    /// Closed first at shutdown: the last connection to close checkpoints and removes
+    /// the WAL, and a read-only one cannot.
+    reader: Mutex<Option<rusqlite::Connection>>,
     pub clock: StoreClock,
     pub durability: Durability,
     commit_batch_ops: usize,
@@ -216,7 +220,7 @@ impl Store {
             record::resume_clock(&conn).map_err(|e| format!("cannot read the store clock: {e}"))?;
         let loaded = load::load_all(&mut conn, &clock)
             .map_err(|e| format!("cannot load the store {}: {e}", config.path.display()))?;
-        let reader = schema::open_reader(&config.path)?;
+        let reader = schema::open_reader(&config.path, config.cache_kib)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
@@ -250,7 +254,7 @@ impl Store {
             path: config.path.clone(),
             shared,
             writer: Mutex::new(Some(handle)),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Some(reader)),
             clock,
             durability: config.durability,
             commit_batch_ops: config.commit_batch_ops.max(1),
@@ -367,12 +371,18 @@ impl Store {
     /// this run started, oldest first.
     pub fn load_backlog(&self, sid: u64) -> Result<Vec<StoredDelivery>, String> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        load::backlog(&reader, sid, self.loaded_below_seq, &self.clock)
+        let Some(reader) = reader.as_ref() else {
+            return Err(format!(
+                "cannot read the stored queue of session {sid}: the store is closed"
+            ));
+        };
+        load::backlog(reader, sid, self.loaded_below_seq, &self.clock)
             .map_err(|e| format!("cannot read the stored queue of session {sid}: {e}"))
     }
 
     /// Commits what is pending and stops the writer; called once, at shutdown.
     pub fn close(&self) {
+        drop(self.reader.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake_writer.notify_one();
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -403,6 +413,7 @@ mod tests {
             commit_interval: interval,
             commit_batch_ops: 10_000,
             max_store_bytes: 0,
+            cache_kib: 512,
             on_corrupt: OnCorrupt::Quarantine,
         };
         (Store::open(&config).unwrap().0, path)

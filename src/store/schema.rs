@@ -155,13 +155,18 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
     }
 }
 
-/// A read-only connection for loading a resumed session's queue beside the writer.
-pub fn open_reader(path: &Path) -> Result<Connection, String> {
-    Connection::open_with_flags(
+/// A read-only connection for loading a resumed session's queue beside the writer,
+/// with a page cache of `cache_kib`.
+pub fn open_reader(path: &Path, cache_kib: u64) -> Result<Connection, String> {
+    let err = |e| format!("cannot open the store {} for reading: {e}", path.display());
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("cannot open the store {} for reading: {e}", path.display()))
+    .map_err(err)?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))
+        .map_err(err)?;
+    Ok(conn)
 }
 
 /// Takes `FILE.lock` for this process: a second Tern on the same store would otherwise
@@ -245,7 +250,8 @@ fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
         _ => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{};",
+        config.cache_kib
     ))
     .map_err(err)?;
     migrate(&conn, path, version, MIGRATIONS).map_err(|e| match e {
@@ -357,6 +363,24 @@ fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_gets_the_configured_page_cache() {
+        let dir = std::env::temp_dir().join(format!("tern-cache-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE a (x INTEGER)")
+            .unwrap();
+        let reader = open_reader(&path, 300).unwrap();
+        let cache: i64 = reader
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(cache, -300, "negative: KiB rather than pages");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_migration_copies_the_old_file_aside_first() {

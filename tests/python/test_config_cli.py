@@ -216,6 +216,7 @@ def test_board_profiles_from_the_command_line(tmp_path):
         text = "".join(lines)
         assert "board rpi-zero2w: its runtime defaults apply" in text, text
         assert "threads=2" in text, text  # from the board
+        assert "cache 1024 KiB" in text, text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
