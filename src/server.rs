@@ -36,7 +36,11 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let listeners = config.listeners()?;
     let threads = match config.node.threads {
-        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        // The main thread drives the I/O reactor whenever it waits (smol's block_on),
+        // so one executor thread fewer than the cores keeps every core busy without
+        // the threads waking each other for nothing. On 2 cores, 1 executor thread
+        // delivered 40 % more fan-in QoS 0 than 2, with half the CPU at low rates.
+        0 => thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
         n => n,
     };
     let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
