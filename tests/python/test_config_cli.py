@@ -109,15 +109,29 @@ def test_open_file_limit_is_raised_and_logged(broker):
     broker.wait_for_log(r"open-file limit (raised|stays)")
 
 
-def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
-    notify = tmp_path / "notify.sock"
+def notify_socket(tmp_path, timeout=10):
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET, and its path."""
+    path = tmp_path / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(notify))
-    server.settimeout(10)
+    server.bind(str(path))
+    server.settimeout(timeout)
+    return server, str(path)
+
+
+def two_threads_tcp_only(tmp_path):
+    """A config with two executor threads and only the MQTT/TCP listener, on a free port."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[node]\nthreads = 2\n[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
+                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
+    return conf
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path):
+    server, notify = notify_socket(tmp_path)
     conf = tmp_path / "c.toml"
     conf.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nbind = "127.0.0.1:0"\n'
                     '[api]\nbind = "127.0.0.1:0"\n[dashboard]\nbind = "127.0.0.1:0"\n')
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="200000")
+    env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="200000")
     proc = subprocess.Popen([BIN, "--config", str(conf)], stderr=subprocess.PIPE, text=True, env=env)
     try:
         ready = server.recv(1024).decode()
@@ -149,15 +163,10 @@ DEBUG_BIN = os.environ.get("TERN_DEBUG_BIN", str(pathlib.Path(BIN).parents[1] / 
 
 def test_watchdog_pings_stop_when_an_executor_thread_stalls(tmp_path):
     assert os.path.exists(DEBUG_BIN), f"no debug build at {DEBUG_BIN}: run `cargo build` first"
-    notify = tmp_path / "notify.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(notify))
-    server.settimeout(10)
-    conf = tmp_path / "c.toml"
-    conf.write_text('[node]\nthreads = 2\n[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
-                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
+    server, notify = notify_socket(tmp_path)
+    conf = two_threads_tcp_only(tmp_path)
     # Pings every 0.5 s; worker 1 blocks for good 2.5 s after start.
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="1000000",
+    env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="1000000",
                TERN_DEBUG_STALL="1 2500", RUST_LOG="info")
     proc = subprocess.Popen([DEBUG_BIN, "--config", str(conf)], stderr=subprocess.PIPE, text=True,
                             env=env, cwd=tmp_path)
@@ -185,14 +194,9 @@ def test_watchdog_pings_stop_when_an_executor_thread_stalls(tmp_path):
 
 
 def test_the_release_build_has_no_stall_hook(tmp_path):
-    notify = tmp_path / "notify.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(notify))
-    server.settimeout(5)
-    conf = tmp_path / "c.toml"
-    conf.write_text('[node]\nthreads = 2\n[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nenabled = false\n'
-                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="400000", TERN_DEBUG_STALL="1 0")
+    server, notify = notify_socket(tmp_path, timeout=5)
+    conf = two_threads_tcp_only(tmp_path)
+    env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="400000", TERN_DEBUG_STALL="1 0")
     proc = subprocess.Popen([BIN, "--config", str(conf)], stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     try:
         messages = [server.recv(1024).decode() for _ in range(12)]
