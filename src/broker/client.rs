@@ -966,18 +966,8 @@ impl Client {
                 RetainHandling::SendIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-            if send_retained && topic::parse_shared(&filter).is_none() {
-                for message in self.broker.retained_matching(&filter, now) {
-                    let qos = message.qos.min(options.qos);
-                    retained.push(Delivery {
-                        message,
-                        qos,
-                        retain: true,
-                        subscription_ids: id.into_iter().collect(),
-                        shared: None,
-                        seq: 0,
-                    });
-                }
+            if send_retained {
+                retained.extend(self.broker.retained_for(&filter, subscription, now));
             }
         }
         let ticket = self.broker.submit(ops);

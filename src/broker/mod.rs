@@ -411,19 +411,8 @@ impl Broker {
                 identifier: None,
             }]);
         }
-        if crate::protocol::topic::parse_shared(filter).is_none() {
-            for message in self.retained_matching(filter, now) {
-                let qos = message.qos.min(qos);
-                let delivery = Delivery {
-                    message,
-                    qos,
-                    retain: true,
-                    subscription_ids: Vec::new(),
-                    shared: None,
-                    seq: 0,
-                };
-                self.enqueue(&session, delivery);
-            }
+        for delivery in self.retained_for(filter, subscription, now) {
+            self.enqueue(&session, delivery);
         }
         true
     }
@@ -666,6 +655,30 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .unsubscribe(filter, &session.client_id)
+    }
+
+    /// The retained messages a new `subscription` to `filter` is sent, each at most at
+    /// the subscription's QoS; none for a shared subscription.
+    pub fn retained_for(
+        &self,
+        filter: &str,
+        subscription: Subscription,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        if crate::protocol::topic::parse_shared(filter).is_some() {
+            return Vec::new();
+        }
+        self.retained_matching(filter, now)
+            .into_iter()
+            .map(|message| Delivery {
+                qos: message.qos.min(subscription.options.qos),
+                message,
+                retain: true,
+                subscription_ids: subscription.id.into_iter().collect(),
+                shared: None,
+                seq: 0,
+            })
+            .collect()
     }
 
     pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
