@@ -1060,6 +1060,9 @@ impl Client {
             };
             return Err(Close::new(code, reason));
         }
+        // PUBLISH packets written, by QoS: added to the shared counters once per pump,
+        // not once per message, so fan-out on several cores does not bounce them.
+        let mut sent = [0u64; 3];
         if self.resend_inflight {
             self.resend_inflight = false;
             for f in st.inflight.iter() {
@@ -1068,7 +1071,9 @@ impl Client {
                         self.send(&Packet::PubRel(Ack::new(f.packet_id, ReasonCode::SUCCESS)))
                     }
                     _ => {
-                        self.write_publish(&f.delivery, f.packet_id, true, now);
+                        if self.write_publish(&f.delivery, f.packet_id, true, now) {
+                            sent[f.delivery.qos as usize] += 1;
+                        }
                     }
                 }
             }
@@ -1105,7 +1110,9 @@ impl Client {
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                self.write_publish(&delivery, 0, false, now);
+                if self.write_publish(&delivery, 0, false, now) {
+                    sent[0] += 1;
+                }
                 ops.extend(done_op(sid, &delivery));
                 continue;
             }
@@ -1115,6 +1122,7 @@ impl Client {
             }
             let before = self.out.len();
             if self.write_publish(&delivery, packet_id, false, now) {
+                sent[delivery.qos as usize] += 1;
                 let stage = if delivery.qos == QoS::AtLeastOnce {
                     Stage::AwaitingPubAck
                 } else {
@@ -1145,11 +1153,29 @@ impl Client {
             }
         }
         drop(st);
+        self.count_sent(sent);
         let ticket = self.broker.submit(ops);
         if let Some(from) = hold_start {
             self.hold_from(from, ticket);
         }
         Ok(())
+    }
+
+    fn count_sent(&self, sent_by_qos: [u64; 3]) {
+        let total: u64 = sent_by_qos.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let metrics = &self.broker.metrics;
+        metrics.messages_sent.fetch_add(total, Ordering::Relaxed);
+        for (counter, n) in metrics.sent_by_qos.iter().zip(sent_by_qos) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if let Some(info) = &self.info {
+            info.sent.fetch_add(total, Ordering::Relaxed);
+        }
     }
 
     /// Encodes one delivery, choosing a topic alias where the client allows them.
@@ -1194,11 +1220,6 @@ impl Client {
             self.outbound_aliases.insert(topic.into(), alias);
         }
         publish.encode(self.version, &mut self.out);
-        count(&self.broker.metrics.messages_sent);
-        count(&self.broker.metrics.sent_by_qos[d.qos as usize]);
-        if let Some(info) = &self.info {
-            info.sent.fetch_add(1, Ordering::Relaxed);
-        }
         true
     }
 
