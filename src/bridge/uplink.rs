@@ -94,14 +94,15 @@ impl RateCap {
         loop {
             let now = Instant::now();
             let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
-            self.tokens = (self.tokens + earned).min(self.per_second);
+            // clamp compares; f64::min would be a libm call on 32-bit ARM.
+            self.tokens = (self.tokens + earned).clamp(0.0, self.per_second);
             self.refilled = now;
             if self.tokens >= 1.0 {
                 return Poll::Ready(self.tokens as usize);
             }
             let wait = (1.0 - self.tokens) / self.per_second;
             self.timer
-                .set_after(Duration::from_secs_f64(wait.max(0.001)));
+                .set_after(Duration::from_secs_f64(wait.clamp(0.001, f64::MAX)));
             if Pin::new(&mut self.timer).poll(cx).is_pending() {
                 return Poll::Pending;
             }

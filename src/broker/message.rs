@@ -86,7 +86,8 @@ impl Message {
         if left.is_zero() {
             return Some(0);
         }
-        Some(left.as_secs_f64().ceil().min(u32::MAX as f64) as u32)
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(u32::try_from(seconds).unwrap_or(u32::MAX))
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -111,4 +112,27 @@ pub struct Delivery {
     pub shared: Option<Arc<str>>,
     /// Its sequence number in the store; 0 when it is not stored.
     pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_expiry_rounds_up_to_whole_seconds() {
+        let now = Instant::now();
+        let mut m = Message::new("t", Bytes::new(), QoS::AtMostOnce, false);
+        assert_eq!(m.remaining_expiry(now), None);
+        for (left, seconds) in [
+            (Duration::ZERO, 0),
+            (Duration::from_nanos(1), 1),
+            (Duration::from_millis(999), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(u64::from(u32::MAX) + 5), u32::MAX),
+        ] {
+            m.expires_at = Some(now + left);
+            assert_eq!(m.remaining_expiry(now), Some(seconds), "{left:?} left");
+        }
+    }
 }

@@ -122,7 +122,8 @@ impl RateLimit {
             buckets.retain(|_, (_, last)| now.duration_since(*last) < Duration::from_secs(2));
         }
         let (tokens, last) = buckets.entry(source).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        // clamp compares; f64::min would be a libm call on 32-bit ARM.
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).clamp(0.0, rate);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
