@@ -86,8 +86,8 @@ pub struct Client {
     peer_receive_maximum: usize,
     peer_max_packet_size: usize,
     peer_topic_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, Topic>,
-    outbound_aliases: HashMap<Box<str>, u16>,
+    /// Topic aliases, made on first use: most clients never use any.
+    aliases: Option<Box<Aliases>>,
     resend_inflight: bool,
     /// A subscriber's queue this client's messages are filling: read no more from the
     /// client until it drains (or stalls).
@@ -108,6 +108,14 @@ pub struct Client {
     /// Packets in `out` from this offset on wait for the store (`strict` durability);
     /// boxed, as most connections never hold anything.
     hold: Option<Box<Hold>>,
+}
+
+/// Topic aliases both ways (MQTT 5): the client's for its publishes, ours for what we
+/// send it.
+#[derive(Default)]
+struct Aliases {
+    inbound: HashMap<u16, Topic>,
+    outbound: HashMap<Box<str>, u16>,
 }
 
 /// The tail of the write buffer that may not be sent before the store has made
@@ -304,8 +312,7 @@ impl Client {
             },
             peer_max_packet_size: cp.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             resend_inflight: opened.present,
             backpressure: None,
             pending: Vec::new(),
@@ -354,6 +361,11 @@ impl Client {
         }
         drop(st);
         self.info = Some(info);
+    }
+
+    /// The client's address, once [`Client::describe`] has recorded it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.info.as_ref().map(|info| info.peer)
     }
 
     fn v5(&self) -> bool {
@@ -632,15 +644,16 @@ impl Client {
                         ),
                     ));
                 }
+                let aliases = self.aliases.get_or_insert_with(Box::default);
                 if p.topic.is_empty() {
-                    p.topic = self.inbound_aliases.get(&alias).cloned().ok_or_else(|| {
+                    p.topic = aliases.inbound.get(&alias).cloned().ok_or_else(|| {
                         Close::new(
                             ReasonCode::PROTOCOL_ERROR,
                             format!("topic alias {alias} is not set"),
                         )
                     })?;
                 } else {
-                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    aliases.inbound.insert(alias, p.topic.clone());
                 }
             } else if p.topic.is_empty() {
                 return Err(Close::new(
@@ -1199,11 +1212,12 @@ impl Client {
         };
         let mut new_alias = None;
         if v5 && self.peer_topic_alias_maximum > 0 {
-            if let Some(&alias) = self.outbound_aliases.get(topic) {
+            let outbound = &self.aliases.get_or_insert_with(Box::default).outbound;
+            if let Some(&alias) = outbound.get(topic) {
                 publish.topic = "";
                 publish.topic_alias = Some(alias);
-            } else if self.outbound_aliases.len() < usize::from(self.peer_topic_alias_maximum) {
-                let alias = self.outbound_aliases.len() as u16 + 1;
+            } else if outbound.len() < usize::from(self.peer_topic_alias_maximum) {
+                let alias = outbound.len() as u16 + 1;
                 publish.topic_alias = Some(alias);
                 new_alias = Some(alias);
             }
@@ -1217,7 +1231,8 @@ impl Client {
             return false;
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(topic.into(), alias);
+            let aliases = self.aliases.get_or_insert_with(Box::default);
+            aliases.outbound.insert(topic.into(), alias);
         }
         publish.encode(self.version, &mut self.out);
         true

@@ -51,11 +51,15 @@ impl SharedGroup {
     }
 }
 
-/// One topic level. Most levels are only a way through, so what hangs from a level
-/// is boxed and absent until something subscribes there.
+/// One topic level. Most levels are only a way through, and most are leaves (one per
+/// device in `devices/+/...` trees), so what hangs from a level is boxed and absent
+/// until needed: a leaf is three pointers in its parent's map.
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    // Boxed on purpose: a map's header is 48 bytes inline, a box 8, and leaves have no
+    // children.
+    #[allow(clippy::box_collection)]
+    children: Option<Box<HashMap<Box<str>, Node>>>,
     plus: Option<Box<Node>>,
     subscribers: Option<Box<Subscribers>>,
 }
@@ -93,7 +97,11 @@ impl Subscribers {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.subscribers.is_none()
+        self.children.is_none() && self.plus.is_none() && self.subscribers.is_none()
+    }
+
+    fn child(&self, level: &str) -> Option<&Node> {
+        self.children.as_ref()?.get(level)
     }
 
     fn subscribers_mut(&mut self) -> &mut Subscribers {
@@ -126,7 +134,7 @@ impl Node {
             }
             return;
         };
-        if let Some(child) = self.children.get(level) {
+        if let Some(child) = self.child(level) {
             child.collect(levels.clone(), false, dollar, out);
         }
         if let (true, Some(plus)) = (wildcards, &self.plus) {
@@ -260,7 +268,7 @@ impl Router {
             match level {
                 "#" => is_hash = true,
                 "+" => node = node.plus.as_deref()?,
-                _ => node = node.children.get(level)?,
+                _ => node = node.child(level)?,
             }
         }
         let subs = node.subscribers.as_deref()?;
@@ -312,7 +320,11 @@ fn node_for<'a>(root: &'a mut Node, filter: &str) -> (&'a mut Node, bool) {
         node = match level {
             "#" => return (node, true),
             "+" => node.plus.get_or_insert_with(Box::default),
-            _ => node.children.entry(level.into()).or_default(),
+            _ => node
+                .children
+                .get_or_insert_with(Box::default)
+                .entry(level.into())
+                .or_default(),
         };
     }
     (node, false)
@@ -340,12 +352,18 @@ fn remove_at(
             removed
         }
         _ => {
-            let Some(child) = node.children.get_mut(level) else {
+            let Some(children) = node.children.as_deref_mut() else {
+                return false;
+            };
+            let Some(child) = children.get_mut(level) else {
                 return false;
             };
             let removed = remove_at(child, levels, remove);
             if child.is_empty() {
-                node.children.remove(level);
+                children.remove(level);
+                if children.is_empty() {
+                    node.children = None;
+                }
             }
             removed
         }

@@ -22,7 +22,7 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
-use super::admission::Verdict;
+use super::admission::{Slot, Verdict};
 use super::proxy::{self, Cidr};
 use super::tls::Tls;
 use crate::auth::AuthPolicy;
@@ -159,32 +159,57 @@ async fn read_proxy_header<S: Stream>(
     }
 }
 
+/// What the handshake needs and the connected phase does not: boxed, so that it is
+/// not part of every idle connection's task.
+struct Start {
+    peer: SocketAddr,
+    refusal: Option<(ReasonCode, String)>,
+    rbuf: BytesMut,
+    identity: Option<String>,
+}
+
 /// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
 /// `identity` the common name of a client certificate the transport verified.
-pub async fn serve<S: Stream>(
-    mut stream: S,
+pub fn serve<S: Stream>(
+    stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<ConnectionConfig>,
     verdict: Verdict,
     rbuf: BytesMut,
     identity: Option<String>,
-) {
-    // The place in the connection counts is held until this function returns.
-    let (_slot, refusal) = match verdict {
+) -> impl Future<Output = ()> {
+    // The place in the connection counts is held until the connection ends.
+    let (slot, refusal) = match verdict {
         Verdict::Admit(slot) => (Some(slot), None),
         Verdict::Refuse(code, why) => (None, Some((code, why))),
     };
+    let start = Box::new(Start {
+        peer,
+        refusal,
+        rbuf,
+        identity,
+    });
+    serve_started(stream, broker, config, slot, start)
+}
+
+async fn serve_started<S: Stream>(
+    mut stream: S,
+    broker: Arc<Broker>,
+    config: Arc<ConnectionConfig>,
+    _slot: Option<Slot>,
+    start: Box<Start>,
+) {
     // The handshake and the close run once each: boxed, their state is on the heap
     // only while they run, and an idle connection's task stays small.
-    let handshake = handshake(&mut stream, peer, &broker, &config, refusal, rbuf, identity);
+    let handshake = handshake(&mut stream, &broker, &config, start);
     let Some((mut client, rbuf)) = Box::pin(handshake).await else {
         return;
     };
     let max_packet = broker.settings.max_packet_size as usize;
     let version = client.version;
     let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
-    Box::pin(finish(&mut stream, client, close, peer)).await;
+    Box::pin(finish(&mut stream, client, close)).await;
 }
 
 /// Refusals for limits come in floods: their log line is throttled.
@@ -194,13 +219,16 @@ static LIMIT_REFUSALS: Throttle = Throttle::new();
 /// `None` when the connection was refused or closed.
 async fn handshake<S: Stream>(
     stream: &mut S,
-    peer: SocketAddr,
     broker: &Arc<Broker>,
     config: &ConnectionConfig,
-    mut refusal: Option<(ReasonCode, String)>,
-    mut rbuf: BytesMut,
-    identity: Option<String>,
+    start: Box<Start>,
 ) -> Option<(Box<Client>, BytesMut)> {
+    let Start {
+        peer,
+        mut refusal,
+        mut rbuf,
+        identity,
+    } = *start;
     let max_packet = broker.settings.max_packet_size as usize;
     let first = read_frame(stream, &mut rbuf, max_packet).or(async {
         Timer::after(config.connect_timeout).await;
@@ -333,12 +361,10 @@ async fn handshake<S: Stream>(
 
 /// Logs why the connection ended, tells a v5 client, and lets the session go on
 /// without it.
-async fn finish<S: Stream>(
-    stream: &mut S,
-    mut client: Box<Client>,
-    close: Close,
-    peer: SocketAddr,
-) {
+async fn finish<S: Stream>(stream: &mut S, mut client: Box<Client>, close: Close) {
+    let peer = client
+        .peer()
+        .map_or_else(String::new, |peer| peer.to_string());
     let level =
         if close.code.is_error() && !close.by_client && close.code != ReasonCode::UNSPECIFIED_ERROR
         {
@@ -467,16 +493,16 @@ struct Pressure {
 
 impl Pressure {
     /// `None` when the session has drained already.
-    fn new(session: Arc<Session>, stall_timeout: Duration) -> Option<Pressure> {
+    fn new(session: Arc<Session>, stall_timeout: Duration) -> Option<Box<Pressure>> {
         let drained = session.drained.listen();
         if !session.is_pressured() {
             return None;
         }
-        Some(Pressure {
+        Some(Box::new(Pressure {
             session,
             drained,
             timeout: Timer::after(stall_timeout),
-        })
+        }))
     }
 }
 
@@ -488,14 +514,14 @@ async fn run<S: Stream>(
     version: ProtocolVersion,
     max_packet: usize,
 ) -> Close {
-    let mut deadline = client.keep_alive_deadline();
-    let mut timer = deadline.map(Timer::at);
+    let mut timer = client.keep_alive_deadline().map(Timer::at);
     // Packets that arrived together with CONNECT.
     if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
         return close;
     }
-    let stall_timeout = client.stall_timeout();
-    let mut pressure: Option<Pressure> = None;
+    // Boxed: a connection is rarely held back, and the state would otherwise be part of
+    // every idle connection's task.
+    let mut pressure: Option<Box<Pressure>> = None;
     let mut busy = 0;
     // Written to a stream that buffers (TLS records, WebSocket frames) but not yet
     // flushed to the socket.
@@ -511,7 +537,7 @@ async fn run<S: Stream>(
         }
         if pressure.is_none() {
             if let Some(session) = client.take_backpressure() {
-                pressure = Pressure::new(session, stall_timeout);
+                pressure = Pressure::new(session, client.stall_timeout());
                 if pressure.is_none() {
                     // Drained already: carry on with what is buffered.
                     if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
@@ -604,9 +630,10 @@ async fn run<S: Stream>(
                 if let Some(p) = pressure.take() {
                     if p.session.mark_stalled() {
                         log::warn!(
-                            "subscriber client_id={} has not drained its queue for {stall_timeout:?}: \
+                            "subscriber client_id={} has not drained its queue for {:?}: \
                              no longer holding publishers back for it",
-                            p.session.client_id
+                            p.session.client_id,
+                            client.stall_timeout()
                         );
                     }
                 }
@@ -616,8 +643,7 @@ async fn run<S: Stream>(
             }
             Ok(Event::Deadline) => {
                 let now = Instant::now();
-                deadline = client.keep_alive_deadline();
-                match deadline {
+                match client.keep_alive_deadline() {
                     Some(d) if d <= now => {
                         return Close::new(
                             ReasonCode::KEEP_ALIVE_TIMEOUT,
@@ -675,4 +701,35 @@ async fn flush_with_timeout<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8])
         Err(io::Error::new(io::ErrorKind::TimedOut, "flush timed out"))
     })
     .await
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smol::Async;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Every idle connection holds its task's future and its `Client`: keep both small
+    /// (BENCHMARKS.md, RSS per idle connection). The bounds leave room for compiler
+    /// versions; a jump past them means new state lives across an await.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = smol::block_on(Async::<TcpStream>::connect(addr)).unwrap();
+        let config = Arc::new(ConnectionConfig {
+            listener: "tcp".into(),
+            connect_timeout: Duration::from_secs(1),
+            auth: Arc::new(AuthPolicy::open()),
+            proxy_trusted: None,
+            identity_as_username: false,
+            tls: None,
+            ws_path: None,
+        });
+        let refused = Verdict::Refuse(ReasonCode::SERVER_BUSY, String::new());
+        let broker = Broker::new(Default::default());
+        let task = serve(stream, addr, broker, config, refused, BytesMut::new(), None);
+        let (task, client) = (size_of_val(&task), size_of::<Client>());
+        assert!(task <= 400, "the connection future is {task} bytes");
+        assert!(client <= 384, "Client is {client} bytes");
+    }
 }
