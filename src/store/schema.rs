@@ -112,10 +112,7 @@ enum OpenError {
 
 pub fn open(config: &StoreConfig) -> Result<Opened, String> {
     let path = &config.path;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = data_dir(path);
     fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
     probe_writable(dir)?;
@@ -137,11 +134,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
             log::error!(
                 "the store {} is corrupt ({reason}): moved aside as {}; starting with an empty store",
                 path.display(),
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                listed(&files)
             );
             let connection = try_open(config).map_err(|e| match e {
                 OpenError::Corrupt(why) | OpenError::Fatal(why) => why,
@@ -215,6 +208,9 @@ fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
 fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
     let path = &config.path;
     let err = |e| classify(path, e);
+    if !path.exists() {
+        create(path).map_err(OpenError::Fatal)?;
+    }
     let conn = Connection::open(path).map_err(err)?;
     // First, before anything could write: a newer Tern's file is never touched.
     let version: u32 = conn
@@ -267,6 +263,53 @@ fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
             .map_err(err)?;
     }
     Ok(conn)
+}
+
+/// Makes a new store at `path`, built as `FILE.new` without syncs, then synced once
+/// and renamed into place: two syncs instead of the seven SQLite takes to create a
+/// file, switch it to WAL and write the schema (each one slow on an SD card), and a
+/// crash part-way leaves only `FILE.new`, which the next start replaces. A `-wal` or
+/// `-shm` left without its database (the file deleted by hand) is moved aside first:
+/// SQLite drops a log it finds beside an empty file, but the file renamed into place
+/// is not empty, and the old log would be replayed into it.
+fn create(path: &Path) -> Result<(), String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        format!("cannot create the store {}: {what}: {e}", path.display())
+    };
+    let fresh = sibling(path, "new");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        match fs::remove_file(with_suffix(&fresh, suffix)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail("removing a half-made one", &e)),
+        }
+    }
+    {
+        let conn = Connection::open(&fresh).map_err(|e| fail("opening", &e))?;
+        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA journal_mode = WAL;")
+            .map_err(|e| fail("setting it up", &e))?;
+        migrate(&conn, &fresh, 0, MIGRATIONS).map_err(|e| match e {
+            MigrateError::Sqlite(e) => fail("writing the schema", &e),
+            MigrateError::Copy(why) => why,
+        })?;
+        // Closing the only connection checkpoints the WAL into the file and removes it.
+    }
+    let _ = fs::remove_file(with_suffix(&fresh, "-shm"));
+    fs::File::open(&fresh)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| fail("syncing", &e))?;
+    let orphans = move_aside(path, &["-wal", "-shm"], "orphan")?;
+    if !orphans.is_empty() {
+        log::warn!(
+            "the store {} was missing but not all of its files: moved aside as {}; starting with an empty store",
+            path.display(),
+            listed(&orphans)
+        );
+    }
+    fs::rename(&fresh, path).map_err(|e| fail("renaming it into place", &e))?;
+    fs::File::open(data_dir(path))
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| fail("syncing its directory", &e))
 }
 
 pub enum MigrateError {
@@ -328,23 +371,45 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The directory the store's files are in.
+fn data_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// File names for a log line.
+fn listed(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// `path` with `suffix` appended to its name, as SQLite names `-wal` and `-shm`.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Moves the database and its `-wal` and `-shm` files aside; returns their new names.
 fn quarantine(path: &Path) -> Result<Vec<PathBuf>, String> {
+    move_aside(path, &["", "-wal", "-shm"], "corrupt")
+}
+
+/// Renames those of `path`'s files (by suffix) that exist to `NAME.WHY-TIMESTAMP`,
+/// never deleting them; returns their new names.
+fn move_aside(path: &Path, suffixes: &[&str], why: &str) -> Result<Vec<PathBuf>, String> {
     let stamp = timestamp();
     let mut moved = Vec::new();
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_os_string();
-        name.push(suffix);
-        let from = PathBuf::from(name);
+    for suffix in suffixes {
+        let from = with_suffix(path, suffix);
         if !from.exists() {
             continue;
         }
-        let mut to = from.as_os_str().to_os_string();
-        to.push(format!(".corrupt-{stamp}"));
-        let to = PathBuf::from(to);
+        let to = with_suffix(&from, &format!(".{why}-{stamp}"));
         fs::rename(&from, &to).map_err(|e| {
             format!(
-                "the store {} is corrupt and cannot be moved aside to {}: {e}",
+                "cannot move {} ({why}) aside to {}: {e}",
                 from.display(),
                 to.display()
             )
@@ -364,11 +429,56 @@ fn timestamp() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_reader_gets_the_configured_page_cache() {
-        let dir = std::env::temp_dir().join(format!("tern-cache-{}", std::process::id()));
+    /// An empty directory of the test's own under the system's temporary one.
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tern-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_new_store_is_made_aside_and_renamed_into_place() {
+        let dir = scratch_dir("create");
+        let path = dir.join("tern.db");
+        // What a crash part-way through an earlier creation, and a store deleted by
+        // hand, leave behind.
+        fs::write(dir.join("tern.db.new"), b"half made").unwrap();
+        fs::write(dir.join("tern.db-wal"), b"an old log").unwrap();
+        create(&path).unwrap();
+        let left = names(&dir);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left[0], "tern.db");
+        assert!(left[1].starts_with("tern.db-wal.orphan-"), "{left:?}");
+        let conn = Connection::open(&path).unwrap();
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal", "the file stays in WAL mode");
+        let sessions: i64 = conn
+            .query_row("SELECT count(*) FROM session", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sessions, 0);
+        drop(conn);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_reader_gets_the_configured_page_cache() {
+        let dir = scratch_dir("cache");
         let path = dir.join("tern.db");
         Connection::open(&path)
             .unwrap()
@@ -384,9 +494,7 @@ mod tests {
 
     #[test]
     fn a_migration_copies_the_old_file_aside_first() {
-        let dir = std::env::temp_dir().join(format!("tern-migrate-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("migrate");
         let path = dir.join("tern.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();

@@ -319,6 +319,28 @@ def _make_store(make_broker):
     return b
 
 
+def test_a_store_deleted_by_hand_is_made_anew_and_its_leftover_log_moved_aside(make_broker):
+    b = make_broker()
+    subscribe_and_leave(b, "keeper", "d/#")
+    b.stop(signal.SIGKILL)
+    path = db_path(b)
+    assert (path.parent / "tern.db-wal").exists(), "a kill leaves the write-ahead log"
+    path.unlink()
+    b.start()
+    b.wait_for_log(r"WARN.*store .*tern.db was missing but not all of its files: "
+                   r"moved aside as .*tern.db-wal.orphan-")
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert "tern.db" in names and "tern.db.new" not in names, names
+    assert any(n.startswith("tern.db-wal.orphan-") for n in names), names
+    # The old log was not replayed into the new store: the session is gone ...
+    _, ack = raw(b, "keeper")
+    assert not ack.session_present
+    # ... and the new store keeps what it is given.
+    b.restart()
+    _, ack = raw(b, "keeper")
+    assert ack.session_present
+
+
 def _corrupt(path, how):
     data = bytearray(path.read_bytes())
     if how == "truncated":
