@@ -30,8 +30,8 @@ impl Load {
 }
 
 /// e^(−x) for x ≥ 0, to 1e-12 relative: halve x until it is tiny, sum the series,
-/// square back. Written here because `f64::exp` is the one function that would make
-/// the binary load libm (about half a megabyte of resident memory at start).
+/// square back. Written here because `f64::exp` would make the binary load libm, about
+/// half a megabyte of resident memory at start for this one call.
 fn exp_neg(x: f64) -> f64 {
     if x > 745.0 {
         return 0.0; // below the smallest f64
