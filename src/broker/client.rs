@@ -1174,6 +1174,8 @@ impl Client {
         Ok(())
     }
 
+    /// Adds one pump's PUBLISH packets, by QoS, to the broker's and this connection's
+    /// counters.
     fn count_sent(&self, sent_by_qos: [u64; 3]) {
         let total: u64 = sent_by_qos.iter().sum();
         if total == 0 {

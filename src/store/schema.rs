@@ -4,7 +4,9 @@
 //! A board in the field has to come back unattended, so a corrupt database is moved
 //! aside (with its `-wal` and `-shm`, renamed with a timestamp, never deleted) and Tern
 //! starts empty, loudly; `on_corrupt_store = "refuse"` stops instead. A database from a
-//! newer Tern is never touched. A migration copies the file aside before it changes it.
+//! newer Tern is never touched. A migration copies the file aside before it changes it;
+//! a new file is made aside and renamed into place, so that a crash never leaves a
+//! half-made store under the real name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
