@@ -1298,9 +1298,13 @@ impl Client {
         }
         if !taken_over {
             self.store_disconnected(now);
-        }
-        if !taken_over && self.session.lock().expiry_interval == 0 {
-            broker.remove_session(&self.session, now);
+            let st = self.session.lock();
+            if st.expiry_interval == 0 {
+                drop(st);
+                broker.remove_session(&self.session, now);
+            } else {
+                broker.due_by(st.next_deadline());
+            }
         }
     }
 
@@ -1555,5 +1559,33 @@ mod tests {
                 ("b".into(), None)
             ]
         );
+    }
+
+    #[test]
+    fn tick_walks_the_sessions_only_once_something_is_due() {
+        let broker = Broker::new(Settings::default());
+        let next_due = |b: &Broker| *b.next_due.lock().unwrap();
+        let now = Instant::now();
+        let expiring = Properties {
+            session_expiry_interval: Some(10),
+            ..Properties::default()
+        };
+        connect(&broker, "leaves", ProtocolVersion::V5, true, expiring).connection_lost(now);
+        // A clean session goes at once and leaves nothing due.
+        connect(
+            &broker,
+            "clean",
+            ProtocolVersion::V311,
+            true,
+            Properties::default(),
+        )
+        .connection_lost(now);
+        assert_eq!(next_due(&broker), Some(now + Duration::from_secs(10)));
+        broker.tick(now + Duration::from_secs(9));
+        assert!(broker.sessions().contains_key("leaves"));
+        assert_eq!(next_due(&broker), Some(now + Duration::from_secs(10)));
+        broker.tick(now + Duration::from_secs(10));
+        assert!(!broker.sessions().contains_key("leaves"), "expired");
+        assert_eq!(next_due(&broker), None, "nothing left to wait for");
     }
 }

@@ -135,6 +135,10 @@ pub struct Broker {
     shutting_down: AtomicBool,
     store: Option<Arc<Store>>,
     pub alarms: Mutex<Vec<Alarm>>,
+    /// No offline session has a delayed will or an expiry due before this: [`Broker::tick`]
+    /// walks the sessions only once it has passed, not every second (100 000 stored
+    /// sessions took 16–21 ms a walk, on an executor thread).
+    next_due: Mutex<Option<Instant>>,
 }
 
 /// Where a publish went.
@@ -194,6 +198,7 @@ impl Broker {
             shutting_down: AtomicBool::new(false),
             store,
             alarms: Mutex::new(Vec::new()),
+            next_due: Mutex::new(None),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);
@@ -245,6 +250,7 @@ impl Broker {
                         clock.instant(due),
                     ))
                 });
+                self.due_by(st.next_deadline());
                 if stored.backlog_messages > 0 {
                     st.backlog = Some((stored.backlog_messages, stored.backlog_bytes));
                 }
@@ -864,10 +870,37 @@ impl Broker {
         }
     }
 
-    /// Publishes wills whose delay is over and ends sessions past their expiry.
-    /// Called about once a second.
+    /// Makes [`Broker::tick`] look at the sessions again by `at`, when something of an
+    /// offline session falls due then.
+    pub fn due_by(&self, at: Option<Instant>) {
+        if let Some(at) = at {
+            let mut next = self.next_due.lock().unwrap_or_else(|p| p.into_inner());
+            *next = Some(next.map_or(at, |next| next.min(at)));
+        }
+    }
+
+    /// Publishes wills whose delay is over and ends sessions past their expiry, once
+    /// one is due; forgets expired retained messages. Called about once a second.
     pub fn tick(&self, now: Instant) {
+        let due = {
+            let mut next = self.next_due.lock().unwrap_or_else(|p| p.into_inner());
+            match *next {
+                Some(at) if at <= now => next.take().is_some(),
+                _ => false,
+            }
+        };
+        if due {
+            self.end_due_sessions(now);
+        }
+        self.retained
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .purge_expired(now);
+    }
+
+    fn end_due_sessions(&self, now: Instant) {
         let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        let mut next_due = None;
         for session in sessions {
             let (will, expired) = {
                 let mut st = session.lock();
@@ -888,6 +921,11 @@ impl Broker {
                     && st.disconnected_at.is_some_and(|at| {
                         now >= at + Duration::from_secs(u64::from(st.expiry_interval))
                     });
+                if !expired {
+                    if let Some(at) = st.next_deadline() {
+                        next_due = Some(next_due.map_or(at, |next: Instant| next.min(at)));
+                    }
+                }
                 (will, expired)
             };
             if let Some(will) = will {
@@ -898,10 +936,7 @@ impl Broker {
                 self.remove_session(&session, now);
             }
         }
-        self.retained
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .purge_expired(now);
+        self.due_by(next_due);
     }
 
     /// Asks every connection to close with 0x8B (server shutting down).

@@ -18,6 +18,9 @@ pub struct Retained {
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
+    /// No message expires before this: [`Retained::purge_expired`] has nothing to do
+    /// until then, however many messages are kept.
+    next_expiry: Option<Instant>,
 }
 
 struct Entry {
@@ -38,6 +41,7 @@ impl Retained {
             bytes: 0,
             max_messages,
             max_bytes,
+            next_expiry: None,
         }
     }
 
@@ -70,6 +74,9 @@ impl Retained {
         let old = if message.payload.is_empty() {
             self.by_topic.remove(topic)
         } else {
+            if let Some(at) = message.expires_at {
+                self.next_expiry = Some(self.next_expiry.map_or(at, |next| next.min(at)));
+            }
             let entry = Entry {
                 message: message.clone(),
                 counted,
@@ -97,15 +104,23 @@ impl Retained {
 
     /// Forgets retained messages past their expiry.
     pub fn purge_expired(&mut self, now: Instant) {
+        if self.next_expiry.is_none_or(|next| now < next) {
+            return;
+        }
         let (mut bytes, mut topics) = (0, 0);
+        let mut next_expiry: Option<Instant> = None;
         self.by_topic.retain(|_, e| {
             let keep = !e.message.is_expired(now);
             if !keep && e.counted {
                 bytes += size(&e.message);
                 topics += 1;
             }
+            if let Some(at) = e.message.expires_at.filter(|_| keep) {
+                next_expiry = Some(next_expiry.map_or(at, |next| next.min(at)));
+            }
             keep
         });
+        self.next_expiry = next_expiry;
         self.bytes -= bytes;
         self.topics -= topics;
     }
@@ -176,5 +191,20 @@ mod tests {
         assert!(small.set(&retained("t", b"12345")));
         assert!(!small.set(&retained("u", b"12345")), "over the bytes");
         assert_eq!(small.len(), 1);
+    }
+
+    #[test]
+    fn expired_messages_go_at_their_time_and_not_before() {
+        let now = Instant::now();
+        let mut r = Retained::new(10, 1000);
+        let mut soon = Message::new("a", Bytes::from_static(b"x"), QoS::AtMostOnce, true);
+        soon.expires_at = Some(now + std::time::Duration::from_secs(5));
+        r.set(&Arc::new(soon));
+        r.set(&retained("b", b"y"));
+        r.purge_expired(now + std::time::Duration::from_secs(4));
+        assert_eq!(r.len(), 2);
+        r.purge_expired(now + std::time::Duration::from_secs(5));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.next_expiry, None, "no other message expires");
     }
 }

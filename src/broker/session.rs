@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::task::{Context, Poll};
 
@@ -257,6 +257,23 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// When this session, offline, next needs the broker: its delayed will falls due
+    /// or it expires. `None` while connected or when neither will happen.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.connected {
+            return None;
+        }
+        let will = self.pending_will.as_ref().map(|will| will.1);
+        let expiry = self
+            .disconnected_at
+            .filter(|_| self.expiry_interval != NEVER_EXPIRES)
+            .map(|at| at + Duration::from_secs(u64::from(self.expiry_interval)));
+        match (will, expiry) {
+            (Some(will), Some(expiry)) => Some(will.min(expiry)),
+            (will, expiry) => will.or(expiry),
+        }
+    }
+
     fn new(protocol: ProtocolVersion, expiry_interval: u32) -> SessionState {
         SessionState {
             protocol,
