@@ -872,10 +872,10 @@ impl Broker {
 
     /// Makes [`Broker::tick`] look at the sessions again by `at`, when something of an
     /// offline session falls due then.
-    pub fn due_by(&self, at: Option<Instant>) {
-        if let Some(at) = at {
+    fn due_by(&self, at: Option<Instant>) {
+        if at.is_some() {
             let mut next = self.next_due.lock().unwrap_or_else(|p| p.into_inner());
-            *next = Some(next.map_or(at, |next| next.min(at)));
+            *next = session::earliest(*next, at);
         }
     }
 
@@ -917,14 +917,9 @@ impl Broker {
                         will: None,
                     }]);
                 }
-                let expired = st.expiry_interval != NEVER_EXPIRES
-                    && st.disconnected_at.is_some_and(|at| {
-                        now >= at + Duration::from_secs(u64::from(st.expiry_interval))
-                    });
+                let expired = st.expires_at().is_some_and(|at| now >= at);
                 if !expired {
-                    if let Some(at) = st.next_deadline() {
-                        next_due = Some(next_due.map_or(at, |next: Instant| next.min(at)));
-                    }
+                    next_due = session::earliest(next_due, st.next_deadline());
                 }
                 (will, expired)
             };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::message::Message;
+use super::session::earliest;
 use crate::protocol::topic;
 
 pub struct Retained {
@@ -74,9 +75,7 @@ impl Retained {
         let old = if message.payload.is_empty() {
             self.by_topic.remove(topic)
         } else {
-            if let Some(at) = message.expires_at {
-                self.next_expiry = Some(self.next_expiry.map_or(at, |next| next.min(at)));
-            }
+            self.next_expiry = earliest(self.next_expiry, message.expires_at);
             let entry = Entry {
                 message: message.clone(),
                 counted,
@@ -115,8 +114,8 @@ impl Retained {
                 bytes += size(&e.message);
                 topics += 1;
             }
-            if let Some(at) = e.message.expires_at.filter(|_| keep) {
-                next_expiry = Some(next_expiry.map_or(at, |next| next.min(at)));
+            if keep {
+                next_expiry = earliest(next_expiry, e.message.expires_at);
             }
             keep
         });

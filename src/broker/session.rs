@@ -256,22 +256,33 @@ pub struct SessionState {
     pub connection: Option<Arc<super::info::ConnInfo>>,
 }
 
+/// The earlier of two deadlines, either of which may be absent.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl SessionState {
+    /// When this session, disconnected, expires; `None` while connected or when it
+    /// never does.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.disconnected_at
+            .filter(|_| !self.connected && self.expiry_interval != NEVER_EXPIRES)
+            .map(|at| at + Duration::from_secs(u64::from(self.expiry_interval)))
+    }
+
     /// When this session, offline, next needs the broker: its delayed will falls due
     /// or it expires. `None` while connected or when neither will happen.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.connected {
             return None;
         }
-        let will = self.pending_will.as_ref().map(|will| will.1);
-        let expiry = self
-            .disconnected_at
-            .filter(|_| self.expiry_interval != NEVER_EXPIRES)
-            .map(|at| at + Duration::from_secs(u64::from(self.expiry_interval)));
-        match (will, expiry) {
-            (Some(will), Some(expiry)) => Some(will.min(expiry)),
-            (will, expiry) => will.or(expiry),
-        }
+        earliest(
+            self.pending_will.as_ref().map(|will| will.1),
+            self.expires_at(),
+        )
     }
 
     fn new(protocol: ProtocolVersion, expiry_interval: u32) -> SessionState {
