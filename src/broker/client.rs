@@ -78,13 +78,14 @@ pub struct Client {
     generation: u64,
     pub client_id: Arc<str>,
     pub version: ProtocolVersion,
-    keep_alive: Option<Duration>,
+    /// Seconds, as agreed at CONNECT; 0 for none.
+    keep_alive: u16,
     last_received: Instant,
     bridge: bool,
     will: Option<Box<Will>>,
     session_expiry_at_connect: u32,
-    peer_receive_maximum: usize,
-    peer_max_packet_size: usize,
+    peer_receive_maximum: u16,
+    peer_max_packet_size: u32,
     peer_topic_alias_maximum: u16,
     /// Topic aliases, made on first use: most clients never use any.
     aliases: Option<Box<Aliases>>,
@@ -92,16 +93,14 @@ pub struct Client {
     /// A subscriber's queue this client's messages are filling: read no more from the
     /// client until it drains (or stalls).
     backpressure: Option<Arc<Session>>,
-    /// Publishes decoded but not yet routed, and the acknowledgements they owe:
-    /// (index in `pending`, QoS, packet id).
-    pending: Vec<Arc<Message>>,
-    pending_acks: Vec<(usize, QoS, u16)>,
-    reached: Vec<usize>,
+    /// Publishes decoded but not yet routed; made on the first publish, as a client
+    /// that only subscribes never needs it.
+    batch: Option<Box<PublishBatch>>,
     /// What the management API shows of this connection.
     info: Option<Arc<ConnInfo>>,
     /// Why the connection must close after this batch (a 3.x publish nobody may
     /// acknowledge).
-    refusal: Option<Close>,
+    refusal: Option<Box<Close>>,
     publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
@@ -112,6 +111,16 @@ pub struct Client {
 
 /// Topic aliases both ways (MQTT 5): the client's for its publishes, ours for what we
 /// send it.
+/// Publishes decoded but not yet routed, and the acknowledgements they owe.
+#[derive(Default)]
+struct PublishBatch {
+    messages: Vec<Arc<Message>>,
+    /// (index in `messages`, QoS, packet id).
+    acks: Vec<(usize, QoS, u16)>,
+    /// How many subscribers each message reached, filled by the broker.
+    reached: Vec<usize>,
+}
+
 #[derive(Default)]
 struct Aliases {
     inbound: HashMap<u16, Topic>,
@@ -301,23 +310,21 @@ impl Client {
             acl_refusals: 0,
             generation: opened.generation,
             version: v,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            keep_alive,
             last_received: now,
             bridge: connect.bridge,
             will: connect.will.map(Box::new),
             session_expiry_at_connect: expiry,
             peer_receive_maximum: match v {
-                ProtocolVersion::V5 => usize::from(cp.receive_maximum.unwrap_or(u16::MAX)),
-                _ => usize::from(settings.max_inflight.max(1)),
+                ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
+                _ => settings.max_inflight.max(1),
             },
-            peer_max_packet_size: cp.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            peer_max_packet_size: cp.maximum_packet_size.unwrap_or(u32::MAX),
             peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
             aliases: None,
             resend_inflight: opened.present,
             backpressure: None,
-            pending: Vec::new(),
-            pending_acks: Vec::new(),
-            reached: Vec::new(),
+            batch: None,
             info: None,
             refusal: None,
             publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
@@ -348,7 +355,7 @@ impl Client {
             peer,
             listener: listener.clone(),
             protocol: self.version,
-            keep_alive: self.keep_alive.map_or(0, |k| k.as_secs() as u16),
+            keep_alive: self.keep_alive,
             clean_start,
             expiry_interval: self.session_expiry_at_connect,
             connected_at: SystemTime::now(),
@@ -570,7 +577,10 @@ impl Client {
     /// When the connection must be closed for silence: 1.5 times the keep-alive after
     /// the last packet received ([MQTT-3.1.2-24]).
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        self.keep_alive.map(|k| self.last_received + k + k / 2)
+        (self.keep_alive > 0).then(|| {
+            let keep_alive = Duration::from_secs(u64::from(self.keep_alive));
+            self.last_received + keep_alive + keep_alive / 2
+        })
     }
 
     pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
@@ -731,9 +741,6 @@ impl Client {
             }
             st.inbound_qos2.push(packet_id);
         }
-        if qos > QoS::AtMostOnce {
-            self.pending_acks.push((self.pending.len(), qos, packet_id));
-        }
         let message = Arc::new(Message::from_publish(p, Some(self.client_id.clone()), now));
         if exactly_once_stored && self.is_strict() {
             // Subscribers wait until the exactly-once record is durable; see
@@ -742,8 +749,12 @@ impl Client {
                 .durable_after
                 .store(DURABLE_PENDING, Ordering::Release);
         }
-        self.pending.push(message);
-        if self.pending.len() >= self.publish_batch {
+        let batch = self.batch.get_or_insert_with(Box::default);
+        if qos > QoS::AtMostOnce {
+            batch.acks.push((batch.messages.len(), qos, packet_id));
+        }
+        batch.messages.push(message);
+        if batch.messages.len() >= self.publish_batch {
             self.flush_publishes();
         }
         Ok(())
@@ -753,24 +764,28 @@ impl Client {
     /// The connection calls it after each read, and [`Client::handle`] before any other
     /// packet and every `publish_batch` messages.
     pub fn flush_publishes(&mut self) {
-        if self.pending.is_empty() {
+        let Some(mut batch) = self.batch.take() else {
+            return;
+        };
+        if batch.messages.is_empty() {
+            self.batch = Some(batch);
             return;
         }
-        let messages = std::mem::take(&mut self.pending);
+        let messages = std::mem::take(&mut batch.messages);
         let awaiting: Vec<Arc<Message>> = messages
             .iter()
             .filter(|m| m.durable_after.load(Ordering::Relaxed) == DURABLE_PENDING)
             .cloned()
             .collect();
-        self.reached.clear();
+        batch.reached.clear();
         let mut ops = Vec::new();
         let pressure = self
             .broker
-            .publish_batch(messages, &mut self.reached, &mut ops);
+            .publish_batch(messages, &mut batch.reached, &mut ops);
         if self.backpressure.is_none() {
             self.backpressure = pressure;
         }
-        let acks = std::mem::take(&mut self.pending_acks);
+        let acks = &batch.acks;
         // Only QoS 2 needs the session's store id: no lock for the rest.
         let exactly_once = acks.iter().any(|(_, qos, _)| *qos == QoS::ExactlyOnce);
         if let Some(sid) = exactly_once.then(|| self.stored_sid()).flatten() {
@@ -788,13 +803,16 @@ impl Client {
         if !acks.is_empty() {
             self.hold_for(ticket);
         }
-        for &(index, qos, packet_id) in &acks {
-            let code = match self.reached[index] {
+        for &(index, qos, packet_id) in acks {
+            let code = match batch.reached[index] {
                 REFUSED if !self.v5() => {
                     // 3.x has no way to say "not kept" in a PUBACK: close instead of
                     // acknowledging what was not kept.
                     self.refusal.get_or_insert_with(|| {
-                        Close::new(ReasonCode::QUOTA_EXCEEDED, "a bridge outbox is full")
+                        Box::new(Close::new(
+                            ReasonCode::QUOTA_EXCEEDED,
+                            "a bridge outbox is full",
+                        ))
                     });
                     continue;
                 }
@@ -807,8 +825,8 @@ impl Client {
                 _ => self.send(&Packet::PubRec(Ack::new(packet_id, code))),
             }
         }
-        self.pending_acks = acks;
-        self.pending_acks.clear();
+        batch.acks.clear();
+        self.batch = Some(batch);
     }
 
     fn on_pubrel(&mut self, ack: Ack) {
@@ -1054,7 +1072,7 @@ impl Client {
     /// queue overflow, shutdown).
     pub fn pump(&mut self, now: Instant) -> Result<(), Close> {
         if let Some(close) = self.refusal.take() {
-            return Err(close);
+            return Err(*close);
         }
         let session = self.session.clone();
         let mut st = session.lock();
@@ -1097,7 +1115,9 @@ impl Client {
         let mut hold_start = None;
         while self.out.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
-            if front.qos > QoS::AtMostOnce && st.inflight.len() >= self.peer_receive_maximum {
+            if front.qos > QoS::AtMostOnce
+                && st.inflight.len() >= usize::from(self.peer_receive_maximum)
+            {
                 break;
             }
             let delivery = st.pop_queued().expect("front exists");
@@ -1224,7 +1244,7 @@ impl Client {
                 new_alias = Some(alias);
             }
         }
-        if publish.encoded_len(self.version) > self.peer_max_packet_size {
+        if publish.encoded_len(self.version) > self.peer_max_packet_size as usize {
             count(&self.broker.metrics.dropped_too_large);
             log::debug!(
                 "client_id={} not sent {topic:?}: larger than its maximum packet size",

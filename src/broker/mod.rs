@@ -252,7 +252,7 @@ impl Broker {
                 });
                 self.due_by(st.next_deadline());
                 if stored.backlog_messages > 0 {
-                    st.backlog = Some((stored.backlog_messages, stored.backlog_bytes));
+                    st.backlog = Some(Box::new((stored.backlog_messages, stored.backlog_bytes)));
                 }
                 for (filter, options, id) in stored.subscriptions {
                     let Some(options) = SubscriptionOptions::from_byte(options) else {
@@ -333,10 +333,10 @@ impl Broker {
         let session = self.sessions().get(client_id).cloned()?;
         // Under `strict` nothing acknowledged may be dropped: a full outbox refuses.
         let drops_oldest = !self.store().is_some_and(|s| s.is_strict());
-        session.lock().outbox = Some(Outbox {
+        session.lock().outbox = Some(Box::new(Outbox {
             limits,
             drops_oldest,
-        });
+        }));
         Some(session)
     }
 
@@ -350,7 +350,7 @@ impl Broker {
                 let info = st.connection.clone()?;
                 Some(ClientView {
                     info,
-                    queued: st.queue.len() + st.backlog.map_or(0, |(n, _)| n),
+                    queued: st.queue.len() + st.backlog.as_deref().map_or(0, |&(n, _)| n),
                     inflight: st.inflight.len(),
                     subscriptions: st.subscriptions.len(),
                     dropped: st.dropped,

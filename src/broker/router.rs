@@ -70,8 +70,16 @@ struct Subscribers {
     here: Vec<Member>,
     /// Subscriptions whose filter is this level followed by `#`.
     hash: Vec<Member>,
-    shared_here: Vec<SharedGroup>,
-    shared_hash: Vec<SharedGroup>,
+    /// Boxed: most filters have no shared groups, and every subscribed level has a
+    /// `Subscribers`.
+    shared: Option<Box<SharedGroups>>,
+}
+
+/// Shared groups whose filter ends at this level, and those followed by `#`.
+#[derive(Default)]
+struct SharedGroups {
+    here: Vec<SharedGroup>,
+    hash: Vec<SharedGroup>,
 }
 
 impl Subscribers {
@@ -79,19 +87,25 @@ impl Subscribers {
         if hash { &mut self.hash } else { &mut self.here }
     }
 
-    fn groups(&mut self, hash: bool) -> &mut Vec<SharedGroup> {
+    fn groups_mut(&mut self, hash: bool) -> &mut Vec<SharedGroup> {
+        let shared = self.shared.get_or_insert_with(Box::default);
         if hash {
-            &mut self.shared_hash
+            &mut shared.hash
         } else {
-            &mut self.shared_here
+            &mut shared.here
+        }
+    }
+
+    fn groups(&self, hash: bool) -> &[SharedGroup] {
+        match &self.shared {
+            Some(shared) if hash => &shared.hash,
+            Some(shared) => &shared.here,
+            None => &[],
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.here.is_empty()
-            && self.hash.is_empty()
-            && self.shared_here.is_empty()
-            && self.shared_hash.is_empty()
+        self.here.is_empty() && self.hash.is_empty() && self.shared.is_none()
     }
 }
 
@@ -110,6 +124,14 @@ impl Node {
 
     /// Drops the subscriber lists once the last one has gone.
     fn tidy(&mut self) {
+        if let Some(s) = self.subscribers.as_deref_mut() {
+            if s.shared
+                .as_ref()
+                .is_some_and(|g| g.here.is_empty() && g.hash.is_empty())
+            {
+                s.shared = None;
+            }
+        }
         if self.subscribers.as_ref().is_some_and(|s| s.is_empty()) {
             self.subscribers = None;
         }
@@ -125,12 +147,12 @@ impl Node {
         let wildcards = !(first && dollar);
         if let (true, Some(s)) = (wildcards, &self.subscribers) {
             push_members(&s.hash, out);
-            push_groups(&s.shared_hash, out);
+            push_groups(s.groups(true), out);
         }
         let Some(level) = levels.next() else {
             if let Some(s) = &self.subscribers {
                 push_members(&s.here, out);
-                push_groups(&s.shared_here, out);
+                push_groups(s.groups(false), out);
             }
             return;
         };
@@ -198,7 +220,7 @@ impl Router {
         let added = match group {
             None => upsert(subs.members(is_hash), member),
             Some(_) => {
-                let groups = subs.groups(is_hash);
+                let groups = subs.groups_mut(is_hash);
                 let i = match groups.iter().position(|g| &*g.key == filter) {
                     Some(i) => i,
                     None => {
@@ -228,7 +250,7 @@ impl Router {
             let removed = match group {
                 None => remove_member(subs.members(is_hash), client_id),
                 Some(_) => {
-                    let groups = subs.groups(is_hash);
+                    let groups = subs.groups_mut(is_hash);
                     match groups.iter().position(|g| &*g.key == filter) {
                         Some(i) => {
                             let removed = remove_member(&mut groups[i].members, client_id);
@@ -272,12 +294,7 @@ impl Router {
             }
         }
         let subs = node.subscribers.as_deref()?;
-        let groups = if is_hash {
-            &subs.shared_hash
-        } else {
-            &subs.shared_here
-        };
-        let group = groups.iter().find(|g| &*g.key == key)?;
+        let group = subs.groups(is_hash).iter().find(|g| &*g.key == key)?;
         let m = group
             .pick(Some(leaving))
             .filter(|m| &*m.session.client_id != leaving)?;

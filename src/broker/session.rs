@@ -242,14 +242,15 @@ pub struct SessionState {
     pub stored: bool,
     /// Deliveries an earlier run stored that stay on disk until the session resumes:
     /// how many, and their bytes (counted against the queue limits meanwhile).
-    pub backlog: Option<(usize, usize)>,
+    /// Boxed: only sessions restored from the store and not yet resumed have one.
+    pub backlog: Option<Box<(usize, usize)>>,
     /// The queue passed its high-water mark; publishers are waiting on `drained`.
     pub pressured: bool,
     /// The session did not drain within the stall timeout: publishers no longer wait.
     pub stalled: bool,
     high_water: (usize, usize),
     /// A bridge's outbox: its own limits and overload rule.
-    pub outbox: Option<Outbox>,
+    pub outbox: Option<Box<Outbox>>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
     pub dropped: u64,
     /// The connection that owns the session, as the management API shows it.
@@ -357,7 +358,8 @@ impl SessionState {
 
     /// Whether the queue has no room for `size` more bytes.
     fn is_full(&self, limits: &QueueLimits, size: usize) -> bool {
-        let (backlog_messages, backlog_bytes) = self.backlog.unwrap_or_default();
+        let (backlog_messages, backlog_bytes) =
+            self.backlog.as_deref().copied().unwrap_or_default();
         self.queue.len() + backlog_messages >= limits.max_queued_messages
             || self.queued_bytes + backlog_bytes + size > limits.max_queued_bytes
     }
@@ -391,7 +393,7 @@ impl SessionState {
         store: Option<(&Store, u64)>,
         ops: &mut Vec<Op>,
     ) -> Enqueued {
-        let outbox = self.outbox;
+        let outbox = self.outbox.as_deref().copied();
         let limits = outbox.as_ref().map_or(limits, |o| &o.limits);
         let offline = !self.connected;
         if delivery.qos == QoS::AtMostOnce
@@ -562,10 +564,10 @@ mod tests {
     #[test]
     fn a_full_outbox_drops_its_oldest_message() {
         let s = Session::new("$bridge/b".into(), ProtocolVersion::V5, NEVER_EXPIRES, 0);
-        s.lock().outbox = Some(Outbox {
+        s.lock().outbox = Some(Box::new(Outbox {
             limits: LIMITS,
             drops_oldest: true,
-        });
+        }));
         let numbered = |n: &'static [u8]| {
             let mut d = delivery(QoS::AtLeastOnce);
             d.message = Arc::new(Message::new(
@@ -591,10 +593,10 @@ mod tests {
         assert_eq!(st.dropped, 1);
         drop(st);
         // Under `strict` a full outbox refuses QoS 1/2 instead, and drops QoS 0.
-        s.lock().outbox = Some(Outbox {
+        s.lock().outbox = Some(Box::new(Outbox {
             limits: LIMITS,
             drops_oldest: false,
-        });
+        }));
         let refused = s.lock().enqueue(numbered(b"4"), &roomy, None, &mut vec![]);
         assert_eq!(refused, Enqueued::Refused);
         let qos0 = s
