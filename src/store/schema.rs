@@ -287,13 +287,18 @@ fn create(path: &Path) -> Result<(), String> {
         }
     }
     {
+        // No journal while it is built: a failure leaves only `.new`, which the next
+        // start replaces, so there is nothing to roll back. WAL mode is set last, as
+        // the mode the file is opened in from then on.
         let conn = Connection::open(&fresh).map_err(|e| fail("opening", &e))?;
-        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA journal_mode = WAL;")
+        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA journal_mode = OFF;")
             .map_err(|e| fail("setting it up", &e))?;
         migrate(&conn, &fresh, 0, MIGRATIONS).map_err(|e| match e {
             MigrateError::Sqlite(e) => fail("writing the schema", &e),
             MigrateError::Copy(why) => why,
         })?;
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .map_err(|e| fail("setting WAL mode", &e))?;
         // Closing the only connection checkpoints the WAL into the file and removes it.
     }
     let _ = fs::remove_file(with_suffix(&fresh, "-shm"));
