@@ -480,4 +480,27 @@ mod tests {
         assert!(r.unsubscribe("$share/g/t/+", "b"));
         assert_eq!(matched(&r, "t/1"), ["c"]);
     }
+
+    /// The shared groups live in their own box, made on first use and dropped with the
+    /// last group, so a level with plain subscribers alone does not carry them.
+    #[test]
+    fn shared_groups_leave_no_empty_lists_behind() {
+        let mut r = Router::default();
+        let (a, b) = (session("a"), session("b"));
+        r.subscribe("t/#", &a, sub());
+        fn level(r: &Router) -> &Subscribers {
+            r.root.child("t").unwrap().subscribers.as_deref().unwrap()
+        }
+        assert!(level(&r).shared.is_none());
+        // Unsubscribing from a group that does not exist leaves no box behind.
+        assert!(!r.unsubscribe("$share/other/t/#", "b"));
+        assert!(level(&r).shared.is_none());
+        r.subscribe("$share/g/t/#", &b, sub());
+        assert_eq!(level(&r).groups(true).len(), 1);
+        assert!(r.unsubscribe("$share/g/t/#", "b"));
+        assert!(level(&r).shared.is_none(), "the empty groups box stays");
+        assert_eq!(matched(&r, "t/1"), ["a"]);
+        assert!(r.unsubscribe("t/#", "a"));
+        assert!(r.root.is_empty(), "empty branches are pruned");
+    }
 }
