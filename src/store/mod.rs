@@ -238,7 +238,7 @@ impl Store {
             commit_micros: AtomicU64::new(0),
         });
         let live_sids = loaded.sessions.iter().map(|s| s.sid).collect();
-        let writer = writer::Writer::new(
+        let mut writer = writer::Writer::new(
             conn,
             shared.clone(),
             clock,
@@ -246,6 +246,9 @@ impl Store {
             live_sids,
             loaded.next_seq,
         );
+        if opened.unsynced {
+            writer.sync_before_first_commit(config.path.clone());
+        }
         let handle = std::thread::Builder::new()
             .name("tern-store".into())
             .spawn(move || writer.run())
@@ -470,6 +473,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(store.ticket_state(ticket), TicketState::Durable);
+    }
+
+    #[test]
+    fn a_store_made_by_this_start_commits_once_the_writer_has_synced_it() {
+        let (store, path) = open("first-commit", Duration::from_millis(1));
+        let (_, put) = session(&store);
+        wait_durable(&store, store.submit([put]));
+        store.close();
+        assert_eq!(rows(&path, "session"), 1);
     }
 
     #[test]

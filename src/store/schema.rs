@@ -102,6 +102,11 @@ pub struct Quarantined {
 
 pub struct Opened {
     pub connection: Connection,
+    /// The store was created by this start and neither the file nor its directory
+    /// entry is synced yet: the writer syncs both ([`sync_new`]) before its first
+    /// commit, so nothing is acknowledged before the store itself would survive a
+    /// power cut, and the first CONNACK does not wait for two syncs.
+    pub unsynced: bool,
     pub quarantined: Option<Quarantined>,
     /// Held for as long as the store is open; see [`lock`].
     pub lock: fs::File,
@@ -120,8 +125,9 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
     probe_writable(dir)?;
     let lock = lock(path)?;
     match try_open(config) {
-        Ok(connection) => Ok(Opened {
+        Ok((connection, unsynced)) => Ok(Opened {
             connection,
+            unsynced,
             quarantined: None,
             lock,
         }),
@@ -138,11 +144,12 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
                 path.display(),
                 listed(&files)
             );
-            let connection = try_open(config).map_err(|e| match e {
+            let (connection, unsynced) = try_open(config).map_err(|e| match e {
                 OpenError::Corrupt(why) | OpenError::Fatal(why) => why,
             })?;
             Ok(Opened {
                 connection,
+                unsynced,
                 quarantined: Some(Quarantined { files, reason }),
                 lock,
             })
@@ -207,10 +214,12 @@ fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
     }
 }
 
-fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
+/// The open connection, and whether this call created the store (not yet synced).
+fn try_open(config: &StoreConfig) -> Result<(Connection, bool), OpenError> {
     let path = &config.path;
     let err = |e| classify(path, e);
-    if !path.exists() {
+    let created = !path.exists();
+    if created {
         create(path).map_err(OpenError::Fatal)?;
     }
     let conn = Connection::open(path).map_err(err)?;
@@ -264,13 +273,14 @@ fn try_open(config: &StoreConfig) -> Result<Connection, OpenError> {
         conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
             .map_err(err)?;
     }
-    Ok(conn)
+    Ok((conn, created))
 }
 
-/// Makes a new store at `path`, built as `FILE.new` without syncs, then synced once
-/// and renamed into place: two syncs instead of the seven SQLite takes to create a
-/// file, switch it to WAL and write the schema (each one slow on an SD card), and a
-/// crash part-way leaves only `FILE.new`, which the next start replaces. A `-wal` or
+/// Makes a new store at `path`, built as `FILE.new` without syncs and renamed into
+/// place; the writer thread syncs it later ([`sync_new`]): two syncs off the start-up
+/// path instead of the seven SQLite takes to create a file, switch it to WAL and write
+/// the schema (each one slow on an SD card), and a crash part-way leaves only
+/// `FILE.new`, which the next start replaces. A `-wal` or
 /// `-shm` left without its database (the file deleted by hand) is moved aside first:
 /// SQLite drops a log it finds beside an empty file, but the file renamed into place
 /// is not empty, and the old log would be replayed into it.
@@ -302,9 +312,6 @@ fn create(path: &Path) -> Result<(), String> {
         // Closing the only connection checkpoints the WAL into the file and removes it.
     }
     let _ = fs::remove_file(with_suffix(&fresh, "-shm"));
-    fs::File::open(&fresh)
-        .and_then(|file| file.sync_all())
-        .map_err(|e| fail("syncing", &e))?;
     let orphans = move_aside(path, &["-wal", "-shm"], "orphan")?;
     if !orphans.is_empty() {
         log::warn!(
@@ -313,10 +320,25 @@ fn create(path: &Path) -> Result<(), String> {
             listed(&orphans)
         );
     }
-    fs::rename(&fresh, path).map_err(|e| fail("renaming it into place", &e))?;
+    fs::rename(&fresh, path).map_err(|e| fail("renaming it into place", &e))
+}
+
+/// Syncs a store that [`create`] made, and its directory (the renamed file's entry and
+/// the WAL's). Until then a power cut can leave the file missing, empty or partly
+/// written, and the next start makes it anew or quarantines it: nothing is lost, as
+/// nothing was acknowledged before the writer called this.
+pub fn sync_new(path: &Path) -> Result<(), String> {
+    fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| format!("cannot sync the new store {}: {e}", path.display()))?;
     fs::File::open(data_dir(path))
         .and_then(|dir| dir.sync_all())
-        .map_err(|e| fail("syncing its directory", &e))
+        .map_err(|e| {
+            format!(
+                "cannot sync the directory of the new store {}: {e}",
+                path.display()
+            )
+        })
 }
 
 pub enum MigrateError {
@@ -451,6 +473,34 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn only_a_store_this_start_created_is_left_for_the_writer_to_sync() {
+        let dir = scratch_dir("unsynced");
+        let config = StoreConfig {
+            path: dir.join("tern.db"),
+            durability: Durability::Strict,
+            commit_interval: std::time::Duration::from_millis(5),
+            commit_batch_ops: 100,
+            max_store_bytes: 0,
+            cache_kib: 512,
+            on_corrupt: OnCorrupt::Quarantine,
+        };
+        let created = open(&config).unwrap();
+        assert!(
+            created.unsynced,
+            "a new store is synced by the writer, later"
+        );
+        sync_new(&config.path).unwrap();
+        drop(created);
+        assert!(
+            !open(&config).unwrap().unsynced,
+            "an existing store needs no sync"
+        );
+        let missing = sync_new(&dir.join("gone.db")).unwrap_err();
+        assert!(missing.contains("gone.db"), "{missing}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! arrives; and a delivery added and acknowledged within one batch is never written.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::load::stage_code;
 use super::record::{StoreClock, encode_ids, save_clock, wall_secs};
+use super::schema;
 use super::{FAILURES_KEPT, Op, Shared, StoreConfig};
 use crate::broker::session::Stage;
 use crate::throttle::Throttle;
@@ -82,6 +84,8 @@ pub struct Writer {
     failures_logged: Throttle,
     /// When the store clock was last saved, and the wall clock then.
     clock_saved: (Instant, u64),
+    /// A store this start created, to sync before anything is committed.
+    unsynced: Option<PathBuf>,
 }
 
 impl Writer {
@@ -109,16 +113,42 @@ impl Writer {
             last_purge: Instant::now(),
             failures_logged: Throttle::new(),
             clock_saved: (Instant::now(), wall_secs()),
+            unsynced: None,
+        }
+    }
+
+    /// The store at `path` was just created and is not synced (see `schema::sync_new`).
+    pub fn sync_before_first_commit(&mut self, path: PathBuf) {
+        self.unsynced = Some(path);
+    }
+
+    /// Syncs a newly created store, once; false while that fails, and then no batch
+    /// may be committed (it would be acknowledged without a store that survives).
+    fn sync_new_store(&mut self) -> bool {
+        let Some(path) = &self.unsynced else {
+            return true;
+        };
+        match schema::sync_new(path) {
+            Ok(()) => {
+                self.unsynced = None;
+                true
+            }
+            Err(e) => {
+                log::error!("{e}; the next batch tries again");
+                false
+            }
         }
     }
 
     pub fn run(mut self) {
+        // At once, while nothing waits on it yet; a batch that comes first waits.
+        self.sync_new_store();
         loop {
             match self.next_batch() {
                 Next::Batch(ops, last_ticket) => {
                     let first_ticket = last_ticket + 1 - ops.len() as u64;
                     let started = Instant::now();
-                    let ok = self.commit(ops);
+                    let ok = self.sync_new_store() && self.commit(ops);
                     self.shared.last_failed.store(!ok, Ordering::Relaxed);
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     let micros = started.elapsed().as_micros() as u64;

@@ -307,8 +307,9 @@ def test_https_on_the_api_and_dashboard_ports(tmp_path, certs):
 
 
 def test_status_is_503_until_the_store_has_opened(tmp_path):
-    """The API answers before the store has opened (its first sync is held back for
-    1.5 s with strace), so a balancer sees 503, then 200 once MQTT is served."""
+    """The API answers before the store has opened (the rename that puts the new
+    store in place is held back for 1.5 s with strace), so a balancer sees 503, then
+    200 once MQTT is served."""
     from conftest import BIN, free_port
     port = free_port()
     d = tmp_path / "tern"
@@ -316,9 +317,9 @@ def test_status_is_503_until_the_store_has_opened(tmp_path):
     cfg = d / "tern.toml"
     cfg.write_text('[listeners.tcp]\nbind = "127.0.0.1:0"\n[listeners.ws]\nbind = "127.0.0.1:0"\n'
                    f'[dashboard]\nenabled = false\n[api]\nbind = "127.0.0.1:{port}"\napp_secret = "x"\n')
-    slow_sync = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
-                 "-e", "inject=fsync,fdatasync:delay_enter=1500000:when=1"]
-    proc = subprocess.Popen([*slow_sync, BIN, "--config", str(cfg)], cwd=d, stderr=subprocess.DEVNULL,
+    slow_open = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+                 "-e", "inject=rename,renameat,renameat2:delay_enter=1500000:when=1"]
+    proc = subprocess.Popen([*slow_open, BIN, "--config", str(cfg)], cwd=d, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     seen = []
     try:
