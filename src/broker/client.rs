@@ -109,8 +109,6 @@ pub struct Client {
     hold: Option<Box<Hold>>,
 }
 
-/// Topic aliases both ways (MQTT 5): the client's for its publishes, ours for what we
-/// send it.
 /// Publishes decoded but not yet routed, and the acknowledgements they owe.
 #[derive(Default)]
 struct PublishBatch {
@@ -121,6 +119,8 @@ struct PublishBatch {
     reached: Vec<usize>,
 }
 
+/// Topic aliases both ways (MQTT 5): the client's for its publishes, ours for what we
+/// send it.
 #[derive(Default)]
 struct Aliases {
     inbound: HashMap<u16, Topic>,

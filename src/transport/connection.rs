@@ -201,7 +201,6 @@ fn serve_started<S: Stream>(
     slot: Option<Slot>,
     start: Box<Start>,
 ) -> impl Future<Output = ()> {
-    // An async block rather than an async fn, for the reason given at `run`.
     async move {
         // The handshake and the close run once each: boxed, their state is on the heap
         // only while they run, and an idle connection's task stays small.
