@@ -884,10 +884,11 @@ impl Broker {
     pub fn tick(&self, now: Instant) {
         let due = {
             let mut next = self.next_due.lock().unwrap_or_else(|p| p.into_inner());
-            match *next {
-                Some(at) if at <= now => next.take().is_some(),
-                _ => false,
+            let due = next.is_some_and(|at| at <= now);
+            if due {
+                *next = None;
             }
+            due
         };
         if due {
             self.end_due_sessions(now);

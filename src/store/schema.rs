@@ -280,10 +280,10 @@ fn try_open(config: &StoreConfig) -> Result<(Connection, bool), OpenError> {
 /// place; the writer thread syncs it later ([`sync_new`]): two syncs off the start-up
 /// path instead of the seven SQLite takes to create a file, switch it to WAL and write
 /// the schema (each one slow on an SD card), and a crash part-way leaves only
-/// `FILE.new`, which the next start replaces. A `-wal` or
-/// `-shm` left without its database (the file deleted by hand) is moved aside first:
-/// SQLite drops a log it finds beside an empty file, but the file renamed into place
-/// is not empty, and the old log would be replayed into it.
+/// `FILE.new`, which the next start replaces. A `-wal` or `-shm` left without its
+/// database (the file deleted by hand) is moved aside first: SQLite drops a log it
+/// finds beside an empty file, but the file renamed into place is not empty, and the
+/// old log would be replayed into it.
 fn create(path: &Path) -> Result<(), String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         format!("cannot create the store {}: {what}: {e}", path.display())
@@ -307,11 +307,10 @@ fn create(path: &Path) -> Result<(), String> {
             MigrateError::Sqlite(e) => fail("writing the schema", &e),
             MigrateError::Copy(why) => why,
         })?;
+        // Only marks the file's header: no `-wal` or `-shm` is made for it.
         conn.execute_batch("PRAGMA journal_mode = WAL;")
             .map_err(|e| fail("setting WAL mode", &e))?;
-        // Closing the only connection checkpoints the WAL into the file and removes it.
     }
-    let _ = fs::remove_file(with_suffix(&fresh, "-shm"));
     let orphans = move_aside(path, &["-wal", "-shm"], "orphan")?;
     if !orphans.is_empty() {
         log::warn!(

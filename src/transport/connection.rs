@@ -22,7 +22,7 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
-use super::admission::{Slot, Verdict};
+use super::admission::Verdict;
 use super::proxy::{self, Cidr};
 use super::tls::Tls;
 use crate::auth::AuthPolicy;
@@ -171,7 +171,7 @@ struct Start {
 /// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
 /// `identity` the common name of a client certificate the transport verified.
 pub fn serve<S: Stream>(
-    stream: S,
+    mut stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<ConnectionConfig>,
@@ -179,7 +179,6 @@ pub fn serve<S: Stream>(
     rbuf: BytesMut,
     identity: Option<String>,
 ) -> impl Future<Output = ()> {
-    // The place in the connection counts is held until the connection ends.
     let (slot, refusal) = match verdict {
         Verdict::Admit(slot) => (Some(slot), None),
         Verdict::Refuse(code, why) => (None, Some((code, why))),
@@ -190,17 +189,8 @@ pub fn serve<S: Stream>(
         rbuf,
         identity,
     });
-    serve_started(stream, broker, config, slot, start)
-}
-
-#[allow(clippy::manual_async_fn)] // an async block on purpose: see `run`
-fn serve_started<S: Stream>(
-    mut stream: S,
-    broker: Arc<Broker>,
-    config: Arc<ConnectionConfig>,
-    slot: Option<Slot>,
-    start: Box<Start>,
-) -> impl Future<Output = ()> {
+    // An async block, not an async fn: see `run`. Only what the connected phase needs
+    // is captured; the handshake's inputs travel in `start`.
     async move {
         // The handshake and the close run once each: boxed, their state is on the heap
         // only while they run, and an idle connection's task stays small.
