@@ -9,10 +9,11 @@ runs, leaves the rest of the code unmapped until something needs it.
 
 How: the release build runs under callgrind with its symbols, built by each compiler
 there is here (see TOOLCHAINS), in a network namespace of its own so that it can take
-the default ports. Each build starts with the built-in defaults, and with a
-configuration file that keeps only the MQTT listener, idling through a few ticks; then
-serves MQTT 3.1.1 and 5 clients at QoS 0, 1 and 2, retained messages, a wrong password
-and the management API. Every function of the tern binary that ran becomes one
+the default ports. Each build starts with a configuration file that keeps only the
+MQTT listener, with the .deb's configuration file and with the built-in defaults, on
+an empty data directory and again over the store it made, idling through a few ticks; serves MQTT 3.1.1 and 5 clients at
+QoS 0, 1 and 2, retained messages, a wrong password and the management API; and starts
+once more over the sessions and messages that left. Every function of the tern binary that ran becomes one
 input-section pattern, start-up functions first.
 
 The patterns drop what changes between builds (crate hashes, back-references, LLVM's
@@ -51,13 +52,17 @@ TOOLCHAINS = {"default": ("cargo", "rustc"), "debian": ("/usr/bin/cargo", "/usr/
 # A function's name as callgrind prints it; not its own entries such as "(below main)".
 SYMBOL = re.compile(r"^[A-Za-z0-9_$.']+$")
 MQTT, API = 1883, 8081
-ONLY_MQTT = """[listeners.ws]
+ONLY_MQTT = """[listeners.tcp]
+bind = "127.0.0.1:1883"
+[listeners.ws]
 enabled = false
 [api]
 enabled = false
+sys_interval = 0
 [dashboard]
 enabled = false
 """
+PACKAGED = ROOT / "packaging" / "tern.toml"
 
 
 def wait_for_port(port, deadline):
@@ -140,25 +145,53 @@ def functions_run(profile_path, program):
     return seen
 
 
-def profile(program, config=None, serve=False):
-    with tempfile.TemporaryDirectory() as workdir:
-        out = Path(workdir) / "callgrind.out"
-        command = ["valgrind", "--tool=callgrind", "--demangle=no",
-                   f"--callgrind-out-file={out}", str(program)]
-        if config is not None:
-            (Path(workdir) / "tern.toml").write_text(config)
-            command += ["--config", "tern.toml"]
-        broker = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(MQTT, time.monotonic() + 60)
-            time.sleep(6)  # a few of the broker's periodic ticks
-            if serve:
-                serve_clients()
-        finally:
-            broker.send_signal(signal.SIGINT)
-            broker.wait(timeout=60)
-        return functions_run(out, program)
+def profile(program, workdir, config=None, serve=False):
+    """The functions one run of the broker in `workdir` ran: a start (over whatever
+    store an earlier run there left), a few ticks, clients if `serve`, a SIGINT."""
+    out = Path(workdir) / "callgrind.out"
+    command = ["valgrind", "--tool=callgrind", "--demangle=no",
+               f"--callgrind-out-file={out}", str(program)]
+    if config is not None:
+        (Path(workdir) / "tern.toml").write_text(config)
+        command += ["--config", "tern.toml"]
+    broker = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(MQTT, time.monotonic() + 60)
+        time.sleep(6)  # a few of the broker's periodic ticks
+        if serve:
+            serve_clients()
+    finally:
+        broker.send_signal(signal.SIGINT)
+        broker.wait(timeout=60)
+    return functions_run(out, program)
+
+
+def packaged_config(program, workdir):
+    """The .deb's /etc/tern/tern.toml, its paths moved into `workdir`."""
+    passwd = Path(workdir) / "passwd"
+    subprocess.run([str(program), "passwd", "--stdin", str(passwd), "user"], input="secret\n",
+                   text=True, check=True, capture_output=True)
+    return (PACKAGED.read_text().replace("/var/lib/tern", workdir)
+            .replace("/etc/tern/passwd", str(passwd)))
+
+
+def runs(program):
+    """(start-up runs, serving run) of one build. Each start is made twice, the second
+    over the store the first made (as every boot after the first); the last start
+    finds sessions and retained messages in it."""
+    starting = []
+    for config in (ONLY_MQTT, "packaged"):
+        with tempfile.TemporaryDirectory() as workdir:
+            if config == "packaged":
+                config = packaged_config(program, workdir)
+            for _ in range(2):
+                starting.append(profile(program, workdir, config=config))
+    with tempfile.TemporaryDirectory() as defaults:
+        starting.append(profile(program, defaults))
+        serving = profile(program, defaults, serve=True)
+        starting.append(profile(program, defaults))
+    return starting, serving
 
 
 def pattern(symbol):
@@ -212,9 +245,11 @@ def main():
                  + " ".join(built))
         sys.exit(subprocess.run(["unshare", "--net", "--map-root-user", "sh", "-c", inner])
                  .returncode)
-    programs = [binary(toolchain) for toolchain in sys.argv[2:]]
-    starting = [profile(p, config=c) for p in programs for c in (None, ONLY_MQTT)]
-    serving = [symbol for p in programs for symbol in profile(p, serve=True)]
+    starting, serving = [], []
+    for toolchain in sys.argv[2:]:
+        started, served = runs(binary(toolchain))
+        starting += started
+        serving += served
     write_script(starting, serving)
 
 
