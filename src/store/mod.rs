@@ -501,6 +501,37 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_sent_and_done_within_one_batch_is_deleted() {
+        let (store, path) = open("sent-done", Duration::from_millis(1));
+        let (sid, put) = session(&store);
+        let (added, done) = add(&store, sid);
+        let (kept, _) = add(&store, sid);
+        let sent = |op: &Op| match op {
+            Op::AddDelivery { sid, seq, .. } => Op::SentDelivery {
+                sid: *sid,
+                seq: *seq,
+                packet_id: 7,
+                stage: Stage::AwaitingPubAck,
+            },
+            _ => unreachable!(),
+        };
+        let (sent_done, sent_kept) = (sent(&added), sent(&kept));
+        wait_durable(&store, store.submit([put, added, kept]));
+        wait_durable(&store, store.submit([sent_done, done, sent_kept]));
+        store.close();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let left: Vec<Option<u16>> = conn
+            .prepare("SELECT packet_id FROM delivery")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![Some(7)], "only the one still in flight is left");
+        assert_eq!(rows(&path, "message"), 1);
+    }
+
+    #[test]
     fn an_acknowledgement_that_overtakes_its_delivery_still_removes_it() {
         let (store, path) = open("early", Duration::from_millis(1));
         let (sid, put) = session(&store);

@@ -246,17 +246,23 @@ impl Writer {
     }
 
     fn apply(&mut self, ops: &[Op]) -> rusqlite::Result<()> {
-        // A delivery added and done within this batch never needs to be written.
+        // A delivery added and done within this batch never needs to be written, nor
+        // the packet id of one sent and done within it (a drained backlog: one UPDATE
+        // fewer per message).
         let mut added = HashSet::new();
         let mut cancelled = HashSet::new();
+        let mut done = HashSet::new();
         let mut last_retained: HashMap<&str, usize> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::AddDelivery { seq, .. } => {
                     added.insert(*seq);
                 }
-                Op::DoneDelivery { seq, .. } if added.contains(seq) => {
-                    cancelled.insert(*seq);
+                Op::DoneDelivery { seq, .. } => {
+                    done.insert(*seq);
+                    if added.contains(seq) {
+                        cancelled.insert(*seq);
+                    }
                 }
                 Op::SetRetained { topic, .. } => {
                     last_retained.insert(topic.as_str(), i);
@@ -412,7 +418,9 @@ impl Writer {
                     packet_id,
                     stage,
                 } => {
-                    if cancelled.contains(seq) {
+                    if done.contains(seq) {
+                        // Its DoneDelivery follows in this batch (an ack comes after
+                        // its send), which deletes the row or forgets the delivery.
                         writes -= 1;
                     } else if *seq < self.loaded_below_seq || self.known.live.contains_key(seq) {
                         tx.prepare_cached(
