@@ -45,9 +45,13 @@ class Rewriter:
         self.take()
         self.base62(hide)
 
+    def optional(self, tag, hide=False):
+        """A tagged base-62 number (a disambiguator, lifetime or binder) if one is next."""
+        if self.peek() == tag:
+            self.tagged_base62(hide)
+
     def identifier(self):
-        if self.peek() == "s":
-            self.tagged_base62()
+        self.optional("s")
         self.undisambiguated()
 
     def undisambiguated(self):
@@ -65,8 +69,7 @@ class Rewriter:
         tag = self.peek()
         if tag == "C":  # crate root: its disambiguator is the crate's hash
             self.take()
-            if self.peek() == "s":
-                self.tagged_base62(hide=True)
+            self.optional("s", hide=True)
             self.undisambiguated()
         elif tag == "M":  # inherent impl
             self.take()
@@ -97,8 +100,7 @@ class Rewriter:
             raise Unreadable(f"path tag {tag!r}")
 
     def impl_path(self):
-        if self.peek() == "s":
-            self.tagged_base62()
+        self.optional("s")
         self.path()
 
     def generic_argument(self):
@@ -122,8 +124,7 @@ class Rewriter:
             self.base62()
 
     def binder(self):
-        if self.peek() == "G":
-            self.tagged_base62()
+        self.optional("G")
 
     def type(self):
         tag = self.peek()
@@ -142,8 +143,7 @@ class Rewriter:
             self.type()
         elif tag in "RQ":  # references
             self.take()
-            if self.peek() == "L":
-                self.tagged_base62()
+            self.optional("L")
             self.type()
         elif tag == "T":  # tuple
             self.take()

@@ -181,10 +181,9 @@ def runs(program):
     over the store the first made (as every boot after the first); the last start
     finds sessions and retained messages in it."""
     starting = []
-    for config in (ONLY_MQTT, "packaged"):
-        with tempfile.TemporaryDirectory() as workdir:
-            if config == "packaged":
-                config = packaged_config(program, workdir)
+    with tempfile.TemporaryDirectory() as minimal, tempfile.TemporaryDirectory() as packaged:
+        for workdir, config in ((minimal, ONLY_MQTT),
+                                (packaged, packaged_config(program, packaged))):
             for _ in range(2):
                 starting.append(profile(program, workdir, config=config))
     with tempfile.TemporaryDirectory() as defaults:
