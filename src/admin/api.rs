@@ -346,7 +346,7 @@ impl Admin {
         let i = &c.info;
         json!({
             "node": self.node(),
-            "clientid": &*i.client_id,
+            "clientid": &*c.client_id,
             "username": i.username,
             "ip_address": i.peer.ip().to_string(),
             "port": i.peer.port(),
@@ -381,7 +381,7 @@ impl Admin {
         let like_id = req.query("_like_clientid").unwrap_or("");
         let like_user = req.query("_like_username").unwrap_or("");
         let found = self.client_list(|c| {
-            c.info.client_id.contains(like_id)
+            c.client_id.contains(like_id)
                 && (like_user.is_empty()
                     || c.info
                         .username
@@ -392,7 +392,7 @@ impl Admin {
     }
 
     fn client(&self, id: &str) -> Response {
-        let found = self.client_list(|c| &*c.info.client_id == id);
+        let found = self.client_list(|c| &*c.client_id == id);
         if found.is_empty() {
             return error(
                 404,

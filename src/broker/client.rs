@@ -8,20 +8,20 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 
-use super::info::ConnInfo;
+use super::link::{Link, LinkInfo};
 use super::message::{DURABLE_PENDING, Delivery, Message};
-use super::session::{Inflight, Owner, Session, Stage, Subscription, done_op};
+use super::session::{Inflight, Session, Stage, Subscription, done_op};
 use super::{Broker, REFUSED, count};
 use crate::auth::{Access, AuthPolicy};
 use crate::protocol::*;
@@ -70,20 +70,17 @@ pub enum ConnectOutcome {
 pub struct Client {
     broker: Arc<Broker>,
     session: Arc<Session>,
-    owner: Arc<Owner>,
+    /// Shared with the session and the broker: wake-ups, keep-alive, what the
+    /// management API shows. Holds the user name.
+    link: Arc<Link>,
     auth: Arc<AuthPolicy>,
-    username: Option<String>,
     /// Refusals by the ACL on this connection; the first is logged, the rest counted.
     acl_refusals: u64,
     generation: u64,
     pub client_id: Arc<str>,
     pub version: ProtocolVersion,
-    /// Seconds, as agreed at CONNECT; 0 for none.
-    keep_alive: u16,
-    last_received: Instant,
     bridge: bool,
     will: Option<Box<Will>>,
-    session_expiry_at_connect: u32,
     peer_receive_maximum: u16,
     peer_max_packet_size: u32,
     peer_topic_alias_maximum: u16,
@@ -96,8 +93,6 @@ pub struct Client {
     /// Publishes decoded but not yet routed; made on the first publish, as a client
     /// that only subscribes never needs it.
     batch: Option<Box<PublishBatch>>,
-    /// What the management API shows of this connection.
-    info: Option<Arc<ConnInfo>>,
     /// Why the connection must close after this batch (a 3.x publish nobody may
     /// acknowledge).
     refusal: Option<Box<Close>>,
@@ -201,12 +196,15 @@ impl Client {
     ///
     /// `identity` is a user name the transport has already authenticated (a verified
     /// client certificate's common name, with `use_identity_as_username`): it replaces
-    /// the CONNECT's user name and no password is checked.
+    /// the CONNECT's user name and no password is checked. `peer` is the client's
+    /// real address (from a PROXY header where there was one), `listener` where it
+    /// came in.
     pub fn connect(
         broker: &Arc<Broker>,
         auth: &Arc<AuthPolicy>,
         mut connect: Connect,
         identity: Option<&str>,
+        (peer, listener): (SocketAddr, &Arc<str>),
         now: Instant,
     ) -> ConnectOutcome {
         let settings = &broker.settings;
@@ -286,7 +284,17 @@ impl Client {
             keep_alive = settings.max_keepalive;
             properties.server_keep_alive = Some(keep_alive);
         }
-        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, now);
+        let info = LinkInfo {
+            username: connect.username.take(),
+            peer,
+            listener: listener.clone(),
+            protocol: v,
+            keep_alive,
+            clean_start: connect.clean_start,
+            expiry_interval: expiry,
+        };
+        let link = Arc::new(Link::new(info, broker.clock_ms(now)));
+        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
         count(&broker.metrics.connections);
         broker
             .metrics
@@ -304,17 +312,13 @@ impl Client {
             broker: broker.clone(),
             client_id: opened.session.client_id.clone(),
             session: opened.session,
-            owner: opened.owner,
+            link,
             auth: auth.clone(),
-            username: connect.username.clone(),
             acl_refusals: 0,
             generation: opened.generation,
             version: v,
-            keep_alive,
-            last_received: now,
             bridge: connect.bridge,
             will: connect.will.map(Box::new),
-            session_expiry_at_connect: expiry,
             peer_receive_maximum: match v {
                 ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
                 _ => settings.max_inflight.max(1),
@@ -325,7 +329,6 @@ impl Client {
             resend_inflight: opened.present,
             backpressure: None,
             batch: None,
-            info: None,
             refusal: None,
             publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
@@ -346,33 +349,9 @@ impl Client {
         encode(packet, self.version, &mut self.out);
     }
 
-    /// Registers this connection for the management API: `peer` is the client's real
-    /// address (from a PROXY header where there was one), `listener` where it came in.
-    pub fn describe(&mut self, peer: SocketAddr, listener: &Arc<str>, clean_start: bool) {
-        let info = Arc::new(ConnInfo {
-            client_id: self.client_id.clone(),
-            username: self.username.clone(),
-            peer,
-            listener: listener.clone(),
-            protocol: self.version,
-            keep_alive: self.keep_alive,
-            clean_start,
-            expiry_interval: self.session_expiry_at_connect,
-            connected_at: SystemTime::now(),
-            received: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-        });
-        let mut st = self.session.lock();
-        if st.generation == self.generation {
-            st.connection = Some(info.clone());
-        }
-        drop(st);
-        self.info = Some(info);
-    }
-
-    /// The client's address, once [`Client::describe`] has recorded it.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.info.as_ref().map(|info| info.peer)
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.link.peer
     }
 
     fn v5(&self) -> bool {
@@ -521,7 +500,7 @@ impl Client {
     /// Ready when the session has had something new for this connection since the
     /// last time: messages queued, or a reason to close (then call [`Client::pump`]).
     pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.owner.poll_woken(cx)
+        self.link.poll_woken(cx)
     }
 
     pub fn stall_timeout(&self) -> Duration {
@@ -549,7 +528,7 @@ impl Client {
             log::warn!(
                 "client_id={} user={:?} is not authorized to {what} {topic:?} (further refusals on this connection are counted, not logged)",
                 self.client_id,
-                self.username
+                self.link.username
             );
         }
     }
@@ -557,13 +536,23 @@ impl Client {
     /// Whether the ACL lets this client publish to `topic` (or receive from it).
     fn permitted(&mut self, topic: &str, access: Access) -> bool {
         let allowed = match self.auth.acl() {
-            Some(acl) => acl.allows(&self.client_id, self.username.as_deref(), topic, access),
+            Some(acl) => acl.allows(
+                &self.client_id,
+                self.link.username.as_deref(),
+                topic,
+                access,
+            ),
             None => true,
         };
         if !allowed {
             self.note_refusal(topic, access);
         }
         allowed
+    }
+
+    /// The largest packet this broker accepts.
+    pub fn max_packet_size(&self) -> usize {
+        self.broker.settings.max_packet_size as usize
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -574,17 +563,14 @@ impl Client {
         self.bridge
     }
 
-    /// When the connection must be closed for silence: 1.5 times the keep-alive after
-    /// the last packet received ([MQTT-3.1.2-24]).
-    pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        (self.keep_alive > 0).then(|| {
-            let keep_alive = Duration::from_secs(u64::from(self.keep_alive));
-            self.last_received + keep_alive + keep_alive / 2
-        })
+    /// Whether nothing has arrived for 1.5 times the keep-alive ([MQTT-3.1.2-24]):
+    /// the connection must close. The broker's sweep wakes a connection that is.
+    pub fn is_silent(&self, now: Instant) -> bool {
+        self.link.is_silent(self.broker.clock_ms(now))
     }
 
     pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
-        self.last_received = now;
+        self.link.heard(self.broker.clock_ms(now));
         if !matches!(packet, Packet::Publish(_)) {
             // Route what came before, so a retained publish is there for the SUBSCRIBE
             // that follows it, and a DISCONNECT finds everything delivered.
@@ -634,9 +620,7 @@ impl Client {
     }
 
     fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
-        if let Some(info) = &self.info {
-            info.received.fetch_add(1, Ordering::Relaxed);
-        }
+        self.link.received.fetch_add(1, Ordering::Relaxed);
         if self.v5() {
             if !p.properties.subscription_identifiers.is_empty() {
                 return Err(Close::new(
@@ -960,14 +944,16 @@ impl Client {
                 continue;
             }
             let readable = match self.auth.acl() {
-                Some(acl) => acl.may_subscribe(&self.client_id, self.username.as_deref(), &filter),
+                Some(acl) => {
+                    acl.may_subscribe(&self.client_id, self.link.username.as_deref(), &filter)
+                }
                 None => true,
             };
             if !readable {
                 log::info!(
                     "client_id={} user={:?} subscription refused filter={filter:?}: the ACL grants no read access to it",
                     self.client_id,
-                    self.username
+                    self.link.username
                 );
                 codes.push(if self.v5() {
                     ReasonCode::NOT_AUTHORIZED
@@ -1049,7 +1035,7 @@ impl Client {
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
         if let Some(expiry) = d.properties.session_expiry_interval {
-            if self.session_expiry_at_connect == 0 && expiry != 0 {
+            if self.link.expiry_interval == 0 && expiry != 0 {
                 return Err(Close::new(
                     ReasonCode::PROTOCOL_ERROR,
                     "DISCONNECT sets a session expiry after CONNECT set 0",
@@ -1125,7 +1111,7 @@ impl Client {
                 let topic = delivery.message.topic.as_str();
                 if !acl.allows(
                     &self.client_id,
-                    self.username.as_deref(),
+                    self.link.username.as_deref(),
                     topic,
                     Access::Read,
                 ) {
@@ -1208,9 +1194,7 @@ impl Client {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
-        if let Some(info) = &self.info {
-            info.sent.fetch_add(total, Ordering::Relaxed);
-        }
+        self.link.sent.fetch_add(total, Ordering::Relaxed);
     }
 
     /// Encodes one delivery, choosing a topic alias where the client allows them.
@@ -1291,8 +1275,7 @@ impl Client {
             if !taken_over {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
-                st.owner = None;
-                st.connection = None;
+                st.link = None;
             }
         }
         let will_delay = self
@@ -1387,6 +1370,7 @@ mod tests {
             &Arc::new(AuthPolicy::open()),
             c,
             None,
+            (([127, 0, 0, 1], 50000).into(), &Arc::from("test")),
             Instant::now(),
         ) {
             ConnectOutcome::Accepted(c) => c,
@@ -1426,6 +1410,47 @@ mod tests {
                 },
             )],
         })
+    }
+
+    #[test]
+    fn the_broker_wakes_a_client_silent_for_one_and_a_half_keep_alives() {
+        let broker = Broker::new(Settings::default());
+        let at = |secs| Instant::now() + Duration::from_secs(secs);
+        // Both with a keep-alive of 10 s.
+        let quiet = connect(
+            &broker,
+            "quiet",
+            ProtocolVersion::V311,
+            true,
+            Properties::default(),
+        );
+        let mut chatty = connect(
+            &broker,
+            "chatty",
+            ProtocolVersion::V5,
+            true,
+            Properties::default(),
+        );
+        chatty.handle(Packet::PingReq, at(10)).unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        broker.tick(at(14));
+        assert!(
+            quiet.poll_woken(&mut cx).is_pending(),
+            "14 s is under 1.5 keep-alives"
+        );
+        broker.tick(at(16));
+        assert!(quiet.poll_woken(&mut cx).is_ready());
+        assert!(quiet.is_silent(at(16)));
+        assert!(
+            chatty.poll_woken(&mut cx).is_pending(),
+            "heard from 6 s ago"
+        );
+        assert!(!chatty.is_silent(at(16)));
+        assert!(chatty.is_silent(at(26)));
+        // A connection that has ended is forgotten by the next sweep.
+        quiet.connection_lost(at(16));
+        broker.tick(at(17));
+        assert_eq!(broker.keep_alive.lock().unwrap().len(), 1);
     }
 
     #[test]

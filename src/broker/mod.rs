@@ -6,7 +6,7 @@
 //! router or the retained store, then one session's state.
 
 mod client;
-pub mod info;
+pub mod link;
 pub mod message;
 pub mod retained;
 pub mod router;
@@ -14,18 +14,17 @@ pub mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 pub use client::{Client, Close, ConnectOutcome};
+use link::Link;
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{
-    Inflight, NEVER_EXPIRES, Outbox, Owner, QueueLimits, Session, SessionState, Subscription,
-};
+use session::{Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState, Subscription};
 
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
@@ -139,12 +138,18 @@ pub struct Broker {
     /// walks the sessions only once it has passed, not every second (100 000 stored
     /// sessions took 16–21 ms a walk, on an executor thread).
     next_due: Mutex<Option<Instant>>,
+    /// The connections with a keep-alive, for [`Broker::tick`] to wake those gone
+    /// silent: one shared sweep a second instead of a timer in every connection.
+    keep_alive: Mutex<Vec<Weak<Link>>>,
+    /// Zero of [`Broker::clock_ms`].
+    epoch: Instant,
 }
 
 /// Where a publish went.
 /// A connected client as the management API lists it.
 pub struct ClientView {
-    pub info: Arc<info::ConnInfo>,
+    pub client_id: Arc<str>,
+    pub info: Arc<Link>,
     pub queued: usize,
     pub inflight: usize,
     pub subscriptions: usize,
@@ -165,7 +170,6 @@ pub struct Routed {
 /// What opening a session found.
 pub struct Opened {
     pub session: Arc<Session>,
-    pub owner: Arc<Owner>,
     pub generation: u64,
     pub present: bool,
     /// The store ticket the CONNACK waits for (0: none).
@@ -199,6 +203,8 @@ impl Broker {
             store,
             alarms: Mutex::new(Vec::new()),
             next_due: Mutex::new(None),
+            keep_alive: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);
@@ -347,8 +353,9 @@ impl Broker {
             .iter()
             .filter_map(|session| {
                 let st = session.lock();
-                let info = st.connection.clone()?;
+                let info = st.link.clone()?;
                 Some(ClientView {
+                    client_id: session.client_id.clone(),
                     info,
                     queued: st.queue.len() + st.backlog.as_deref().map_or(0, |&(n, _)| n),
                     inflight: st.inflight.len(),
@@ -456,10 +463,10 @@ impl Broker {
             return false;
         }
         st.close_reason = Some(ReasonCode::ADMINISTRATIVE_ACTION);
-        let owner = st.owner.clone();
+        let link = st.link.clone();
         drop(st);
-        if let Some(owner) = owner {
-            owner.notify();
+        if let Some(link) = link {
+            link.notify();
         }
         true
     }
@@ -481,6 +488,7 @@ impl Broker {
         clean_start: bool,
         protocol: ProtocolVersion,
         expiry_interval: u32,
+        link: &Arc<Link>,
         now: Instant,
     ) -> Opened {
         let mut sessions = self.sessions();
@@ -491,8 +499,8 @@ impl Broker {
                 st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
                 st.generation += 1;
                 old.set_online(&mut st, false);
-                if let Some(owner) = st.owner.take() {
-                    owner.notify();
+                if let Some(old_link) = st.link.take() {
+                    old_link.notify();
                 }
             }
         }
@@ -524,14 +532,16 @@ impl Broker {
         st.disconnected_at = None;
         let had_will = st.pending_will.take().is_some();
         session.set_online(&mut st, true);
-        let owner = Arc::new(Owner::default());
-        st.owner = Some(owner.clone());
+        st.link = Some(link.clone());
         let generation = st.generation;
         let ticket = self.store_opened(&session, &mut st, had_will);
         drop(st);
+        if link.keep_alive > 0 {
+            let mut watched = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
+            watched.push(Arc::downgrade(link));
+        }
         Opened {
             session,
-            owner,
             generation,
             present,
             ticket,
@@ -893,10 +903,36 @@ impl Broker {
         if due {
             self.end_due_sessions(now);
         }
+        self.wake_silent(now);
         self.retained
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .purge_expired(now);
+    }
+
+    /// Milliseconds since the broker was made: the keep-alive sweep's clock.
+    pub fn clock_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Wakes each connection that has heard nothing for 1.5 times its keep-alive; it
+    /// closes itself ([`Client::is_silent`]). Forgets connections that have ended.
+    fn wake_silent(&self, now: Instant) {
+        let now_ms = self.clock_ms(now);
+        let mut watched = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
+        watched.retain(|link| {
+            let Some(link) = link.upgrade() else {
+                return false;
+            };
+            if link.is_silent(now_ms) {
+                link.notify();
+            }
+            true
+        });
+        let len = watched.len();
+        if watched.capacity() > 64 && len < watched.capacity() / 4 {
+            watched.shrink_to(len * 2);
+        }
     }
 
     fn end_due_sessions(&self, now: Instant) {

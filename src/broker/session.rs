@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use std::task::{Context, Poll};
-
-use atomic_waker::AtomicWaker;
 use event_listener::Event;
 
 use super::message::{Delivery, Message};
@@ -22,35 +19,6 @@ use crate::store::{Op, Store};
 
 /// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
-
-/// How the broker wakes one connection (messages queued for it, or a reason to close):
-/// a waker slot and a flag, nothing allocated per wait. Each connection has its own,
-/// so during a takeover the old and the new connection never steal each other's
-/// wake-ups.
-#[derive(Default)]
-pub struct Owner {
-    waker: AtomicWaker,
-    woken: AtomicBool,
-}
-
-impl Owner {
-    pub fn notify(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Ready once after each [`Owner::notify`]; registers the waker otherwise.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-}
 
 pub struct Session {
     pub client_id: Arc<str>,
@@ -84,9 +52,9 @@ impl Session {
 
     /// Wakes the connection that owns this session, if one does.
     pub fn notify_owner(&self) {
-        let owner = self.lock().owner.clone();
-        if let Some(owner) = owner {
-            owner.notify();
+        let link = self.lock().link.clone();
+        if let Some(link) = link {
+            link.notify();
         }
     }
 
@@ -150,10 +118,10 @@ impl Session {
             }
         }
         let wake = overflow || (was_empty && !st.queue.is_empty());
-        let owner = if wake { st.owner.clone() } else { None };
+        let link = if wake { st.link.clone() } else { None };
         drop(st);
-        if let Some(owner) = owner {
-            owner.notify();
+        if let Some(link) = link {
+            link.notify();
         }
         (pressure, dropped, refused)
     }
@@ -221,8 +189,9 @@ pub struct SessionState {
     /// Why the current connection must close (takeover, queue overflow, admin kick).
     pub close_reason: Option<ReasonCode>,
     pub connected: bool,
-    /// The connection attached to this session, to wake.
-    pub owner: Option<Arc<Owner>>,
+    /// The connection attached to this session: to wake it, and what the management
+    /// API shows of it.
+    pub link: Option<Arc<super::link::Link>>,
     /// Session Expiry Interval in seconds, [`NEVER_EXPIRES`] for "never".
     pub expiry_interval: u32,
     pub disconnected_at: Option<Instant>,
@@ -253,8 +222,6 @@ pub struct SessionState {
     pub outbox: Option<Box<Outbox>>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
     pub dropped: u64,
-    /// The connection that owns the session, as the management API shows it.
-    pub connection: Option<Arc<super::info::ConnInfo>>,
 }
 
 /// The earlier of two deadlines, either of which may be absent.
@@ -292,7 +259,7 @@ impl SessionState {
             generation: 0,
             close_reason: None,
             connected: false,
-            owner: None,
+            link: None,
             expiry_interval,
             disconnected_at: None,
             subscriptions: Vec::new(),
@@ -309,7 +276,6 @@ impl SessionState {
             high_water: (usize::MAX, usize::MAX),
             outbox: None,
             dropped: 0,
-            connection: None,
         }
     }
 

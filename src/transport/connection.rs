@@ -2,9 +2,9 @@
 //! broker's [`Client`] state machine, and writes what it produced in batches.
 //!
 //! One task per connection and one loop: wait for whichever comes first of readable
-//! input, room to write, a wake-up from the session (messages queued, takeover) or the
-//! keep-alive deadline. Buffers are allocated when there is data and given back when
-//! drained, so an idle connection holds almost nothing.
+//! input, room to write, or a wake-up (messages queued, a takeover, the broker's
+//! keep-alive sweep finding the client silent). Buffers are allocated when there is
+//! data and given back when drained, so an idle connection holds almost nothing.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -28,7 +28,7 @@ use super::tls::Tls;
 use crate::auth::AuthPolicy;
 use crate::broker::session::Session;
 use crate::broker::{Broker, Client, Close, ConnectOutcome};
-use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use crate::protocol::{self, DecodeError, Packet, ReasonCode};
 use crate::throttle::Throttle;
 use event_listener::EventListener;
 
@@ -166,6 +166,8 @@ struct Start {
     refusal: Option<(ReasonCode, String)>,
     rbuf: BytesMut,
     identity: Option<String>,
+    broker: Arc<Broker>,
+    config: Arc<ConnectionConfig>,
 }
 
 /// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
@@ -188,19 +190,25 @@ pub fn serve<S: Stream>(
         refusal,
         rbuf,
         identity,
+        broker,
+        config,
     });
-    // An async block, not an async fn: see `run`. Only what the connected phase needs
-    // is captured; the handshake's inputs travel in `start`.
+    // An async block, not an async fn: it keeps only what it captures, and captures
+    // only what the connected phase needs; the handshake's inputs travel in `start`.
     async move {
         // The handshake and the close run once each: boxed, their state is on the heap
         // only while they run, and an idle connection's task stays small.
-        let handshake = handshake(&mut stream, &broker, &config, start);
-        let Some((mut client, rbuf)) = Box::pin(handshake).await else {
+        let Some((mut client, rbuf)) = Box::pin(handshake(&mut stream, start)).await else {
             return;
         };
-        let max_packet = broker.settings.max_packet_size as usize;
-        let version = client.version;
-        let close = run(&mut stream, &mut client, rbuf, version, max_packet).await;
+        let mut connected = Connected {
+            rbuf,
+            pressure: None,
+            busy: 0,
+            unflushed: false,
+            fresh: true,
+        };
+        let close = poll_fn(|cx| connected.poll_run(&mut stream, &mut client, cx)).await;
         Box::pin(finish(&mut stream, client, close)).await;
         // The place in the connection counts, held until the connection has ended.
         drop(slot);
@@ -214,8 +222,6 @@ static LIMIT_REFUSALS: Throttle = Throttle::new();
 /// `None` when the connection was refused or closed.
 async fn handshake<S: Stream>(
     stream: &mut S,
-    broker: &Arc<Broker>,
-    config: &ConnectionConfig,
     start: Box<Start>,
 ) -> Option<(Box<Client>, BytesMut)> {
     let Start {
@@ -223,7 +229,10 @@ async fn handshake<S: Stream>(
         mut refusal,
         mut rbuf,
         identity,
+        broker,
+        config,
     } = *start;
+    let broker = &broker;
     let max_packet = broker.settings.max_packet_size as usize;
     let first = read_frame(stream, &mut rbuf, max_packet).or(async {
         Timer::after(config.connect_timeout).await;
@@ -320,12 +329,10 @@ async fn handshake<S: Stream>(
         &config.auth,
         connect,
         identity.as_deref(),
+        (peer, &config.listener),
         Instant::now(),
     ) {
-        ConnectOutcome::Accepted(mut client) => {
-            client.describe(peer, &config.listener, clean_start);
-            client
-        }
+        ConnectOutcome::Accepted(client) => client,
         ConnectOutcome::Refused {
             code,
             reason,
@@ -357,9 +364,7 @@ async fn handshake<S: Stream>(
 /// Logs why the connection ended, tells a v5 client, and lets the session go on
 /// without it.
 async fn finish<S: Stream>(stream: &mut S, mut client: Box<Client>, close: Close) {
-    let peer = client
-        .peer()
-        .map_or_else(String::new, |peer| peer.to_string());
+    let peer = client.peer();
     let level =
         if close.code.is_error() && !close.by_client && close.code != ReasonCode::UNSPECIFIED_ERROR
         {
@@ -470,11 +475,10 @@ enum Event {
     Wrote(usize),
     /// Packets held for the store may be written now.
     Released,
-    /// The store could not keep what held packets acknowledge (boxed: the event
-    /// lives in every connection's task).
-    StoreFailed(Box<Close>),
+    /// The store could not keep what held packets acknowledge.
+    StoreFailed(Close),
+    /// The session or the keep-alive sweep has something for this connection.
     Woken,
-    Deadline,
     Drained,
     Stalled,
 }
@@ -501,196 +505,192 @@ impl Pressure {
     }
 }
 
-/// The connected phase: returns why the connection ended.
-#[allow(clippy::manual_async_fn)] // an async block on purpose: see the comment inside
-fn run<S: Stream>(
-    stream: &mut S,
-    client: &mut Client,
-    mut rbuf: BytesMut,
-    version: ProtocolVersion,
-    max_packet: usize,
-) -> impl Future<Output = Close> {
-    // A plain fn around an async block: the block uses its captures in place, where an
-    // async fn would keep its arguments and the locals moved out of them side by side
-    // in every idle connection's task.
-    async move {
-        let mut timer = client.keep_alive_deadline().map(Timer::at);
-        // Packets that arrived together with CONNECT.
-        if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
-            return close;
+/// The connected phase: one loop, polled by hand rather than written as an async fn,
+/// so that an idle connection's task holds these few fields and nothing else. No
+/// timer either: the broker's keep-alive sweep wakes a connection gone silent.
+struct Connected {
+    rbuf: BytesMut,
+    /// Boxed: a connection is rarely held back.
+    pressure: Option<Box<Pressure>>,
+    /// Events handled since the task last waited.
+    busy: u32,
+    /// Written to a stream that buffers (TLS records, WebSocket frames) but not yet
+    /// flushed to the socket.
+    unflushed: bool,
+    /// Packets that arrived together with CONNECT are still to be handled.
+    fresh: bool,
+}
+
+impl Connected {
+    /// Ready with why the connection ended.
+    fn poll_run<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        client: &mut Client,
+        cx: &mut Context<'_>,
+    ) -> Poll<Close> {
+        if std::mem::take(&mut self.fresh) {
+            if let Err(close) = self.handle_buffered(client) {
+                return Poll::Ready(close);
+            }
         }
-        // Boxed: a connection is rarely held back, and the state would otherwise be part of
-        // every idle connection's task.
-        let mut pressure: Option<Box<Pressure>> = None;
-        let mut busy = 0;
-        // Written to a stream that buffers (TLS records, WebSocket frames) but not yet
-        // flushed to the socket.
-        let mut unflushed = false;
         loop {
-            busy += 1;
-            if busy >= EVENTS_BEFORE_YIELD {
-                busy = 0;
-                smol::future::yield_now().await;
+            if self.busy >= EVENTS_BEFORE_YIELD {
+                // Let the other connections on this executor thread have their turn.
+                self.busy = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
+            self.busy += 1;
             if let Err(close) = client.pump(Instant::now()) {
-                return close;
+                return Poll::Ready(close);
             }
-            if pressure.is_none() {
+            if self.pressure.is_none() {
                 if let Some(session) = client.take_backpressure() {
-                    pressure = Pressure::new(session, client.stall_timeout());
-                    if pressure.is_none() {
+                    self.pressure = Pressure::new(session, client.stall_timeout());
+                    if self.pressure.is_none() {
                         // Drained already: carry on with what is buffered.
-                        if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet)
-                        {
-                            return close;
+                        if let Err(close) = self.handle_buffered(client) {
+                            return Poll::Ready(close);
                         }
                         continue;
                     }
                 }
             }
-            let event = poll_fn(|cx| {
-                let writable = client.writable();
-                if !writable.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, writable) {
-                        return Poll::Ready(r.map(Event::Wrote));
-                    }
-                } else if unflushed {
-                    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_flush(cx) {
-                        r?;
-                        unflushed = false;
-                    }
-                }
-                if client.is_held() {
-                    if let Poll::Ready(r) = client.poll_hold(cx) {
-                        return Poll::Ready(Ok(match r {
-                            Ok(()) => Event::Released,
-                            Err(close) => Event::StoreFailed(Box::new(close)),
-                        }));
-                    }
-                }
-                if let Some(p) = pressure.as_mut() {
-                    if Pin::new(&mut p.drained).poll(cx).is_ready() {
-                        return Poll::Ready(Ok(Event::Drained));
-                    }
-                    if Pin::new(&mut p.timeout).poll(cx).is_ready() {
-                        return Poll::Ready(Ok(Event::Stalled));
-                    }
-                } else if client.out.len() < READ_PAUSE {
-                    if let Poll::Ready(ready) = stream.poll_readable(cx) {
-                        if let Err(e) = ready {
-                            return Poll::Ready(Err(e));
-                        }
-                        if let Poll::Ready(r) = poll_read_some(stream, cx, &mut rbuf) {
-                            return Poll::Ready(r.map(Event::Read));
-                        }
-                    }
-                }
-                if client.poll_woken(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::Woken));
-                }
-                if let Some(t) = timer.as_mut() {
-                    if Pin::new(t).poll(cx).is_ready() {
-                        return Poll::Ready(Ok(Event::Deadline));
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            match event {
-                Ok(Event::Read(0)) => {
-                    return Close::new(
-                        ReasonCode::UNSPECIFIED_ERROR,
-                        "connection closed by the client without DISCONNECT",
-                    );
-                }
-                Ok(Event::Read(n)) => {
-                    let metrics = &client.broker().metrics;
-                    metrics
-                        .bytes_received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
-                        return close;
-                    }
-                }
-                Ok(Event::Wrote(n)) => {
-                    let metrics = &client.broker().metrics;
-                    metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                    unflushed = true;
-                    client.wrote(n);
-                }
-                Ok(Event::Released) => {}
-                Ok(Event::StoreFailed(close)) => return *close,
-                Ok(Event::Woken) => {}
-                Ok(Event::Drained) => {
-                    pressure = None;
-                    if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
-                        return close;
-                    }
-                }
-                Ok(Event::Stalled) => {
-                    if let Some(p) = pressure.take() {
-                        if p.session.mark_stalled() {
-                            log::warn!(
-                                "subscriber client_id={} has not drained its queue for {:?}: \
-                                 no longer holding publishers back for it",
-                                p.session.client_id,
-                                client.stall_timeout()
-                            );
-                        }
-                    }
-                    if let Err(close) = handle_buffered(client, &mut rbuf, version, max_packet) {
-                        return close;
-                    }
-                }
-                Ok(Event::Deadline) => {
-                    let now = Instant::now();
-                    match client.keep_alive_deadline() {
-                        Some(d) if d <= now => {
-                            return Close::new(
-                                ReasonCode::KEEP_ALIVE_TIMEOUT,
-                                "no packet within 1.5 times the keep-alive",
-                            );
-                        }
-                        Some(d) => timer = Some(Timer::at(d)),
-                        None => timer = None,
-                    }
-                }
-                Err(e) => {
-                    return Close::new(
-                        ReasonCode::UNSPECIFIED_ERROR,
-                        format!("connection error: {e}"),
-                    );
-                }
+            let Poll::Ready(event) = self.poll_event(stream, client, cx) else {
+                self.busy = 0;
+                return Poll::Pending;
+            };
+            if let Err(close) = self.on_event(event, client) {
+                return Poll::Ready(close);
             }
         }
     }
-}
 
-/// Decodes and handles every whole packet in `rbuf`, then gives the buffer back if
-/// it is drained.
-fn handle_buffered(
-    client: &mut Client,
-    rbuf: &mut BytesMut,
-    version: ProtocolVersion,
-    max_packet: usize,
-) -> Result<(), Close> {
-    let now = Instant::now();
-    loop {
-        if client.has_backpressure() {
-            // Leave the rest buffered until the subscriber it feeds has drained.
-            return Ok(());
+    /// Whichever comes first: room to write, the store, a drained subscriber, input,
+    /// a wake-up.
+    fn poll_event<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        client: &mut Client,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Event>> {
+        let writable = client.writable();
+        if !writable.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, writable) {
+                return Poll::Ready(r.map(Event::Wrote));
+            }
+        } else if self.unflushed {
+            if let Poll::Ready(r) = Pin::new(&mut *stream).poll_flush(cx) {
+                r?;
+                self.unflushed = false;
+            }
         }
-        match protocol::decode(rbuf, version, max_packet) {
-            Ok(Some(packet)) => client.handle(packet, now)?,
-            Ok(None) => break,
-            Err(e) => return Err(Close::new(e.code, e.what)),
+        if client.is_held() {
+            if let Poll::Ready(r) = client.poll_hold(cx) {
+                return Poll::Ready(Ok(match r {
+                    Ok(()) => Event::Released,
+                    Err(close) => Event::StoreFailed(close),
+                }));
+            }
+        }
+        if let Some(p) = self.pressure.as_mut() {
+            if Pin::new(&mut p.drained).poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Drained));
+            }
+            if Pin::new(&mut p.timeout).poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Stalled));
+            }
+        } else if client.out.len() < READ_PAUSE {
+            if let Poll::Ready(ready) = stream.poll_readable(cx) {
+                if let Err(e) = ready {
+                    return Poll::Ready(Err(e));
+                }
+                if let Poll::Ready(r) = poll_read_some(stream, cx, &mut self.rbuf) {
+                    return Poll::Ready(r.map(Event::Read));
+                }
+            }
+        }
+        if client.poll_woken(cx).is_ready() {
+            return Poll::Ready(Ok(Event::Woken));
+        }
+        Poll::Pending
+    }
+
+    /// Handles one event; `Err` with why the connection must end.
+    fn on_event(&mut self, event: io::Result<Event>, client: &mut Client) -> Result<(), Close> {
+        match event {
+            Ok(Event::Read(0)) => Err(Close::new(
+                ReasonCode::UNSPECIFIED_ERROR,
+                "connection closed by the client without DISCONNECT",
+            )),
+            Ok(Event::Read(n)) => {
+                let metrics = &client.broker().metrics;
+                metrics
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.handle_buffered(client)
+            }
+            Ok(Event::Wrote(n)) => {
+                let metrics = &client.broker().metrics;
+                metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                self.unflushed = true;
+                client.wrote(n);
+                Ok(())
+            }
+            Ok(Event::Released) => Ok(()),
+            Ok(Event::StoreFailed(close)) => Err(close),
+            Ok(Event::Woken) if client.is_silent(Instant::now()) => Err(Close::new(
+                ReasonCode::KEEP_ALIVE_TIMEOUT,
+                "no packet within 1.5 times the keep-alive",
+            )),
+            Ok(Event::Woken) => Ok(()),
+            Ok(Event::Drained) => {
+                self.pressure = None;
+                self.handle_buffered(client)
+            }
+            Ok(Event::Stalled) => {
+                if let Some(p) = self.pressure.take() {
+                    if p.session.mark_stalled() {
+                        log::warn!(
+                            "subscriber client_id={} has not drained its queue for {:?}: \
+                             no longer holding publishers back for it",
+                            p.session.client_id,
+                            client.stall_timeout()
+                        );
+                    }
+                }
+                self.handle_buffered(client)
+            }
+            Err(e) => Err(Close::new(
+                ReasonCode::UNSPECIFIED_ERROR,
+                format!("connection error: {e}"),
+            )),
         }
     }
-    client.flush_publishes();
-    if rbuf.is_empty() {
-        *rbuf = BytesMut::new();
+
+    /// Decodes and handles every whole packet in the read buffer, then gives the
+    /// buffer back if it is drained.
+    fn handle_buffered(&mut self, client: &mut Client) -> Result<(), Close> {
+        let now = Instant::now();
+        let (version, max_packet) = (client.version, client.max_packet_size());
+        loop {
+            if client.has_backpressure() {
+                // Leave the rest buffered until the subscriber it feeds has drained.
+                return Ok(());
+            }
+            match protocol::decode(&mut self.rbuf, version, max_packet) {
+                Ok(Some(packet)) => client.handle(packet, now)?,
+                Ok(None) => break,
+                Err(e) => return Err(Close::new(e.code, e.what)),
+            }
+        }
+        client.flush_publishes();
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 async fn flush_with_timeout<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
@@ -733,8 +733,8 @@ mod tests {
         let task = serve(stream, addr, broker, config, refused, BytesMut::new(), None);
         let (task, client) = (size_of_val(&task), size_of::<Client>());
         let session = size_of::<Session>();
-        assert!(task <= 280, "the connection future is {task} bytes");
-        assert!(client <= 256, "Client is {client} bytes");
-        assert!(session <= 304, "Session is {session} bytes");
+        assert!(task <= 144, "the connection future is {task} bytes");
+        assert!(client <= 184, "Client is {client} bytes");
+        assert!(session <= 280, "Session is {session} bytes");
     }
 }

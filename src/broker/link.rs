@@ -1,0 +1,114 @@
+//! The shared half of one connection: what other threads need of it. The broker wakes
+//! it through here (messages queued, a reason to close), the keep-alive sweep reads
+//! when it must have heard from the client again, and the management API and `$SYS`
+//! show what it was at CONNECT and how many messages it carried.
+//!
+//! One allocation per connection, shared by its task, its session (while the session
+//! is attached to it) and the sweep. Each connection has its own, so during a takeover
+//! the old and the new connection never steal each other's wake-ups.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use atomic_waker::AtomicWaker;
+
+use crate::protocol::ProtocolVersion;
+
+pub struct Link {
+    waker: AtomicWaker,
+    woken: AtomicBool,
+    /// When the connection must have heard from the client again, in milliseconds on
+    /// the broker's clock ([`super::Broker::clock_ms`]); `u64::MAX` without keep-alive.
+    silent_after_ms: AtomicU64,
+    pub username: Option<String>,
+    /// The client's address: the socket's, or the one its PROXY header named.
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    pub protocol: ProtocolVersion,
+    /// Seconds, as agreed at CONNECT; 0 for none.
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
+    pub connected_at: SystemTime,
+    /// PUBLISH packets received from the client and sent to it.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+}
+
+/// What a connection is, as it arrives at CONNECT.
+pub struct LinkInfo {
+    pub username: Option<String>,
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    pub protocol: ProtocolVersion,
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
+}
+
+impl Link {
+    /// A link heard from at `now_ms` (the CONNECT).
+    pub fn new(info: LinkInfo, now_ms: u64) -> Link {
+        let link = Link {
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
+            silent_after_ms: AtomicU64::new(u64::MAX),
+            username: info.username,
+            peer: info.peer,
+            listener: info.listener,
+            protocol: info.protocol,
+            keep_alive: info.keep_alive,
+            clean_start: info.clean_start,
+            expiry_interval: info.expiry_interval,
+            connected_at: SystemTime::now(),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        };
+        link.heard(now_ms);
+        link
+    }
+
+    /// A packet arrived at `now_ms`: the client is silent only 1.5 times the
+    /// keep-alive after it ([MQTT-3.1.2-24]).
+    pub fn heard(&self, now_ms: u64) {
+        if self.keep_alive > 0 {
+            let grace = u64::from(self.keep_alive) * 1500;
+            self.silent_after_ms
+                .store(now_ms + grace, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether nothing has arrived for 1.5 times the keep-alive by `now_ms`.
+    pub fn is_silent(&self, now_ms: u64) -> bool {
+        now_ms >= self.silent_after_ms.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the connection.
+    pub fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once after each [`Link::notify`]; registers the waker otherwise.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
