@@ -356,7 +356,7 @@ impl Admin {
             "keepalive": i.keep_alive,
             "expiry_interval": i.expiry_interval,
             "connected": true,
-            "connected_at": datetime(i.connected_at),
+            "connected_at": datetime(i.connected_at()),
             "zone": &*i.listener,
             "mqueue_len": c.queued,
             "mqueue_dropped": c.dropped,
@@ -369,7 +369,7 @@ impl Admin {
 
     fn client_list(&self, keep: impl Fn(&ClientView) -> bool) -> Vec<Value> {
         let mut clients = self.broker().clients();
-        clients.sort_by_key(|c| c.info.connected_at);
+        clients.sort_by_key(|c| c.info.connected_at());
         clients
             .iter()
             .filter(|c| keep(c))

@@ -77,7 +77,6 @@ pub struct Client {
     /// Refusals by the ACL on this connection; the first is logged, the rest counted.
     acl_refusals: u64,
     generation: u64,
-    pub client_id: Arc<str>,
     pub version: ProtocolVersion,
     bridge: bool,
     will: Option<Box<Will>>,
@@ -96,7 +95,6 @@ pub struct Client {
     /// Why the connection must close after this batch (a 3.x publish nobody may
     /// acknowledge).
     refusal: Option<Box<Close>>,
-    publish_batch: usize,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
     /// Packets in `out` from this offset on wait for the store (`strict` durability);
@@ -310,7 +308,6 @@ impl Client {
         let cp = &connect.properties;
         let mut client = Client {
             broker: broker.clone(),
-            client_id: opened.session.client_id.clone(),
             session: opened.session,
             link,
             auth: auth.clone(),
@@ -330,7 +327,6 @@ impl Client {
             backpressure: None,
             batch: None,
             refusal: None,
-            publish_batch: (settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH),
             out: BytesMut::new(),
             hold: None,
         };
@@ -527,7 +523,7 @@ impl Client {
             };
             log::warn!(
                 "client_id={} user={:?} is not authorized to {what} {topic:?} (further refusals on this connection are counted, not logged)",
-                self.client_id,
+                self.session.client_id,
                 self.link.username
             );
         }
@@ -537,7 +533,7 @@ impl Client {
     fn permitted(&mut self, topic: &str, access: Access) -> bool {
         let allowed = match self.auth.acl() {
             Some(acl) => acl.allows(
-                &self.client_id,
+                &self.session.client_id,
                 self.link.username.as_deref(),
                 topic,
                 access,
@@ -548,6 +544,10 @@ impl Client {
             self.note_refusal(topic, access);
         }
         allowed
+    }
+
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.session.client_id
     }
 
     /// The largest packet this broker accepts.
@@ -725,7 +725,11 @@ impl Client {
             }
             st.inbound_qos2.push(packet_id);
         }
-        let message = Arc::new(Message::from_publish(p, Some(self.client_id.clone()), now));
+        let message = Arc::new(Message::from_publish(
+            p,
+            Some(self.session.client_id.clone()),
+            now,
+        ));
         if exactly_once_stored && self.is_strict() {
             // Subscribers wait until the exactly-once record is durable; see
             // `Message::durable_after`.
@@ -738,7 +742,8 @@ impl Client {
             batch.acks.push((batch.messages.len(), qos, packet_id));
         }
         batch.messages.push(message);
-        if batch.messages.len() >= self.publish_batch {
+        let most = (self.broker.settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH);
+        if batch.messages.len() >= most {
             self.flush_publishes();
         }
         Ok(())
@@ -819,6 +824,7 @@ impl Client {
         let code = match st.inbound_qos2.iter().position(|id| *id == ack.packet_id) {
             Some(i) => {
                 st.inbound_qos2.swap_remove(i);
+                st.inbound_qos2.tidy();
                 if st.stored {
                     op = Some(Op::DeleteInbound {
                         sid: self.session.sid,
@@ -843,15 +849,14 @@ impl Client {
         match st.inflight_position(packet_id) {
             Some(i) if st.inflight[i].stage == stage => {
                 let done = st
-                    .inflight
-                    .remove(i)
+                    .remove_inflight(i)
                     .and_then(|f| done_op(self.session.sid, &f.delivery));
                 drop(st);
                 self.broker.submit(done.into_iter().collect());
             }
             _ => log::debug!(
                 "client_id={} acknowledged unknown packet id {packet_id}",
-                self.client_id
+                self.session.client_id
             ),
         }
     }
@@ -863,8 +868,7 @@ impl Client {
             Some(i) if ack.code.is_error() => {
                 // The receiver refused it: the flow ends here (MQTT 5.0 section 4.3.3).
                 let done = st
-                    .inflight
-                    .remove(i)
+                    .remove_inflight(i)
                     .and_then(|f| done_op(sid, &f.delivery));
                 drop(st);
                 self.broker.submit(done.into_iter().collect());
@@ -907,7 +911,7 @@ impl Client {
                 }
                 log::info!(
                     "client_id={} subscription refused filter={filter:?}: {}",
-                    self.client_id,
+                    self.session.client_id,
                     e.describe()
                 );
                 codes.push(if self.v5() {
@@ -934,7 +938,7 @@ impl Client {
             if let Some((code, why)) = refusal {
                 log::info!(
                     "client_id={} subscription refused filter={filter:?}: {why}",
-                    self.client_id
+                    self.session.client_id
                 );
                 codes.push(if self.v5() {
                     code
@@ -944,15 +948,17 @@ impl Client {
                 continue;
             }
             let readable = match self.auth.acl() {
-                Some(acl) => {
-                    acl.may_subscribe(&self.client_id, self.link.username.as_deref(), &filter)
-                }
+                Some(acl) => acl.may_subscribe(
+                    &self.session.client_id,
+                    self.link.username.as_deref(),
+                    &filter,
+                ),
                 None => true,
             };
             if !readable {
                 log::info!(
                     "client_id={} user={:?} subscription refused filter={filter:?}: the ACL grants no read access to it",
-                    self.client_id,
+                    self.session.client_id,
                     self.link.username
                 );
                 codes.push(if self.v5() {
@@ -1110,7 +1116,7 @@ impl Client {
             if let Some(acl) = &acl {
                 let topic = delivery.message.topic.as_str();
                 if !acl.allows(
-                    &self.client_id,
+                    &self.session.client_id,
                     self.link.username.as_deref(),
                     topic,
                     Access::Read,
@@ -1232,7 +1238,7 @@ impl Client {
             count(&self.broker.metrics.dropped_too_large);
             log::debug!(
                 "client_id={} not sent {topic:?}: larger than its maximum packet size",
-                self.client_id
+                self.session.client_id
             );
             return false;
         }
@@ -1290,7 +1296,7 @@ impl Client {
             .take()
             .filter(|w| self.permitted(&w.topic, Access::Write));
         if let Some(will) = will {
-            let message = Message::from_will(*will, Some(self.client_id.clone()), now);
+            let message = Message::from_will(*will, Some(self.session.client_id.clone()), now);
             if will_delay == 0 || session_ended {
                 broker.publish(message, now);
             } else if !taken_over {
@@ -1325,7 +1331,7 @@ impl Client {
         let clock = &store.clock;
         let mut ops = vec![Op::PutSession {
             sid,
-            client_id: self.client_id.clone(),
+            client_id: self.session.client_id.clone(),
             protocol: st.protocol.level(),
             expiry: st.expiry_interval,
             disconnected_at: Some(clock.secs(now)),

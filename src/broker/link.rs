@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atomic_waker::AtomicWaker;
 
@@ -23,7 +23,7 @@ pub struct Link {
     /// When the connection must have heard from the client again, in milliseconds on
     /// the broker's clock ([`super::Broker::clock_ms`]); `u64::MAX` without keep-alive.
     silent_after_ms: AtomicU64,
-    pub username: Option<String>,
+    pub username: Option<Box<str>>,
     /// The client's address: the socket's, or the one its PROXY header named.
     pub peer: SocketAddr,
     pub listener: Arc<str>,
@@ -32,7 +32,8 @@ pub struct Link {
     pub keep_alive: u16,
     pub clean_start: bool,
     pub expiry_interval: u32,
-    pub connected_at: SystemTime,
+    /// Milliseconds since the Unix epoch (8 bytes where a `SystemTime` is 16).
+    connected_at_ms: u64,
     /// PUBLISH packets received from the client and sent to it.
     pub received: AtomicU64,
     pub sent: AtomicU64,
@@ -56,14 +57,16 @@ impl Link {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             silent_after_ms: AtomicU64::new(u64::MAX),
-            username: info.username,
+            username: info.username.map(String::into_boxed_str),
             peer: info.peer,
             listener: info.listener,
             protocol: info.protocol,
             keep_alive: info.keep_alive,
             clean_start: info.clean_start,
             expiry_interval: info.expiry_interval,
-            connected_at: SystemTime::now(),
+            connected_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         };
@@ -102,6 +105,10 @@ impl Link {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+
+    pub fn connected_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.connected_at_ms)
     }
 
     pub fn received(&self) -> u64 {

@@ -249,7 +249,7 @@ impl Broker {
                 let mut st = session.lock();
                 st.stored = true;
                 st.disconnected_at = Some(clock.instant(stored.disconnected_at));
-                st.inbound_qos2 = stored.inbound_qos2;
+                st.inbound_qos2 = stored.inbound_qos2.into();
                 st.pending_will = stored.will.map(|(message, due)| {
                     Box::new((
                         message.into_message(Some(client_id.clone()), clock),
@@ -618,7 +618,8 @@ impl Broker {
                 .map(|(f, _)| f)
                 .collect();
             let will = st.pending_will.take().map(|w| w.0);
-            let mut held: Vec<Delivery> = st.inflight.drain(..).map(|f| f.delivery).collect();
+            let mut held: Vec<Delivery> =
+                st.inflight.take().into_iter().map(|f| f.delivery).collect();
             while let Some(d) = st.pop_queued() {
                 held.push(d);
             }
@@ -1059,8 +1060,8 @@ fn restore_backlog(st: &mut SessionState, stored: Vec<crate::store::StoredDelive
     }
     queue.append(&mut st.queue);
     st.queue = queue;
-    inflight.append(&mut st.inflight);
-    st.inflight = inflight;
+    inflight.append(&mut st.inflight.take());
+    st.inflight = inflight.into();
 }
 
 /// What one session receives from the subscriptions of it that matched, or `None`

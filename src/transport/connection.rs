@@ -353,7 +353,7 @@ async fn handshake<S: Stream>(
     };
     log::info!(
         "client connected client_id={} proto={}{} addr={peer} listener={} clean_start={clean_start} keep_alive={keep_alive}",
-        client.client_id,
+        client.client_id(),
         version.name(),
         if client.is_bridge() { " (bridge)" } else { "" },
         config.listener
@@ -375,7 +375,7 @@ async fn finish<S: Stream>(stream: &mut S, mut client: Box<Client>, close: Close
     log::log!(
         level,
         "client disconnected client_id={} addr={peer}: {} (reason code {})",
-        client.client_id,
+        client.client_id(),
         close.reason,
         close.code
     );
@@ -734,7 +734,7 @@ mod tests {
         let (task, client) = (size_of_val(&task), size_of::<Client>());
         let session = size_of::<Session>();
         assert!(task <= 144, "the connection future is {task} bytes");
-        assert!(client <= 184, "Client is {client} bytes");
-        assert!(session <= 280, "Session is {session} bytes");
+        assert!(client <= 160, "Client is {client} bytes");
+        assert!(session <= 232, "Session is {session} bytes");
     }
 }
