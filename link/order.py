@@ -12,7 +12,8 @@ there is here (see TOOLCHAINS), in a network namespace of its own so that it can
 the default ports. Each build starts with a configuration file that keeps only the
 MQTT listener, with the .deb's configuration file and with the built-in defaults, on
 an empty data directory and again over the store it made, idling through a few ticks; serves MQTT 3.1.1 and 5 clients at
-QoS 0, 1 and 2, retained messages, a wrong password and the management API; and starts
+QoS 0, 1 and 2, retained messages, a wrong password, the management API and a fleet of
+devices that connect, subscribe and idle; and starts
 once more over the sessions and messages that left. Every function of the tern binary that ran becomes one
 input-section pattern, start-up functions first.
 
@@ -79,6 +80,29 @@ def client(*args):
     subprocess.run(list(args), check=False, timeout=30, capture_output=True)
 
 
+def fleet(count):
+    """`count` devices connect (MQTT 3.1.1, keep-alive 60), each subscribes to its own
+    command topic, and they stay through a few ticks: the paths that grow the session
+    table, the router and the reactor, and the keep-alive sweep."""
+    def packet(kind, body):
+        return bytes([kind, len(body)]) + body
+
+    def string(text):
+        return len(text).to_bytes(2, "big") + text.encode()
+
+    devices = []
+    for i in range(count):
+        device = socket.create_connection(("127.0.0.1", MQTT), timeout=5)
+        device.sendall(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string(f"dev-{i}"))
+                       + packet(0x82, bytes([0, 1]) + string(f"fleet/{i}/cmd") + bytes([1])))
+        devices.append(device)
+    for device in devices:
+        device.recv(64)  # CONNACK and SUBACK
+    time.sleep(3)
+    for device in devices:
+        device.close()
+
+
 def serve_clients():
     """What a small installation does in its first minute."""
     mqtt = str(MQTT)
@@ -98,6 +122,7 @@ def serve_clients():
         sub.wait(timeout=30)
     client("mosquitto_sub", "-p", mqtt, "-t", "a/#", "-q", "1", "-C", "2", "-W", "3")
     client("curl", "-s", f"http://127.0.0.1:{API}/api/v5/status")
+    fleet(300)
     time.sleep(1)
 
 
