@@ -76,7 +76,7 @@ pub struct Client {
     auth: Arc<AuthPolicy>,
     /// Refusals by the ACL on this connection; the first is logged, the rest counted.
     acl_refusals: u64,
-    generation: u64,
+    generation: u32,
     pub version: ProtocolVersion,
     bridge: bool,
     will: Option<Box<Will>>,
@@ -347,7 +347,7 @@ impl Client {
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
-        self.link.peer
+        self.link.peer()
     }
 
     fn v5(&self) -> bool {
@@ -1126,7 +1126,7 @@ impl Client {
                     continue;
                 }
             }
-            if st.take_drained() {
+            if st.take_drained(&self.broker.queue_limits()) {
                 session.drained.notify(usize::MAX);
             }
             if delivery.message.is_expired(now) {

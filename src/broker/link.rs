@@ -7,7 +7,7 @@
 //! is attached to it) and the sweep. Each connection has its own, so during a takeover
 //! the old and the new connection never steal each other's wake-ups.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -24,8 +24,10 @@ pub struct Link {
     /// the broker's clock ([`super::Broker::clock_ms`]); `u64::MAX` without keep-alive.
     silent_after_ms: AtomicU64,
     pub username: Option<Box<str>>,
-    /// The client's address: the socket's, or the one its PROXY header named.
-    pub peer: SocketAddr,
+    /// The client's address (the socket's, or the one its PROXY header named), kept
+    /// as address and port: 20 bytes where a `SocketAddr` is 32.
+    peer_ip: IpAddr,
+    peer_port: u16,
     pub listener: Arc<str>,
     pub protocol: ProtocolVersion,
     /// Seconds, as agreed at CONNECT; 0 for none.
@@ -58,7 +60,8 @@ impl Link {
             woken: AtomicBool::new(false),
             silent_after_ms: AtomicU64::new(u64::MAX),
             username: info.username.map(String::into_boxed_str),
-            peer: info.peer,
+            peer_ip: info.peer.ip(),
+            peer_port: info.peer.port(),
             listener: info.listener,
             protocol: info.protocol,
             keep_alive: info.keep_alive,
@@ -105,6 +108,10 @@ impl Link {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
     }
 
     pub fn connected_at(&self) -> SystemTime {

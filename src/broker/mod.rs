@@ -170,7 +170,7 @@ pub struct Routed {
 /// What opening a session found.
 pub struct Opened {
     pub session: Arc<Session>,
-    pub generation: u64,
+    pub generation: u32,
     pub present: bool,
     /// The store ticket the CONNACK waits for (0: none).
     pub ticket: u64,
@@ -497,7 +497,7 @@ impl Broker {
             let mut st = old.lock();
             if st.connected {
                 st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
-                st.generation += 1;
+                st.generation = st.generation.wrapping_add(1);
                 old.set_online(&mut st, false);
                 if let Some(old_link) = st.link.take() {
                     old_link.notify();
@@ -525,7 +525,7 @@ impl Broker {
         };
         drop(sessions);
         let mut st = session.lock();
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         st.close_reason = None;
         st.protocol = protocol;
         st.expiry_interval = expiry_interval;

@@ -182,6 +182,11 @@ pub struct Inflight {
     pub delivery: Delivery,
 }
 
+/// Past this many queued messages or bytes, publishers wait for the queue to drain.
+fn high_water(limits: &QueueLimits) -> (usize, usize) {
+    (limits.max_queued_messages / 2, limits.max_queued_bytes / 2)
+}
+
 /// A collection most sessions leave empty: a null pointer until first used, given
 /// back whenever it empties again ([`Sparse::tidy`]). An idle session pays 8 bytes for
 /// it instead of a collection's header, and a burst's buffer does not linger.
@@ -265,7 +270,7 @@ impl<T: Collection> std::ops::DerefMut for Sparse<T> {
 pub struct SessionState {
     pub protocol: ProtocolVersion,
     /// Bumped by every connection that takes the session; see the module doc.
-    pub generation: u64,
+    pub generation: u32,
     /// Why the current connection must close (takeover, queue overflow, admin kick).
     pub close_reason: Option<ReasonCode>,
     pub connected: bool,
@@ -297,7 +302,6 @@ pub struct SessionState {
     pub pressured: bool,
     /// The session did not drain within the stall timeout: publishers no longer wait.
     pub stalled: bool,
-    high_water: (usize, usize),
     /// A bridge's outbox: its own limits and overload rule.
     pub outbox: Option<Box<Outbox>>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
@@ -353,7 +357,6 @@ impl SessionState {
             backlog: None,
             pressured: false,
             stalled: false,
-            high_water: (usize::MAX, usize::MAX),
             outbox: None,
             dropped: 0,
         }
@@ -471,10 +474,10 @@ impl SessionState {
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         self.queue.push_back(delivery);
-        self.high_water = (limits.max_queued_messages / 2, limits.max_queued_bytes / 2);
+        let (messages, bytes) = high_water(limits);
         let pressure = self.connected
             && !self.stalled
-            && (self.queue.len() >= self.high_water.0 || self.queued_bytes >= self.high_water.1);
+            && (self.queue.len() >= messages || self.queued_bytes >= bytes);
         self.pressured |= pressure;
         Enqueued::Queued {
             was_empty,
@@ -484,8 +487,10 @@ impl SessionState {
 
     /// True once when the queue has drained to half its high-water mark after being
     /// pressured or stalled: the caller wakes waiting publishers.
-    pub fn take_drained(&mut self) -> bool {
-        let (messages, bytes) = self.high_water;
+    /// `limits` are the broker's; a bridge's outbox has its own.
+    pub fn take_drained(&mut self, limits: &QueueLimits) -> bool {
+        let limits = self.outbox.as_deref().map_or(limits, |o| &o.limits);
+        let (messages, bytes) = high_water(limits);
         if (self.pressured || self.stalled)
             && self.queue.len() <= messages / 2
             && self.queued_bytes <= bytes / 2
