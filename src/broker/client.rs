@@ -925,7 +925,7 @@ impl Client {
                 Some(why) => Some((ReasonCode::TOPIC_FILTER_INVALID, why)),
                 None => {
                     let st = self.session.lock();
-                    let is_new = !st.subscriptions.iter().any(|(f, _)| *f == filter);
+                    let is_new = !st.subscriptions.contains(&filter);
                     let max = self.broker.settings.max_subscriptions;
                     (is_new && st.subscriptions.len() >= max).then(|| {
                         (
@@ -1633,10 +1633,10 @@ mod tests {
         .connection_lost(now);
         assert_eq!(next_due(&broker), Some(now + Duration::from_secs(10)));
         broker.tick(now + Duration::from_secs(9));
-        assert!(broker.sessions().contains_key("leaves"));
+        assert!(broker.sessions().get("leaves").is_some());
         assert_eq!(next_due(&broker), Some(now + Duration::from_secs(10)));
         broker.tick(now + Duration::from_secs(10));
-        assert!(!broker.sessions().contains_key("leaves"), "expired");
+        assert!(broker.sessions().get("leaves").is_none(), "expired");
         assert_eq!(next_due(&broker), None, "nothing left to wait for");
     }
 }

@@ -11,6 +11,8 @@ pub mod message;
 pub mod retained;
 pub mod router;
 pub mod session;
+mod subscriptions;
+mod table;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +27,7 @@ use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
 use session::{Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState, Subscription};
+use table::SessionTable;
 
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
@@ -126,7 +129,7 @@ fn count(counter: &AtomicU64) {
 pub struct Broker {
     pub settings: Settings,
     pub metrics: Metrics,
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    sessions: Mutex<SessionTable>,
     /// The bridges' states, for `$SYS` and the management API.
     pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
     router: RwLock<Router>,
@@ -196,7 +199,7 @@ impl Broker {
             )),
             settings,
             metrics: Metrics::default(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionTable::default()),
             bridges: Mutex::new(Vec::new()),
             router: RwLock::new(Router::default()),
             shutting_down: AtomicBool::new(false),
@@ -272,7 +275,7 @@ impl Broker {
                     router.subscribe(&filter, &session, subscription);
                 }
             }
-            sessions.insert(client_id, session);
+            sessions.insert(session);
         }
         let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
         for message in loaded.retained {
@@ -329,7 +332,7 @@ impl Broker {
             });
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    fn sessions(&self) -> MutexGuard<'_, SessionTable> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -372,8 +375,8 @@ impl Broker {
         let mut out = Vec::new();
         for session in sessions {
             let st = session.lock();
-            for (filter, subscription) in &st.subscriptions {
-                out.push((session.client_id.clone(), filter.clone(), *subscription));
+            for (filter, subscription) in st.subscriptions.iter() {
+                out.push((session.client_id.clone(), filter.to_owned(), subscription));
             }
         }
         out
@@ -515,7 +518,7 @@ impl Broker {
                     expiry_interval,
                     sid,
                 ));
-                if let Some(old) = sessions.insert(session.client_id.clone(), session.clone()) {
+                if let Some(old) = sessions.insert(session.clone()) {
                     drop(sessions);
                     self.end_session(&old, now);
                     sessions = self.sessions();
@@ -613,10 +616,7 @@ impl Broker {
             if std::mem::take(&mut st.stored) {
                 self.submit(vec![Op::DeleteSession { sid: session.sid }]);
             }
-            let filters: Vec<String> = std::mem::take(&mut st.subscriptions)
-                .into_iter()
-                .map(|(f, _)| f)
-                .collect();
+            let filters = st.subscriptions.take_filters();
             let will = st.pending_will.take().map(|w| w.0);
             let mut held: Vec<Delivery> =
                 st.inflight.take().into_iter().map(|f| f.delivery).collect();

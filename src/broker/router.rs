@@ -53,7 +53,7 @@ impl SharedGroup {
 
 /// One topic level. Most levels are only a way through, and most are leaves (one per
 /// device in `devices/+/...` trees), so what hangs from a level is boxed and absent
-/// until needed: a leaf is three pointers in its parent's map.
+/// until needed: a leaf is four words in its parent's map.
 #[derive(Default)]
 struct Node {
     // Boxed on purpose: a map's header is 48 bytes inline, a box 8, and leaves have no
@@ -61,7 +61,107 @@ struct Node {
     #[allow(clippy::box_collection)]
     children: Option<Box<HashMap<Box<str>, Node>>>,
     plus: Option<Box<Node>>,
-    subscribers: Option<Box<Subscribers>>,
+    subscribers: Subs,
+}
+
+/// Who subscribed at a level: nobody, the one plain subscriber that most subscribed
+/// levels have (one allocation of a member), or the full lists.
+#[derive(Default)]
+enum Subs {
+    #[default]
+    None,
+    One(Box<Member>),
+    Full(Box<Subscribers>),
+}
+
+impl Subs {
+    /// Subscriptions whose filter ends at this level.
+    fn here(&self) -> &[Member] {
+        match self {
+            Subs::None => &[],
+            Subs::One(member) => std::slice::from_ref(&**member),
+            Subs::Full(full) => &full.here,
+        }
+    }
+
+    /// Subscriptions whose filter is this level followed by `#`.
+    fn hash(&self) -> &[Member] {
+        match self {
+            Subs::Full(full) => &full.hash,
+            _ => &[],
+        }
+    }
+
+    fn groups(&self, hash: bool) -> &[SharedGroup] {
+        match self {
+            Subs::Full(full) => full.groups(hash),
+            _ => &[],
+        }
+    }
+
+    /// The full lists, made from what there is on first use.
+    fn full_mut(&mut self) -> &mut Subscribers {
+        if !matches!(self, Subs::Full(_)) {
+            let mut full = Subscribers::default();
+            if let Subs::One(member) = std::mem::take(self) {
+                full.here.push(*member);
+            }
+            *self = Subs::Full(Box::new(full));
+        }
+        match self {
+            Subs::Full(full) => full,
+            _ => unreachable!("made full above"),
+        }
+    }
+
+    /// Adds or replaces a plain (unshared) subscription; whether it was new.
+    fn upsert(&mut self, member: Member, hash: bool) -> bool {
+        match self {
+            Subs::None if !hash => {
+                *self = Subs::One(Box::new(member));
+                true
+            }
+            Subs::One(one) if !hash && one.session.client_id == member.session.client_id => {
+                **one = member;
+                false
+            }
+            _ => upsert(self.full_mut().members(hash), member),
+        }
+    }
+
+    /// Removes `client_id`'s plain subscription; whether there was one.
+    fn remove(&mut self, client_id: &str, hash: bool) -> bool {
+        match self {
+            Subs::None => false,
+            Subs::One(one) => {
+                let found = !hash && &*one.session.client_id == client_id;
+                if found {
+                    *self = Subs::None;
+                }
+                found
+            }
+            Subs::Full(full) => remove_member(full.members(hash), client_id),
+        }
+    }
+
+    /// Gives back what is no longer used: an empty groups box, empty lists, full lists
+    /// down to their one plain subscriber.
+    fn tidy(&mut self) {
+        let Subs::Full(full) = self else { return };
+        if full
+            .shared
+            .as_ref()
+            .is_some_and(|g| g.here.is_empty() && g.hash.is_empty())
+        {
+            full.shared = None;
+        }
+        if full.hash.is_empty() && full.shared.is_none() && full.here.len() <= 1 {
+            *self = match full.here.pop() {
+                Some(member) => Subs::One(Box::new(member)),
+                None => Subs::None,
+            };
+        }
+    }
 }
 
 #[derive(Default)]
@@ -103,38 +203,15 @@ impl Subscribers {
             None => &[],
         }
     }
-
-    fn is_empty(&self) -> bool {
-        self.here.is_empty() && self.hash.is_empty() && self.shared.is_none()
-    }
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_none() && self.plus.is_none() && self.subscribers.is_none()
+        self.children.is_none() && self.plus.is_none() && matches!(self.subscribers, Subs::None)
     }
 
     fn child(&self, level: &str) -> Option<&Node> {
         self.children.as_ref()?.get(level)
-    }
-
-    fn subscribers_mut(&mut self) -> &mut Subscribers {
-        self.subscribers.get_or_insert_with(Box::default)
-    }
-
-    /// Drops the subscriber lists once the last one has gone.
-    fn tidy(&mut self) {
-        if let Some(s) = self.subscribers.as_deref_mut() {
-            if s.shared
-                .as_ref()
-                .is_some_and(|g| g.here.is_empty() && g.hash.is_empty())
-            {
-                s.shared = None;
-            }
-        }
-        if self.subscribers.as_ref().is_some_and(|s| s.is_empty()) {
-            self.subscribers = None;
-        }
     }
 
     fn collect<'a>(
@@ -145,15 +222,14 @@ impl Node {
         out: &mut Vec<Match<'a>>,
     ) {
         let wildcards = !(first && dollar);
-        if let (true, Some(s)) = (wildcards, &self.subscribers) {
-            push_members(&s.hash, out);
-            push_groups(s.groups(true), out);
+        let subs = &self.subscribers;
+        if wildcards {
+            push_members(subs.hash(), out);
+            push_groups(subs.groups(true), out);
         }
         let Some(level) = levels.next() else {
-            if let Some(s) = &self.subscribers {
-                push_members(&s.here, out);
-                push_groups(s.groups(false), out);
-            }
+            push_members(subs.here(), out);
+            push_groups(subs.groups(false), out);
             return;
         };
         if let Some(child) = self.child(level) {
@@ -212,15 +288,15 @@ impl Router {
     pub fn subscribe(&mut self, filter: &str, session: &Arc<Session>, subscription: Subscription) {
         let (plain, group) = split_filter(filter);
         let (node, is_hash) = node_for(&mut self.root, plain);
-        let subs = node.subscribers_mut();
+        let subs = &mut node.subscribers;
         let member = Member {
             session: session.clone(),
             subscription,
         };
         let added = match group {
-            None => upsert(subs.members(is_hash), member),
+            None => subs.upsert(member, is_hash),
             Some(_) => {
-                let groups = subs.groups_mut(is_hash);
+                let groups = subs.full_mut().groups_mut(is_hash);
                 let i = match groups.iter().position(|g| &*g.key == filter) {
                     Some(i) => i,
                     None => {
@@ -244,13 +320,14 @@ impl Router {
     pub fn unsubscribe(&mut self, filter: &str, client_id: &str) -> bool {
         let (plain, group) = split_filter(filter);
         let mut remove = |node: &mut Node, is_hash: bool| {
-            let Some(subs) = node.subscribers.as_deref_mut() else {
-                return false;
-            };
+            let subs = &mut node.subscribers;
             let removed = match group {
-                None => remove_member(subs.members(is_hash), client_id),
+                None => subs.remove(client_id, is_hash),
                 Some(_) => {
-                    let groups = subs.groups_mut(is_hash);
+                    let Subs::Full(full) = subs else {
+                        return false;
+                    };
+                    let groups = full.groups_mut(is_hash);
                     match groups.iter().position(|g| &*g.key == filter) {
                         Some(i) => {
                             let removed = remove_member(&mut groups[i].members, client_id);
@@ -263,7 +340,7 @@ impl Router {
                     }
                 }
             };
-            node.tidy();
+            subs.tidy();
             removed
         };
         let removed = remove_at(&mut self.root, plain.split('/'), &mut remove);
@@ -293,8 +370,11 @@ impl Router {
                 _ => node = node.child(level)?,
             }
         }
-        let subs = node.subscribers.as_deref()?;
-        let group = subs.groups(is_hash).iter().find(|g| &*g.key == key)?;
+        let group = node
+            .subscribers
+            .groups(is_hash)
+            .iter()
+            .find(|g| &*g.key == key)?;
         let m = group
             .pick(Some(leaving))
             .filter(|m| &*m.session.client_id != leaving)?;
@@ -481,6 +561,28 @@ mod tests {
         assert_eq!(matched(&r, "t/1"), ["c"]);
     }
 
+    /// A level with one plain subscriber holds just that member; a second makes the
+    /// full lists, and the last but one leaving turns them back.
+    #[test]
+    fn a_level_with_one_subscriber_holds_it_alone() {
+        let mut r = Router::default();
+        let (x, y) = (session("x"), session("y"));
+        let one = |r: &Router| matches!(r.root.child("a").unwrap().subscribers, Subs::One(_));
+        r.subscribe("a", &x, sub());
+        assert!(one(&r));
+        r.subscribe("a", &x, sub());
+        assert_eq!((r.len(), matched(&r, "a")), (1, vec!["x".to_string()]));
+        r.subscribe("a", &y, sub());
+        assert!(!one(&r));
+        assert_eq!(matched(&r, "a"), ["x", "y"]);
+        assert!(r.unsubscribe("a", "x"));
+        assert!(one(&r), "back to one");
+        assert_eq!(matched(&r, "a"), ["y"]);
+        assert!(!r.unsubscribe("a/#", "y"), "a/# is another filter");
+        assert!(r.unsubscribe("a", "y"));
+        assert!(r.root.is_empty() && r.is_empty());
+    }
+
     /// The shared groups live in their own box, made on first use and dropped with the
     /// last group, so a level with plain subscribers alone does not carry them.
     #[test]
@@ -489,7 +591,10 @@ mod tests {
         let (a, b) = (session("a"), session("b"));
         r.subscribe("t/#", &a, sub());
         fn level(r: &Router) -> &Subscribers {
-            r.root.child("t").unwrap().subscribers.as_deref().unwrap()
+            match &r.root.child("t").unwrap().subscribers {
+                Subs::Full(full) => full,
+                _ => panic!("t/# lives in the full lists"),
+            }
         }
         assert!(level(&r).shared.is_none());
         // Unsubscribing from a group that does not exist leaves no box behind.

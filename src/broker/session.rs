@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 
 use super::message::{Delivery, Message};
+use super::subscriptions::Subscriptions;
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Op, Store};
 
@@ -280,9 +281,8 @@ pub struct SessionState {
     /// Session Expiry Interval in seconds, [`NEVER_EXPIRES`] for "never".
     pub expiry_interval: u32,
     pub disconnected_at: Option<Instant>,
-    /// By filter; a short list, since most clients have a handful and it is only
-    /// searched on SUBSCRIBE and UNSUBSCRIBE (routing uses the router's trie).
-    pub subscriptions: Vec<(String, Subscription)>,
+    /// By filter, packed (routing uses the router's trie).
+    pub subscriptions: Subscriptions,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
     /// Outbound QoS 1/2 messages sent and not yet completed, oldest first.
@@ -346,7 +346,7 @@ impl SessionState {
             link: None,
             expiry_interval,
             disconnected_at: None,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: Sparse::default(),
@@ -364,24 +364,12 @@ impl SessionState {
 
     /// Adds or replaces a subscription; whether one to that filter existed.
     pub fn add_subscription(&mut self, filter: &str, subscription: Subscription) -> bool {
-        match self.subscriptions.iter_mut().find(|(f, _)| f == filter) {
-            Some((_, existing)) => {
-                *existing = subscription;
-                true
-            }
-            None => {
-                self.subscriptions.reserve_exact(1);
-                self.subscriptions.push((filter.to_owned(), subscription));
-                false
-            }
-        }
+        self.subscriptions.set(filter, subscription)
     }
 
     /// Removes a subscription; whether there was one.
     pub fn remove_subscription(&mut self, filter: &str) -> bool {
-        let before = self.subscriptions.len();
-        self.subscriptions.retain(|(f, _)| f != filter);
-        self.subscriptions.len() != before
+        self.subscriptions.remove(filter)
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -546,7 +534,7 @@ impl SessionState {
                 .iter()
                 .map(|(filter, s)| Op::PutSubscription {
                     sid,
-                    filter: filter.clone(),
+                    filter: filter.to_owned(),
                     options: s.options.to_byte(),
                     identifier: s.id,
                 }),
