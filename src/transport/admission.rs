@@ -23,8 +23,15 @@ pub struct Admission {
 #[derive(Clone)]
 pub struct ListenerAdmission {
     shared: Arc<Admission>,
-    open: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     max_open: Option<usize>,
+}
+
+/// Connections open on one listener, beside those open on all of them: one pointer
+/// in each connection's [`Slot`].
+struct Counts {
+    all: Arc<AtomicUsize>,
+    listener: AtomicUsize,
 }
 
 pub enum Verdict {
@@ -34,14 +41,13 @@ pub enum Verdict {
 
 /// Holds a place in the open-connection counts until dropped.
 pub struct Slot {
-    counters: [Arc<AtomicUsize>; 2],
+    counts: Arc<Counts>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        for c in &self.counters {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.counts.all.fetch_sub(1, Ordering::AcqRel);
+        self.counts.listener.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -57,7 +63,10 @@ impl Admission {
     pub fn listener(self: &Arc<Admission>, max_open: Option<usize>) -> ListenerAdmission {
         ListenerAdmission {
             shared: self.clone(),
-            open: Arc::new(AtomicUsize::new(0)),
+            counts: Arc::new(Counts {
+                all: self.open.clone(),
+                listener: AtomicUsize::new(0),
+            }),
             max_open,
         }
     }
@@ -76,10 +85,10 @@ impl ListenerAdmission {
                 );
             }
         }
-        let total = self.shared.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let mine = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = self.counts.all.fetch_add(1, Ordering::AcqRel) + 1;
+        let mine = self.counts.listener.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = Slot {
-            counters: [self.shared.open.clone(), self.open.clone()],
+            counts: self.counts.clone(),
         };
         if total > self.shared.max_open {
             return Verdict::Refuse(

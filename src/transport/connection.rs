@@ -726,8 +726,8 @@ mod tests {
         let task = serve(stream, addr, broker, config, refused, BytesMut::new(), None);
         let (task, client) = (size_of_val(&task), size_of::<Client>());
         let session = size_of::<Session>();
-        assert!(task <= 128, "the connection future is {task} bytes");
+        assert!(task <= 112, "the connection future is {task} bytes");
         assert!(client <= 144, "Client is {client} bytes");
-        assert!(session <= 216, "Session is {session} bytes");
+        assert!(session <= 208, "Session is {session} bytes");
     }
 }

@@ -106,9 +106,9 @@ impl Reactor {
         })
     }
 
-    /// Returns the current ticker.
-    pub(crate) fn ticker(&self) -> usize {
-        self.ticker.load(Ordering::SeqCst)
+    /// Returns the current ticker, as far as sources remember it (see [`Tick`]).
+    pub(crate) fn ticker(&self) -> Tick {
+        self.ticker.load(Ordering::SeqCst) as Tick
     }
 
     /// Registers an I/O source in the reactor.
@@ -322,7 +322,7 @@ impl ReactorLock<'_> {
                         // Collect wakers if any event was emitted.
                         for &(dir, emitted) in &[(WRITE, ev.writable), (READ, ev.readable)] {
                             if emitted {
-                                state[dir].tick = tick;
+                                state[dir].tick = tick as Tick;
                                 state[dir].drain_into(&mut wakers);
                             }
                         }
@@ -386,14 +386,21 @@ pub(crate) struct Source {
     state: Mutex<[Direction; 2]>,
 }
 
+/// A reactor tick as a source remembers it (tern): the low 32 bits, which halve what
+/// the ticks take in every source. Ticks are only compared for equality, to tell
+/// whether an event came after a task registered; should a source's event land
+/// exactly 2^32 ticks later, its task sees no event once, registers its interest
+/// again, and the poller reports the still-pending readiness on the next tick.
+type Tick = u32;
+
 /// A read or write direction.
 #[derive(Debug, Default)]
 struct Direction {
     /// Last reactor tick that delivered an event.
-    tick: usize,
+    tick: Tick,
 
     /// Ticks remembered by `Async::poll_readable()` or `Async::poll_writable()`.
-    ticks: Option<(usize, usize)>,
+    ticks: Option<(Tick, Tick)>,
 
     /// Waker stored by `Async::poll_readable()` or `Async::poll_writable()`.
     waker: Option<Waker>,
@@ -607,7 +614,7 @@ impl<T> fmt::Debug for WritableOwned<T> {
 struct Ready<H: Borrow<crate::Async<T>>, T> {
     handle: H,
     dir: usize,
-    ticks: Option<(usize, usize)>,
+    ticks: Option<(Tick, Tick)>,
     index: Option<usize>,
     _capture: PhantomData<fn() -> T>,
 }
