@@ -1058,8 +1058,8 @@ fn restore_backlog(st: &mut SessionState, stored: Vec<crate::store::StoredDelive
             }
         }
     }
-    queue.append(&mut st.queue);
-    st.queue = queue;
+    queue.append(&mut st.queue.take());
+    st.queue = queue.into();
     inflight.append(&mut st.inflight.take());
     st.inflight = inflight.into();
 }

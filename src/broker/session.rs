@@ -211,6 +211,17 @@ impl Collection for VecDeque<Inflight> {
     }
 }
 
+impl Collection for VecDeque<Delivery> {
+    fn none() -> &'static Self {
+        static NONE: VecDeque<Delivery> = VecDeque::new();
+        &NONE
+    }
+
+    fn is_empty(&self) -> bool {
+        VecDeque::is_empty(self)
+    }
+}
+
 impl Collection for Vec<u16> {
     fn none() -> &'static Self {
         static NONE: Vec<u16> = Vec::new();
@@ -228,6 +239,12 @@ impl<T: Collection> Sparse<T> {
         if self.0.as_deref().is_some_and(T::is_empty) {
             self.0 = None;
         }
+    }
+
+    /// The collection to take things out of, if there is one (`DerefMut` would make
+    /// an empty one first).
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
     }
 
     /// Takes the whole collection, leaving nothing allocated.
@@ -261,7 +278,8 @@ impl<T: Collection> std::ops::Deref for Sparse<T> {
     }
 }
 
-/// Allocates on first use: call [`Sparse::tidy`] after taking things out.
+/// Allocates on first use, so meant for adding: take things out through
+/// [`Sparse::get_mut`], then call [`Sparse::tidy`].
 impl<T: Collection> std::ops::DerefMut for Sparse<T> {
     fn deref_mut(&mut self) -> &mut T {
         self.0.get_or_insert_with(Box::default)
@@ -283,7 +301,7 @@ pub struct SessionState {
     pub disconnected_at: Option<Instant>,
     /// By filter, packed (routing uses the router's trie).
     pub subscriptions: Subscriptions,
-    pub queue: VecDeque<Delivery>,
+    pub queue: Sparse<VecDeque<Delivery>>,
     pub queued_bytes: usize,
     /// Outbound QoS 1/2 messages sent and not yet completed, oldest first.
     pub inflight: Sparse<VecDeque<Inflight>>,
@@ -347,7 +365,7 @@ impl SessionState {
             expiry_interval,
             disconnected_at: None,
             subscriptions: Subscriptions::default(),
-            queue: VecDeque::new(),
+            queue: Sparse::default(),
             queued_bytes: 0,
             inflight: Sparse::default(),
             inbound_qos2: Sparse::default(),
@@ -411,7 +429,7 @@ impl SessionState {
         ops: &mut Vec<Op>,
     ) -> bool {
         while self.is_full(limits, size) {
-            let Some(oldest) = self.queue.pop_front() else {
+            let Some(oldest) = self.queue.get_mut().and_then(VecDeque::pop_front) else {
                 return false;
             };
             self.queued_bytes -= oldest.message.payload.len() + oldest.message.topic.as_str().len();
@@ -491,7 +509,9 @@ impl SessionState {
     }
 
     pub fn pop_queued(&mut self) -> Option<Delivery> {
-        let delivery = self.queue.pop_front()?;
+        let delivery = self.queue.get_mut()?.pop_front()?;
+        // A drained queue gives its buffer back: a burst's does not linger.
+        self.queue.tidy();
         self.queued_bytes -= delivery.message.payload.len() + delivery.message.topic.as_str().len();
         Some(delivery)
     }
@@ -559,6 +579,7 @@ impl SessionState {
             d.seq = store.new_seq();
             ops.push(add_op(sid, d, store));
         }
+        self.queue.tidy();
         ops
     }
 }
@@ -701,6 +722,11 @@ mod tests {
             Enqueued::Overflow
         );
         assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
+        // Drained, the queue gives its buffer back.
+        let mut st = s.lock();
+        assert!(st.pop_queued().is_some() && st.queue.0.is_some());
+        assert!(st.pop_queued().is_some() && st.pop_queued().is_none());
+        assert!(st.queue.0.is_none() && st.queued_bytes == 0);
     }
 
     #[test]

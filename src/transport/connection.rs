@@ -728,6 +728,6 @@ mod tests {
         let session = size_of::<Session>();
         assert!(task <= 112, "the connection future is {task} bytes");
         assert!(client <= 144, "Client is {client} bytes");
-        assert!(session <= 208, "Session is {session} bytes");
+        assert!(session <= 184, "Session is {session} bytes");
     }
 }
