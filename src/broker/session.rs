@@ -509,9 +509,9 @@ impl SessionState {
     }
 
     pub fn pop_queued(&mut self) -> Option<Delivery> {
+        // A drained queue keeps its buffer: giving it back after each batch cost the
+        // fan-out scenario about a tenth of its rate in page faults and mallocs.
         let delivery = self.queue.get_mut()?.pop_front()?;
-        // A drained queue gives its buffer back: a burst's does not linger.
-        self.queue.tidy();
         self.queued_bytes -= delivery.message.payload.len() + delivery.message.topic.as_str().len();
         Some(delivery)
     }
@@ -722,11 +722,13 @@ mod tests {
             Enqueued::Overflow
         );
         assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
-        // Drained, the queue gives its buffer back.
+        // Popping from a drained queue allocates nothing.
         let mut st = s.lock();
-        assert!(st.pop_queued().is_some() && st.queue.0.is_some());
-        assert!(st.pop_queued().is_some() && st.pop_queued().is_none());
-        assert!(st.queue.0.is_none() && st.queued_bytes == 0);
+        assert!(st.pop_queued().is_some() && st.pop_queued().is_some());
+        assert!(st.pop_queued().is_none() && st.queued_bytes == 0);
+        let mut fresh = Session::new("d".into(), ProtocolVersion::V5, 0, 0);
+        assert!(fresh.state.get_mut().unwrap().pop_queued().is_none());
+        assert!(fresh.state.get_mut().unwrap().queue.0.is_none());
     }
 
     #[test]

@@ -159,8 +159,8 @@ async fn read_proxy_header<S: Stream>(
     }
 }
 
-/// What the handshake needs and the connected phase does not: boxed, so that it is
-/// not part of every idle connection's task.
+/// What the handshake starts from, boxed so that its inputs are not part of every
+/// idle connection's task; the stream comes back in [`Connected`].
 struct Start<S> {
     stream: S,
     peer: SocketAddr,
@@ -195,8 +195,8 @@ pub fn serve<S: Stream>(
         broker,
         config,
     });
-    // An async block, not an async fn: it keeps only what it captures, and captures
-    // only what the connected phase needs; the handshake's inputs travel in `start`.
+    // An async block, not an async fn: it keeps only what it captures, which is
+    // `start` and the admission slot.
     async move {
         // The handshake and the close run once each: boxed, their state is on the heap
         // only while they run, and an idle connection's task stays small.
