@@ -230,6 +230,9 @@ impl Broker {
         let Some(store) = &self.store else { return };
         let clock = &store.clock;
         let mut sessions = self.sessions();
+        // Sized once: growing it would hash every session's client id again, through
+        // the session, at each doubling.
+        sessions.reserve(loaded.sessions.len());
         let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
         for stored in loaded.sessions {
             let protocol = match stored.protocol {

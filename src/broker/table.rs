@@ -55,6 +55,11 @@ impl SessionTable {
         self.0.iter().map(|entry| &entry.0)
     }
 
+    /// Makes room for `more` sessions.
+    pub fn reserve(&mut self, more: usize) {
+        self.0.reserve(more);
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
