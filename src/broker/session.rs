@@ -200,38 +200,23 @@ pub trait Collection: Default + 'static {
     fn is_empty(&self) -> bool;
 }
 
-impl Collection for VecDeque<Inflight> {
-    fn none() -> &'static Self {
-        static NONE: VecDeque<Inflight> = VecDeque::new();
-        &NONE
-    }
+/// [`Collection`] for types with a `const fn new()` and an `is_empty`.
+macro_rules! collection {
+    ($($collection:ty),*) => {$(
+        impl Collection for $collection {
+            fn none() -> &'static Self {
+                static NONE: $collection = <$collection>::new();
+                &NONE
+            }
 
-    fn is_empty(&self) -> bool {
-        VecDeque::is_empty(self)
-    }
+            fn is_empty(&self) -> bool {
+                <$collection>::is_empty(self)
+            }
+        }
+    )*};
 }
 
-impl Collection for VecDeque<Delivery> {
-    fn none() -> &'static Self {
-        static NONE: VecDeque<Delivery> = VecDeque::new();
-        &NONE
-    }
-
-    fn is_empty(&self) -> bool {
-        VecDeque::is_empty(self)
-    }
-}
-
-impl Collection for Vec<u16> {
-    fn none() -> &'static Self {
-        static NONE: Vec<u16> = Vec::new();
-        &NONE
-    }
-
-    fn is_empty(&self) -> bool {
-        <[u16]>::is_empty(self)
-    }
-}
+collection!(VecDeque<Inflight>, VecDeque<Delivery>, Vec<u16>);
 
 impl<T: Collection> Sparse<T> {
     /// Gives the allocation back if the collection is empty.
