@@ -1105,6 +1105,7 @@ impl Client {
         let sid = session.sid;
         let mut ops = Vec::new();
         let mut hold_start = None;
+        let limits = self.broker.queue_limits();
         while self.out.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos > QoS::AtMostOnce
@@ -1126,7 +1127,7 @@ impl Client {
                     continue;
                 }
             }
-            if st.take_drained(&self.broker.queue_limits()) {
+            if st.take_drained(&limits) {
                 session.drained.notify(usize::MAX);
             }
             if delivery.message.is_expired(now) {

@@ -480,12 +480,12 @@ impl SessionState {
     /// pressured or stalled: the caller wakes waiting publishers.
     /// `limits` are the broker's; a bridge's outbox has its own.
     pub fn take_drained(&mut self, limits: &QueueLimits) -> bool {
+        if !(self.pressured || self.stalled) {
+            return false;
+        }
         let limits = self.outbox.as_deref().map_or(limits, |o| &o.limits);
         let (messages, bytes) = high_water(limits);
-        if (self.pressured || self.stalled)
-            && self.queue.len() <= messages / 2
-            && self.queued_bytes <= bytes / 2
-        {
+        if self.queue.len() <= messages / 2 && self.queued_bytes <= bytes / 2 {
             self.pressured = false;
             self.stalled = false;
             return true;
