@@ -549,7 +549,13 @@ impl SessionState {
                 .iter()
                 .map(|&packet_id| Op::AddInbound { sid, packet_id }),
         );
-        for f in self.inflight.iter_mut() {
+        // Through `get_mut`: `DerefMut` would allocate the lists that are empty.
+        for f in self
+            .inflight
+            .get_mut()
+            .into_iter()
+            .flat_map(|f| f.iter_mut())
+        {
             f.delivery.seq = store.new_seq();
             ops.push(add_op(sid, &f.delivery, store));
             ops.push(Op::SentDelivery {
@@ -559,12 +565,10 @@ impl SessionState {
                 stage: f.stage,
             });
         }
-        self.inflight.tidy();
-        for d in self.queue.iter_mut() {
+        for d in self.queue.get_mut().into_iter().flat_map(|q| q.iter_mut()) {
             d.seq = store.new_seq();
             ops.push(add_op(sid, d, store));
         }
-        self.queue.tidy();
         ops
     }
 }
