@@ -3,13 +3,21 @@
 //!
 //! One node per topic level; `+` and `#` have their own slots so a match walks only the
 //! branches that can match. Topics that start with `$` skip wildcards at the first level.
+//!
+//! Most levels are leaves with one plain subscriber (one per device in `devices/+/...`
+//! trees), so a leaf is kept in its parent's map as 48 bytes and no allocation of its
+//! own: its level inline when short ([`Key`]), its one subscriber inline (a [`Member`]
+//! is 16 bytes), and everything else a level may have boxed behind one pointer.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::session::{Session, Subscription};
-use crate::protocol::topic;
+use crate::protocol::{SubscriptionOptions, topic};
 
 /// One subscription that a topic matched, borrowed from the router while its read
 /// lock is held: matching a topic clones no `Arc`.
@@ -22,8 +30,103 @@ pub struct Match<'a> {
 
 struct Member {
     session: Arc<Session>,
-    subscription: Subscription,
+    subscription: Packed,
 }
+
+/// A [`Subscription`] in 8 bytes where it takes 12: the options byte and the
+/// identifier, which MQTT never lets be 0.
+#[derive(Clone, Copy)]
+struct Packed {
+    options: u8,
+    id: Option<NonZeroU32>,
+}
+
+impl Packed {
+    fn new(subscription: Subscription) -> Packed {
+        Packed {
+            options: subscription.options.to_byte(),
+            id: subscription.id.and_then(NonZeroU32::new),
+        }
+    }
+
+    fn unpack(self) -> Subscription {
+        Subscription {
+            options: SubscriptionOptions::from_byte(self.options).expect("made by to_byte"),
+            id: self.id.map(NonZeroU32::get),
+        }
+    }
+}
+
+impl Member {
+    fn new(session: &Arc<Session>, subscription: Subscription) -> Member {
+        Member {
+            session: session.clone(),
+            subscription: Packed::new(subscription),
+        }
+    }
+
+    fn to_match<'a>(&'a self, shared: Option<&'a Arc<str>>) -> Match<'a> {
+        Match {
+            session: &self.session,
+            subscription: self.subscription.unpack(),
+            shared,
+        }
+    }
+}
+
+/// A topic level as a key in its parent's map: up to 22 bytes (a device id, a number)
+/// inline, longer ones boxed. Hashes and compares as the `str` it holds, so the map is
+/// searched with a plain `&str`.
+enum Key {
+    Inline { len: u8, bytes: [u8; Key::INLINE] },
+    Boxed(Box<str>),
+}
+
+impl Key {
+    const INLINE: usize = 22;
+
+    fn new(level: &str) -> Key {
+        if level.len() <= Key::INLINE {
+            let mut bytes = [0; Key::INLINE];
+            bytes[..level.len()].copy_from_slice(level.as_bytes());
+            Key::Inline {
+                len: level.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Boxed(level.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str")
+            }
+            Key::Boxed(level) => level,
+        }
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
 
 struct SharedGroup {
     key: Arc<str>,
@@ -51,127 +154,36 @@ impl SharedGroup {
     }
 }
 
-/// One topic level. Most levels are only a way through, and most are leaves (one per
-/// device in `devices/+/...` trees), so what hangs from a level is boxed and absent
-/// until needed: a leaf is four words in its parent's map.
+/// One topic level: 24 bytes.
 #[derive(Default)]
 struct Node {
-    // Boxed on purpose: a map's header is 48 bytes inline, a box 8, and leaves have no
-    // children.
-    #[allow(clippy::box_collection)]
-    children: Option<Box<HashMap<Box<str>, Node>>>,
-    plus: Option<Box<Node>>,
-    subscribers: Subs,
+    /// The level's plain subscriber when it has exactly one; with more they are all in
+    /// `more.subscribers.here`, so at most one of the two holds any.
+    one: Option<Member>,
+    /// Children, `+` and the other subscribers: absent on a leaf with one subscriber.
+    more: Option<Box<More>>,
 }
 
-/// Who subscribed at a level: nobody, the one plain subscriber that most subscribed
-/// levels have (one allocation of a member), or the full lists.
 #[derive(Default)]
-enum Subs {
-    #[default]
-    None,
-    One(Box<Member>),
-    Full(Box<Subscribers>),
+struct More {
+    children: HashMap<Key, Node>,
+    plus: Option<Box<Node>>,
+    subscribers: Subscribers,
 }
 
-impl Subs {
-    /// Subscriptions whose filter ends at this level.
-    fn here(&self) -> &[Member] {
-        match self {
-            Subs::None => &[],
-            Subs::One(member) => std::slice::from_ref(&**member),
-            Subs::Full(full) => &full.here,
-        }
-    }
-
-    /// Subscriptions whose filter is this level followed by `#`.
-    fn hash(&self) -> &[Member] {
-        match self {
-            Subs::Full(full) => &full.hash,
-            _ => &[],
-        }
-    }
-
-    fn groups(&self, hash: bool) -> &[SharedGroup] {
-        match self {
-            Subs::Full(full) => full.groups(hash),
-            _ => &[],
-        }
-    }
-
-    /// The full lists, made from what there is on first use.
-    fn full_mut(&mut self) -> &mut Subscribers {
-        if !matches!(self, Subs::Full(_)) {
-            let mut full = Subscribers::default();
-            if let Subs::One(member) = std::mem::take(self) {
-                full.here.push(*member);
-            }
-            *self = Subs::Full(Box::new(full));
-        }
-        match self {
-            Subs::Full(full) => full,
-            _ => unreachable!("made full above"),
-        }
-    }
-
-    /// Adds or replaces a plain (unshared) subscription; whether it was new.
-    fn upsert(&mut self, member: Member, hash: bool) -> bool {
-        match self {
-            Subs::None if !hash => {
-                *self = Subs::One(Box::new(member));
-                true
-            }
-            Subs::One(one) if !hash && one.session.client_id == member.session.client_id => {
-                **one = member;
-                false
-            }
-            _ => upsert(self.full_mut().members(hash), member),
-        }
-    }
-
-    /// Removes `client_id`'s plain subscription; whether there was one.
-    fn remove(&mut self, client_id: &str, hash: bool) -> bool {
-        match self {
-            Subs::None => false,
-            Subs::One(one) => {
-                let found = !hash && &*one.session.client_id == client_id;
-                if found {
-                    *self = Subs::None;
-                }
-                found
-            }
-            Subs::Full(full) => remove_member(full.members(hash), client_id),
-        }
-    }
-
-    /// Gives back what is no longer used: an empty groups box, empty lists, full lists
-    /// down to their one plain subscriber.
-    fn tidy(&mut self) {
-        let Subs::Full(full) = self else { return };
-        if full
-            .shared
-            .as_ref()
-            .is_some_and(|g| g.here.is_empty() && g.hash.is_empty())
-        {
-            full.shared = None;
-        }
-        if full.hash.is_empty() && full.shared.is_none() && full.here.len() <= 1 {
-            *self = match full.here.pop() {
-                Some(member) => Subs::One(Box::new(member)),
-                None => Subs::None,
-            };
-        }
+impl More {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.plus.is_none() && self.subscribers.is_empty()
     }
 }
 
 #[derive(Default)]
 struct Subscribers {
-    /// Subscriptions whose filter ends at this level.
+    /// Subscriptions whose filter ends at this level (when there is more than one).
     here: Vec<Member>,
     /// Subscriptions whose filter is this level followed by `#`.
     hash: Vec<Member>,
-    /// Boxed: most filters have no shared groups, and every subscribed level has a
-    /// `Subscribers`.
+    /// Boxed: most filters have no shared groups.
     shared: Option<Box<SharedGroups>>,
 }
 
@@ -183,6 +195,10 @@ struct SharedGroups {
 }
 
 impl Subscribers {
+    fn is_empty(&self) -> bool {
+        self.here.is_empty() && self.hash.is_empty() && self.shared.is_none()
+    }
+
     fn members(&mut self, hash: bool) -> &mut Vec<Member> {
         if hash { &mut self.hash } else { &mut self.here }
     }
@@ -207,11 +223,103 @@ impl Subscribers {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_none() && self.plus.is_none() && matches!(self.subscribers, Subs::None)
+        self.one.is_none() && self.more.is_none()
+    }
+
+    fn more_mut(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
     }
 
     fn child(&self, level: &str) -> Option<&Node> {
-        self.children.as_ref()?.get(level)
+        self.more.as_ref()?.children.get(level)
+    }
+
+    fn subscribers(&self) -> Option<&Subscribers> {
+        self.more.as_ref().map(|more| &more.subscribers)
+    }
+
+    /// Subscriptions whose filter ends at this level.
+    fn here(&self) -> &[Member] {
+        match (&self.one, self.subscribers()) {
+            (Some(one), _) => std::slice::from_ref(one),
+            (None, Some(subscribers)) => &subscribers.here,
+            (None, None) => &[],
+        }
+    }
+
+    /// Subscriptions whose filter is this level followed by `#`.
+    fn hash(&self) -> &[Member] {
+        self.subscribers().map_or(&[], |s| &s.hash)
+    }
+
+    fn groups(&self, hash: bool) -> &[SharedGroup] {
+        self.subscribers().map_or(&[], |s| s.groups(hash))
+    }
+
+    /// Adds or replaces a plain (unshared) subscription; whether it was new.
+    fn upsert(&mut self, member: Member, hash: bool) -> bool {
+        if hash {
+            return upsert(&mut self.more_mut().subscribers.hash, member);
+        }
+        let nobody_here = self.here().is_empty();
+        match &mut self.one {
+            Some(one) if one.session.client_id == member.session.client_id => {
+                *one = member;
+                return false;
+            }
+            None if nobody_here => {
+                self.one = Some(member);
+                return true;
+            }
+            _ => {}
+        }
+        let one = self.one.take();
+        let here = &mut self.more_mut().subscribers.here;
+        here.extend(one);
+        upsert(here, member)
+    }
+
+    /// Removes `client_id`'s plain subscription; whether there was one.
+    fn remove(&mut self, client_id: &str, hash: bool) -> bool {
+        if !hash
+            && self
+                .one
+                .as_ref()
+                .is_some_and(|one| &*one.session.client_id == client_id)
+        {
+            self.one = None;
+            return true;
+        }
+        match &mut self.more {
+            Some(more) => remove_member(more.subscribers.members(hash), client_id),
+            None => false,
+        }
+    }
+
+    /// Gives back what is no longer used after a removal: an empty groups box, the
+    /// plain list down to its last subscriber, `more` once nothing is in it.
+    fn tidy(&mut self) {
+        let Some(more) = &mut self.more else { return };
+        let subscribers = &mut more.subscribers;
+        if subscribers
+            .shared
+            .as_ref()
+            .is_some_and(|g| g.here.is_empty() && g.hash.is_empty())
+        {
+            subscribers.shared = None;
+        }
+        if self.one.is_none() && subscribers.here.len() == 1 {
+            self.one = subscribers.here.pop();
+        }
+        if subscribers.here.is_empty() {
+            subscribers.here = Vec::new();
+        }
+        if more.children.is_empty() {
+            more.children = HashMap::new();
+        }
+        if more.is_empty() {
+            self.more = None;
+        }
     }
 
     fn collect<'a>(
@@ -222,41 +330,33 @@ impl Node {
         out: &mut Vec<Match<'a>>,
     ) {
         let wildcards = !(first && dollar);
-        let subs = &self.subscribers;
         if wildcards {
-            push_members(subs.hash(), out);
-            push_groups(subs.groups(true), out);
+            push_members(self.hash(), out);
+            push_groups(self.groups(true), out);
         }
         let Some(level) = levels.next() else {
-            push_members(subs.here(), out);
-            push_groups(subs.groups(false), out);
+            push_members(self.here(), out);
+            push_groups(self.groups(false), out);
             return;
         };
-        if let Some(child) = self.child(level) {
+        let Some(more) = &self.more else { return };
+        if let Some(child) = more.children.get(level) {
             child.collect(levels.clone(), false, dollar, out);
         }
-        if let (true, Some(plus)) = (wildcards, &self.plus) {
+        if let (true, Some(plus)) = (wildcards, &more.plus) {
             plus.collect(levels, false, dollar, out);
         }
     }
 }
 
 fn push_members<'a>(members: &'a [Member], out: &mut Vec<Match<'a>>) {
-    out.extend(members.iter().map(|m| Match {
-        session: &m.session,
-        subscription: m.subscription,
-        shared: None,
-    }));
+    out.extend(members.iter().map(|m| m.to_match(None)));
 }
 
 fn push_groups<'a>(groups: &'a [SharedGroup], out: &mut Vec<Match<'a>>) {
     for group in groups {
         if let Some(m) = group.pick(None) {
-            out.push(Match {
-                session: &m.session,
-                subscription: m.subscription,
-                shared: Some(&group.key),
-            });
+            out.push(m.to_match(Some(&group.key)));
         }
     }
 }
@@ -288,15 +388,11 @@ impl Router {
     pub fn subscribe(&mut self, filter: &str, session: &Arc<Session>, subscription: Subscription) {
         let (plain, group) = split_filter(filter);
         let (node, is_hash) = node_for(&mut self.root, plain);
-        let subs = &mut node.subscribers;
-        let member = Member {
-            session: session.clone(),
-            subscription,
-        };
+        let member = Member::new(session, subscription);
         let added = match group {
-            None => subs.upsert(member, is_hash),
+            None => node.upsert(member, is_hash),
             Some(_) => {
-                let groups = subs.full_mut().groups_mut(is_hash);
+                let groups = node.more_mut().subscribers.groups_mut(is_hash);
                 let i = match groups.iter().position(|g| &*g.key == filter) {
                     Some(i) => i,
                     None => {
@@ -320,14 +416,13 @@ impl Router {
     pub fn unsubscribe(&mut self, filter: &str, client_id: &str) -> bool {
         let (plain, group) = split_filter(filter);
         let mut remove = |node: &mut Node, is_hash: bool| {
-            let subs = &mut node.subscribers;
             let removed = match group {
-                None => subs.remove(client_id, is_hash),
+                None => node.remove(client_id, is_hash),
                 Some(_) => {
-                    let Subs::Full(full) = subs else {
+                    let Some(more) = &mut node.more else {
                         return false;
                     };
-                    let groups = full.groups_mut(is_hash);
+                    let groups = more.subscribers.groups_mut(is_hash);
                     match groups.iter().position(|g| &*g.key == filter) {
                         Some(i) => {
                             let removed = remove_member(&mut groups[i].members, client_id);
@@ -340,7 +435,7 @@ impl Router {
                     }
                 }
             };
-            subs.tidy();
+            node.tidy();
             removed
         };
         let removed = remove_at(&mut self.root, plain.split('/'), &mut remove);
@@ -366,19 +461,15 @@ impl Router {
         for level in plain.split('/') {
             match level {
                 "#" => is_hash = true,
-                "+" => node = node.plus.as_deref()?,
+                "+" => node = node.more.as_ref()?.plus.as_deref()?,
                 _ => node = node.child(level)?,
             }
         }
-        let group = node
-            .subscribers
-            .groups(is_hash)
-            .iter()
-            .find(|g| &*g.key == key)?;
+        let group = node.groups(is_hash).iter().find(|g| &*g.key == key)?;
         let m = group
             .pick(Some(leaving))
             .filter(|m| &*m.session.client_id != leaving)?;
-        Some((m.session.clone(), m.subscription))
+        Some((m.session.clone(), m.subscription.unpack()))
     }
 }
 
@@ -416,12 +507,8 @@ fn node_for<'a>(root: &'a mut Node, filter: &str) -> (&'a mut Node, bool) {
     for level in filter.split('/') {
         node = match level {
             "#" => return (node, true),
-            "+" => node.plus.get_or_insert_with(Box::default),
-            _ => node
-                .children
-                .get_or_insert_with(Box::default)
-                .entry(level.into())
-                .or_default(),
+            "+" => node.more_mut().plus.get_or_insert_with(Box::default),
+            _ => node.more_mut().children.entry(Key::new(level)).or_default(),
         };
     }
     (node, false)
@@ -439,28 +526,28 @@ fn remove_at(
     match level {
         "#" => remove(node, true),
         "+" => {
-            let Some(plus) = node.plus.as_deref_mut() else {
+            let Some(plus) = node.more.as_mut().and_then(|more| more.plus.as_deref_mut()) else {
                 return false;
             };
             let removed = remove_at(plus, levels, remove);
             if plus.is_empty() {
-                node.plus = None;
+                node.more_mut().plus = None;
+                node.tidy();
             }
             removed
         }
         _ => {
-            let Some(children) = node.children.as_deref_mut() else {
-                return false;
-            };
-            let Some(child) = children.get_mut(level) else {
+            let Some(child) = node
+                .more
+                .as_mut()
+                .and_then(|more| more.children.get_mut(level))
+            else {
                 return false;
             };
             let removed = remove_at(child, levels, remove);
             if child.is_empty() {
-                children.remove(level);
-                if children.is_empty() {
-                    node.children = None;
-                }
+                node.more_mut().children.remove(level);
+                node.tidy();
             }
             removed
         }
@@ -567,7 +654,10 @@ mod tests {
     fn a_level_with_one_subscriber_holds_it_alone() {
         let mut r = Router::default();
         let (x, y) = (session("x"), session("y"));
-        let one = |r: &Router| matches!(r.root.child("a").unwrap().subscribers, Subs::One(_));
+        let one = |r: &Router| {
+            let level = r.root.child("a").unwrap();
+            level.one.is_some() && level.more.is_none()
+        };
         r.subscribe("a", &x, sub());
         assert!(one(&r));
         r.subscribe("a", &x, sub());
@@ -591,10 +681,11 @@ mod tests {
         let (a, b) = (session("a"), session("b"));
         r.subscribe("t/#", &a, sub());
         fn level(r: &Router) -> &Subscribers {
-            match &r.root.child("t").unwrap().subscribers {
-                Subs::Full(full) => full,
-                _ => panic!("t/# lives in the full lists"),
-            }
+            r.root
+                .child("t")
+                .unwrap()
+                .subscribers()
+                .expect("t/# lives in more")
         }
         assert!(level(&r).shared.is_none());
         // Unsubscribing from a group that does not exist leaves no box behind.
@@ -607,5 +698,67 @@ mod tests {
         assert_eq!(matched(&r, "t/1"), ["a"]);
         assert!(r.unsubscribe("t/#", "a"));
         assert!(r.root.is_empty(), "empty branches are pruned");
+    }
+
+    /// A leaf with one subscriber is 48 bytes in its parent's map and no allocation.
+    #[test]
+    fn a_leaf_is_small() {
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<Node>(), 24);
+        assert_eq!(std::mem::size_of::<Member>(), 16);
+    }
+
+    /// Short levels are kept inline, long ones boxed; both are found by `&str`.
+    #[test]
+    fn long_and_short_levels() {
+        let mut r = Router::default();
+        let a = session("a");
+        let long = "x".repeat(Key::INLINE + 1);
+        let short = "y".repeat(Key::INLINE);
+        for level in [&long, &short] {
+            r.subscribe(&format!("d/{level}/t"), &a, sub());
+        }
+        assert!(matches!(Key::new(&long), Key::Boxed(_)));
+        assert!(matches!(Key::new(&short), Key::Inline { .. }));
+        assert_eq!(matched(&r, &format!("d/{long}/t")), ["a"]);
+        assert_eq!(matched(&r, &format!("d/{short}/t")), ["a"]);
+        assert!(matched(&r, "d/y/t").is_empty());
+        assert!(r.unsubscribe(&format!("d/{long}/t"), "a"));
+        assert!(r.unsubscribe(&format!("d/{short}/t"), "a"));
+        assert!(r.root.is_empty());
+    }
+
+    /// A level's lone plain subscriber stays inline beside `#` subscribers and shared
+    /// groups; the identifier and options come back as they went in.
+    #[test]
+    fn a_lone_subscriber_beside_other_kinds() {
+        let mut r = Router::default();
+        let (a, b, c) = (session("a"), session("b"), session("c"));
+        let with_id = Subscription {
+            options: SubscriptionOptions {
+                qos: crate::protocol::QoS::ExactlyOnce,
+                no_local: true,
+                ..SubscriptionOptions::default()
+            },
+            id: Some(268_435_455),
+        };
+        r.subscribe("t/#", &b, sub());
+        r.subscribe("t", &a, with_id);
+        r.subscribe("$share/g/t", &c, sub());
+        assert!(r.root.child("t").unwrap().one.is_some());
+        let mut out = Vec::new();
+        r.matches("t", &mut out);
+        let a_match = out.iter().find(|m| &*m.session.client_id == "a").unwrap();
+        assert_eq!(a_match.subscription, with_id);
+        assert_eq!(out.len(), 3);
+        drop(out);
+        assert!(r.unsubscribe("t/#", "b"));
+        assert!(r.unsubscribe("$share/g/t", "c"));
+        let level = r.root.child("t").unwrap();
+        assert!(
+            level.one.is_some() && level.more.is_none(),
+            "nothing else left"
+        );
+        assert_eq!(matched(&r, "t"), ["a"]);
     }
 }
