@@ -20,6 +20,7 @@ use crate::store::Store;
 use crate::systemd;
 use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
+use crate::transport::lane::Lane;
 use crate::transport::tcp;
 use crate::transport::tls::Tls;
 use crate::watchdog::{self, Heartbeats};
@@ -44,13 +45,14 @@ pub fn run(config: Config) -> Result<(), String> {
         n => n,
     };
     let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let lane = Lane::new();
     let (stop, stopped) = smol::channel::bounded::<()>(1);
     let watchdog_interval = systemd::watchdog_interval();
     let heartbeats = watchdog_interval
         .map(|interval| Heartbeats::new(threads, watchdog::probe_period(interval)));
     let mut workers = Vec::new();
     for i in 0..threads {
-        let executor = executor.clone();
+        let (executor, lane) = (executor.clone(), lane.clone());
         let stopped = stopped.clone();
         let heartbeats = heartbeats.clone();
         let worker = thread::Builder::new()
@@ -60,6 +62,8 @@ pub fn run(config: Config) -> Result<(), String> {
                     let stop = async {
                         stopped.recv().await.ok();
                     };
+                    // The lane's loop never ends: the stop signal or a failed probe does.
+                    let stop = stop.or(lane.run());
                     match &heartbeats {
                         Some(heartbeats) => stop.or(heartbeats.probe(i)).await,
                         None => stop.await,
@@ -154,7 +158,7 @@ pub fn run(config: Config) -> Result<(), String> {
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,
             broker.clone(),
-            executor.clone(),
+            lane.clone(),
             conn_config,
             admission.listener(listener.max_connections),
         )));

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod client;
 pub mod connection;
+pub mod lane;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use smol::Async;
 use smol::future::{Future, FutureExt};
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::{Async, Executor};
 
 use super::admission::{ListenerAdmission, Verdict};
 use super::connection::{self, ConnectionConfig, Proxied};
+use super::lane::Lane;
 use super::tls::common_name;
 use super::ws::{self, WsStream};
 use super::{Rewind, Stream};
@@ -191,7 +192,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
 pub async fn accept_loop(
     listener: Async<TcpListener>,
     broker: Arc<Broker>,
-    executor: Arc<Executor<'static>>,
+    lane: Arc<Lane>,
     config: Arc<ConnectionConfig>,
     admission: ListenerAdmission,
 ) {
@@ -204,7 +205,7 @@ pub async fn accept_loop(
                 let (broker, config) = (broker.clone(), config.clone());
                 if wrapped {
                     let task = serve_wrapped(stream, peer, broker, config, admission.clone());
-                    executor.spawn(task).detach();
+                    lane.spawn(task);
                 } else {
                     // Spawned as it is: a wrapper's own copy of the arguments would be
                     // part of every idle connection's task.
@@ -218,7 +219,7 @@ pub async fn accept_loop(
                         BytesMut::new(),
                         None,
                     );
-                    executor.spawn(serving).detach();
+                    lane.spawn(serving);
                 }
             }
             Err(e) => {
