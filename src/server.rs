@@ -147,7 +147,7 @@ pub fn run(config: Config) -> Result<(), String> {
             None => None,
         };
         let conn_config = Arc::new(ConnectionConfig {
-            listener: listener.name.as_str().into(),
+            listener: Arc::new(listener.name.clone()),
             connect_timeout: config.connect_timeout(),
             auth,
             proxy_trusted: listener.proxy_trusted.clone().map(Arc::from),

@@ -27,7 +27,7 @@ fn connect(broker: &Arc<Broker>, auth: &Arc<AuthPolicy>, id: &str, version: Prot
         properties: Properties { session_expiry_interval: Some(60), topic_alias_maximum: Some(4), ..Default::default() },
     };
     let peer = ([127, 0, 0, 1], 1883).into();
-    match Client::connect(broker, auth, connect, None, (peer, &Arc::from("fuzz")), Instant::now()) {
+    match Client::connect(broker, auth, connect, None, (peer, &Arc::new("fuzz".to_string())), Instant::now()) {
         ConnectOutcome::Accepted(client) => Some(client),
         ConnectOutcome::Refused { .. } => None,
     }

@@ -354,7 +354,7 @@ impl Admin {
             "proto_ver": proto_ver(i.protocol),
             "clean_start": i.clean_start,
             "keepalive": i.keep_alive,
-            "expiry_interval": i.expiry_interval,
+            "expiry_interval": c.expiry_interval,
             "connected": true,
             "connected_at": datetime(i.connected_at()),
             "zone": &*i.listener,

@@ -186,7 +186,7 @@ async fn relay(
     peer: SocketAddr,
 ) -> String {
     let config = Arc::new(ConnectionConfig {
-        listener: settings.local_client_id().into(),
+        listener: Arc::new(settings.local_client_id()),
         connect_timeout: Duration::from_secs(10),
         auth: Arc::new(AuthPolicy::open()),
         proxy_trusted: None,

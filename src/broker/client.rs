@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 
-use super::link::{Link, LinkInfo};
+use super::link::{Link, LinkInfo, ListenerName};
 use super::message::{DURABLE_PENDING, Delivery, Message};
 use super::session::{Inflight, Session, Stage, Subscription, done_op};
 use super::{Broker, REFUSED, count};
@@ -86,6 +86,8 @@ pub struct Client {
     /// Topic aliases, made on first use: most clients never use any.
     aliases: Option<Box<Aliases>>,
     resend_inflight: bool,
+    /// CONNECT set a session expiry of 0, which DISCONNECT may not raise.
+    expiry_was_zero: bool,
     /// A subscriber's queue this client's messages are filling: read no more from the
     /// client until it drains (or stalls).
     backpressure: Option<Arc<Session>>,
@@ -202,7 +204,7 @@ impl Client {
         auth: &Arc<AuthPolicy>,
         mut connect: Connect,
         identity: Option<&str>,
-        (peer, listener): (SocketAddr, &Arc<str>),
+        (peer, listener): (SocketAddr, &ListenerName),
         now: Instant,
     ) -> ConnectOutcome {
         let settings = &broker.settings;
@@ -289,7 +291,6 @@ impl Client {
             protocol: v,
             keep_alive,
             clean_start: connect.clean_start,
-            expiry_interval: expiry,
         };
         let link = Arc::new(Link::new(info, broker.clock_ms(now)));
         let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
@@ -324,6 +325,7 @@ impl Client {
             peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
             aliases: None,
             resend_inflight: opened.present,
+            expiry_was_zero: expiry == 0,
             backpressure: None,
             batch: None,
             refusal: None,
@@ -1041,7 +1043,7 @@ impl Client {
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
         if let Some(expiry) = d.properties.session_expiry_interval {
-            if self.link.expiry_interval == 0 && expiry != 0 {
+            if self.expiry_was_zero && expiry != 0 {
                 return Err(Close::new(
                     ReasonCode::PROTOCOL_ERROR,
                     "DISCONNECT sets a session expiry after CONNECT set 0",
@@ -1074,14 +1076,8 @@ impl Client {
                 "another connection took the session",
             ));
         }
-        if let Some(code) = st.close_reason {
-            let reason = match code {
-                ReasonCode::QUOTA_EXCEEDED => "queue full: the client reads too slowly",
-                ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
-                ReasonCode::ADMINISTRATIVE_ACTION => "kicked through the management API",
-                _ => "closed by the broker",
-            };
-            return Err(Close::new(code, reason));
+        if let Some(reason) = st.close_reason {
+            return Err(Close::new(reason.code(), reason.why()));
         }
         // PUBLISH packets written, by QoS: added to the shared counters once per pump,
         // not once per message, so fan-out on several cores does not bounce them.
@@ -1377,7 +1373,10 @@ mod tests {
             &Arc::new(AuthPolicy::open()),
             c,
             None,
-            (([127, 0, 0, 1], 50000).into(), &Arc::from("test")),
+            (
+                ([127, 0, 0, 1], 50000).into(),
+                &Arc::new("test".to_string()),
+            ),
             Instant::now(),
         ) {
             ConnectOutcome::Accepted(c) => c,

@@ -28,12 +28,11 @@ pub struct Link {
     /// as address and port: 20 bytes where a `SocketAddr` is 32.
     peer_ip: IpAddr,
     peer_port: u16,
-    pub listener: Arc<str>,
+    pub listener: ListenerName,
     pub protocol: ProtocolVersion,
     /// Seconds, as agreed at CONNECT; 0 for none.
     pub keep_alive: u16,
     pub clean_start: bool,
-    pub expiry_interval: u32,
     /// Milliseconds since the Unix epoch (8 bytes where a `SystemTime` is 16).
     connected_at_ms: u64,
     /// PUBLISH packets received from the client and sent to it.
@@ -45,12 +44,14 @@ pub struct Link {
 pub struct LinkInfo {
     pub username: Option<String>,
     pub peer: SocketAddr,
-    pub listener: Arc<str>,
+    pub listener: ListenerName,
     pub protocol: ProtocolVersion,
     pub keep_alive: u16,
     pub clean_start: bool,
-    pub expiry_interval: u32,
 }
+
+/// A listener's name, shared by its connections: one word where an `Arc<str>` is two.
+pub type ListenerName = Arc<String>;
 
 impl Link {
     /// A link heard from at `now_ms` (the CONNECT).
@@ -66,7 +67,6 @@ impl Link {
             protocol: info.protocol,
             keep_alive: info.keep_alive,
             clean_start: info.clean_start,
-            expiry_interval: info.expiry_interval,
             connected_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),

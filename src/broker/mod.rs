@@ -26,10 +26,12 @@ use link::Link;
 use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
-use session::{Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState, Subscription};
+use session::{
+    CloseReason, Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState, Subscription,
+};
 use table::SessionTable;
 
-use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use crate::protocol::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
 
 /// The broker-wide settings the core enforces; `config` fills them from the TOML file.
@@ -157,6 +159,8 @@ pub struct ClientView {
     pub inflight: usize,
     pub subscriptions: usize,
     pub dropped: u64,
+    /// The session's, in seconds: CONNECT's or what DISCONNECT set.
+    pub expiry_interval: u32,
 }
 
 /// In `publish_batch`'s `reached`: a full bridge outbox refused the message, so its
@@ -367,6 +371,7 @@ impl Broker {
                     inflight: st.inflight.len(),
                     subscriptions: st.subscriptions.len(),
                     dropped: st.dropped,
+                    expiry_interval: st.expiry_interval,
                 })
             })
             .collect()
@@ -468,7 +473,7 @@ impl Broker {
         if !st.connected {
             return false;
         }
-        st.close_reason = Some(ReasonCode::ADMINISTRATIVE_ACTION);
+        st.close_reason = Some(CloseReason::Kicked);
         let link = st.link.clone();
         drop(st);
         if let Some(link) = link {
@@ -502,7 +507,7 @@ impl Broker {
         if let Some(old) = &existing {
             let mut st = old.lock();
             if st.connected {
-                st.close_reason = Some(ReasonCode::SESSION_TAKEN_OVER);
+                st.close_reason = Some(CloseReason::TakenOver);
                 st.generation = st.generation.wrapping_add(1);
                 old.set_online(&mut st, false);
                 if let Some(old_link) = st.link.take() {
@@ -982,8 +987,7 @@ impl Broker {
         for session in sessions {
             let mut st = session.lock();
             if st.connected {
-                st.close_reason
-                    .get_or_insert(ReasonCode::SERVER_SHUTTING_DOWN);
+                st.close_reason.get_or_insert(CloseReason::ShuttingDown);
                 drop(st);
                 session.notify_owner();
             }

@@ -276,7 +276,7 @@ pub struct SessionState {
     /// Bumped by every connection that takes the session; see the module doc.
     pub generation: u32,
     /// Why the current connection must close (takeover, queue overflow, admin kick).
-    pub close_reason: Option<ReasonCode>,
+    pub close_reason: Option<CloseReason>,
     pub connected: bool,
     /// The connection attached to this session: to wake it, and what the management
     /// API shows of it.
@@ -309,6 +309,39 @@ pub struct SessionState {
     pub outbox: Option<Box<Outbox>>,
     /// Messages this session lost to a full queue (or, offline, QoS 0 not kept).
     pub dropped: u64,
+}
+
+/// Why the broker wants a session's connection closed: one byte where an
+/// `Option<ReasonCode>` takes two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue overflowed while the client read too slowly.
+    QueueFull,
+    ShuttingDown,
+    /// Kicked through the management API.
+    Kicked,
+    TakenOver,
+}
+
+impl CloseReason {
+    pub fn code(self) -> ReasonCode {
+        match self {
+            CloseReason::QueueFull => ReasonCode::QUOTA_EXCEEDED,
+            CloseReason::ShuttingDown => ReasonCode::SERVER_SHUTTING_DOWN,
+            CloseReason::Kicked => ReasonCode::ADMINISTRATIVE_ACTION,
+            CloseReason::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+        }
+    }
+
+    /// For the log line.
+    pub fn why(self) -> &'static str {
+        match self {
+            CloseReason::QueueFull => "queue full: the client reads too slowly",
+            CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::Kicked => "kicked through the management API",
+            CloseReason::TakenOver => "another connection took the session",
+        }
+    }
 }
 
 /// The earlier of two deadlines, either of which may be absent.
@@ -451,7 +484,7 @@ impl SessionState {
         }
         if full {
             if delivery.qos > QoS::AtMostOnce && self.connected && !self.is_persistent() {
-                self.close_reason.get_or_insert(ReasonCode::QUOTA_EXCEEDED);
+                self.close_reason.get_or_insert(CloseReason::QueueFull);
                 return Enqueued::Overflow;
             }
             return Enqueued::Dropped;
@@ -710,7 +743,7 @@ mod tests {
                 .enqueue(delivery(QoS::AtLeastOnce), &LIMITS, None, &mut vec![]),
             Enqueued::Overflow
         );
-        assert_eq!(s.lock().close_reason, Some(ReasonCode::QUOTA_EXCEEDED));
+        assert_eq!(s.lock().close_reason, Some(CloseReason::QueueFull));
         // Popping from a drained queue allocates nothing.
         let mut st = s.lock();
         assert!(st.pop_queued().is_some() && st.pop_queued().is_some());
