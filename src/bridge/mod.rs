@@ -72,7 +72,7 @@ impl BridgeStatus {
         let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         outbox.as_ref().map_or((0, 0, 0), |s| {
             let st = s.lock();
-            let (backlog, backlog_bytes) = st.backlog.as_deref().copied().unwrap_or_default();
+            let (backlog, backlog_bytes) = st.backlog().unwrap_or_default();
             let messages = st.queue.len() + st.inflight.len() + backlog;
             (messages, st.queued_bytes + backlog_bytes, st.dropped)
         })

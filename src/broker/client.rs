@@ -22,6 +22,7 @@ use event_listener::EventListener;
 use super::link::{Link, LinkInfo, ListenerName};
 use super::message::{DURABLE_PENDING, Delivery, Message};
 use super::session::{Inflight, Session, Stage, Subscription, done_op};
+use super::small_str::SmallStr;
 use super::{Broker, REFUSED, count};
 use crate::auth::{Access, AuthPolicy};
 use crate::protocol::*;
@@ -548,7 +549,7 @@ impl Client {
         allowed
     }
 
-    pub fn client_id(&self) -> &Arc<str> {
+    pub fn client_id(&self) -> &SmallStr {
         &self.session.client_id
     }
 
@@ -1299,7 +1300,7 @@ impl Client {
             } else if !taken_over {
                 let expiry = self.session.lock().expiry_interval;
                 let delay = Duration::from_secs(u64::from(will_delay.min(expiry)));
-                self.session.lock().pending_will = Some(Box::new((message, now + delay)));
+                self.session.lock().set_pending_will(message, now + delay);
             }
         }
         if !taken_over {
@@ -1333,7 +1334,7 @@ impl Client {
             expiry: st.expiry_interval,
             disconnected_at: Some(clock.secs(now)),
         }];
-        if let Some(will) = &st.pending_will {
+        if let Some(will) = st.pending_will() {
             let encoded = StoredMessage::from_message(&will.0, clock).encode();
             ops.push(Op::SetWill {
                 sid,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::small_str::SmallStr;
 use crate::protocol::{Publish, QoS, Topic, Will};
 
 #[derive(Debug)]
@@ -21,7 +22,7 @@ pub struct Message {
     /// When the message expires (monotonic clock); `None` means never.
     pub expires_at: Option<Instant>,
     /// The publishing session, for no-local subscriptions.
-    pub origin: Option<Arc<str>>,
+    pub origin: Option<SmallStr>,
     /// Its id in the store, given when it is first stored; 0 until then.
     pub store_id: AtomicU64,
     /// The store ticket that must be durable before a subscriber may receive it:
@@ -51,7 +52,7 @@ impl Message {
         }
     }
 
-    pub fn from_publish(publish: Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
+    pub fn from_publish(publish: Publish, origin: Option<SmallStr>, now: Instant) -> Message {
         Message {
             expires_at: expiry(publish.properties.message_expiry_interval, now),
             forwarded_properties: publish.properties.forwarded_message_properties(),
@@ -65,7 +66,7 @@ impl Message {
         }
     }
 
-    pub fn from_will(will: Will, origin: Option<Arc<str>>, now: Instant) -> Message {
+    pub fn from_will(will: Will, origin: Option<SmallStr>, now: Instant) -> Message {
         Message {
             expires_at: expiry(will.properties.message_expiry_interval, now),
             forwarded_properties: will.properties.forwarded_message_properties(),

@@ -11,6 +11,7 @@ pub mod message;
 pub mod retained;
 pub mod router;
 pub mod session;
+pub mod small_str;
 mod subscriptions;
 mod table;
 
@@ -33,6 +34,7 @@ use table::SessionTable;
 
 use crate::protocol::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::store::{Loaded, Op, Store};
+use small_str::SmallStr;
 
 /// The broker-wide settings the core enforces; `config` fills them from the TOML file.
 #[derive(Debug, Clone)]
@@ -153,7 +155,7 @@ pub struct Broker {
 /// Where a publish went.
 /// A connected client as the management API lists it.
 pub struct ClientView {
-    pub client_id: Arc<str>,
+    pub client_id: SmallStr,
     pub info: Arc<Link>,
     pub queued: usize,
     pub inflight: usize,
@@ -248,7 +250,7 @@ impl Broker {
                 ProtocolVersion::V5 => stored.expiry.min(self.settings.max_session_expiry),
                 _ => self.settings.persistent_client_expiration,
             };
-            let client_id: Arc<str> = stored.client_id.into();
+            let client_id = SmallStr::from(stored.client_id);
             let session = Arc::new(Session::new(
                 client_id.clone(),
                 protocol,
@@ -260,15 +262,13 @@ impl Broker {
                 st.stored = true;
                 st.disconnected_at = Some(clock.instant(stored.disconnected_at));
                 st.inbound_qos2 = stored.inbound_qos2.into();
-                st.pending_will = stored.will.map(|(message, due)| {
-                    Box::new((
-                        message.into_message(Some(client_id.clone()), clock),
-                        clock.instant(due),
-                    ))
-                });
+                if let Some((message, due)) = stored.will {
+                    let message = message.into_message(Some(client_id.clone()), clock);
+                    st.set_pending_will(message, clock.instant(due));
+                }
                 self.due_by(st.next_deadline());
                 if stored.backlog_messages > 0 {
-                    st.backlog = Some(Box::new((stored.backlog_messages, stored.backlog_bytes)));
+                    st.set_backlog(stored.backlog_messages, stored.backlog_bytes);
                 }
                 for (filter, options, id) in stored.subscriptions {
                     let Some(options) = SubscriptionOptions::from_byte(options) else {
@@ -367,7 +367,7 @@ impl Broker {
                 Some(ClientView {
                     client_id: session.client_id.clone(),
                     info,
-                    queued: st.queue.len() + st.backlog.as_deref().map_or(0, |&(n, _)| n),
+                    queued: st.queue.len() + st.backlog().map_or(0, |(n, _)| n),
                     inflight: st.inflight.len(),
                     subscriptions: st.subscriptions.len(),
                     dropped: st.dropped,
@@ -378,7 +378,7 @@ impl Broker {
     }
 
     /// Every session's subscriptions (online or not): client id, filter, options.
-    pub fn subscription_list(&self) -> Vec<(Arc<str>, String, Subscription)> {
+    pub fn subscription_list(&self) -> Vec<(SmallStr, String, Subscription)> {
         let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
         let mut out = Vec::new();
         for session in sessions {
@@ -541,7 +541,7 @@ impl Broker {
         st.protocol = protocol;
         st.expiry_interval = expiry_interval;
         st.disconnected_at = None;
-        let had_will = st.pending_will.take().is_some();
+        let had_will = st.take_pending_will().is_some();
         session.set_online(&mut st, true);
         st.link = Some(link.clone());
         let generation = st.generation;
@@ -563,7 +563,7 @@ impl Broker {
     /// back, its row written, updated or (expiry 0) deleted. Returns the ticket.
     fn store_opened(&self, session: &Session, st: &mut SessionState, had_will: bool) -> u64 {
         let Some(store) = &self.store else { return 0 };
-        if st.backlog.take().is_some() {
+        if st.take_backlog().is_some() {
             match store.load_backlog(session.sid) {
                 Ok(stored) => restore_backlog(st, stored),
                 Err(e) => log::error!("client_id={}: {e}", session.client_id),
@@ -625,7 +625,7 @@ impl Broker {
                 self.submit(vec![Op::DeleteSession { sid: session.sid }]);
             }
             let filters = st.subscriptions.take_filters();
-            let will = st.pending_will.take().map(|w| w.0);
+            let will = st.take_pending_will().map(|w| w.0);
             let mut held: Vec<Delivery> =
                 st.inflight.take().into_iter().map(|f| f.delivery).collect();
             while let Some(d) = st.pop_queued() {
@@ -953,8 +953,8 @@ impl Broker {
                 if st.connected {
                     continue;
                 }
-                let will = match &st.pending_will {
-                    Some(w) if w.1 <= now => st.pending_will.take().map(|w| w.0),
+                let will = match st.pending_will() {
+                    Some(w) if w.1 <= now => st.take_pending_will().map(|w| w.0),
                     _ => None,
                 };
                 if will.is_some() && st.stored {

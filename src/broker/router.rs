@@ -6,17 +6,16 @@
 //!
 //! Most levels are leaves with one plain subscriber (one per device in `devices/+/...`
 //! trees), so a leaf is kept in its parent's map as 48 bytes and no allocation of its
-//! own: its level inline when short ([`Key`]), its one subscriber inline (a [`Member`]
+//! own: its level inline when short ([`SmallStr`]), its one subscriber inline (a [`Member`]
 //! is 16 bytes), and everything else a level may have boxed behind one pointer.
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::session::{Session, Subscription};
+use super::small_str::SmallStr;
 use crate::protocol::{SubscriptionOptions, topic};
 
 /// One subscription that a topic matched, borrowed from the router while its read
@@ -74,60 +73,6 @@ impl Member {
     }
 }
 
-/// A topic level as a key in its parent's map: up to 22 bytes (a device id, a number)
-/// inline, longer ones boxed. Hashes and compares as the `str` it holds, so the map is
-/// searched with a plain `&str`.
-enum Key {
-    Inline { len: u8, bytes: [u8; Key::INLINE] },
-    Boxed(Box<str>),
-}
-
-impl Key {
-    const INLINE: usize = 22;
-
-    fn new(level: &str) -> Key {
-        if level.len() <= Key::INLINE {
-            let mut bytes = [0; Key::INLINE];
-            bytes[..level.len()].copy_from_slice(level.as_bytes());
-            Key::Inline {
-                len: level.len() as u8,
-                bytes,
-            }
-        } else {
-            Key::Boxed(level.into())
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Key::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str")
-            }
-            Key::Boxed(level) => level,
-        }
-    }
-}
-
-impl Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Key {}
-
 struct SharedGroup {
     key: Arc<str>,
     members: Vec<Member>,
@@ -166,7 +111,7 @@ struct Node {
 
 #[derive(Default)]
 struct More {
-    children: HashMap<Key, Node>,
+    children: HashMap<SmallStr, Node>,
     plus: Option<Box<Node>>,
     subscribers: Subscribers,
 }
@@ -508,7 +453,11 @@ fn node_for<'a>(root: &'a mut Node, filter: &str) -> (&'a mut Node, bool) {
         node = match level {
             "#" => return (node, true),
             "+" => node.more_mut().plus.get_or_insert_with(Box::default),
-            _ => node.more_mut().children.entry(Key::new(level)).or_default(),
+            _ => node
+                .more_mut()
+                .children
+                .entry(SmallStr::new(level))
+                .or_default(),
         };
     }
     (node, false)
@@ -635,14 +584,8 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(matched(&r, "t/1"), ["a", "c"]);
         }
-        assert_eq!(
-            r.pick_shared("$share/g/t/+", "a")
-                .unwrap()
-                .0
-                .client_id
-                .as_ref(),
-            "b"
-        );
+        let (picked, _) = r.pick_shared("$share/g/t/+", "a").unwrap();
+        assert_eq!(&*picked.client_id, "b");
         assert!(r.unsubscribe("$share/g/t/+", "a"));
         assert!(r.unsubscribe("$share/g/t/+", "b"));
         assert_eq!(matched(&r, "t/1"), ["c"]);
@@ -703,7 +646,7 @@ mod tests {
     /// A leaf with one subscriber is 48 bytes in its parent's map and no allocation.
     #[test]
     fn a_leaf_is_small() {
-        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<SmallStr>(), 24);
         assert_eq!(std::mem::size_of::<Node>(), 24);
         assert_eq!(std::mem::size_of::<Member>(), 16);
     }
@@ -713,13 +656,11 @@ mod tests {
     fn long_and_short_levels() {
         let mut r = Router::default();
         let a = session("a");
-        let long = "x".repeat(Key::INLINE + 1);
-        let short = "y".repeat(Key::INLINE);
+        let long = "x".repeat(SmallStr::INLINE + 1);
+        let short = "y".repeat(SmallStr::INLINE);
         for level in [&long, &short] {
             r.subscribe(&format!("d/{level}/t"), &a, sub());
         }
-        assert!(matches!(Key::new(&long), Key::Boxed(_)));
-        assert!(matches!(Key::new(&short), Key::Inline { .. }));
         assert_eq!(matched(&r, &format!("d/{long}/t")), ["a"]);
         assert_eq!(matched(&r, &format!("d/{short}/t")), ["a"]);
         assert!(matched(&r, "d/y/t").is_empty());

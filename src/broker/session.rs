@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 
 use super::message::{Delivery, Message};
+use super::small_str::SmallStr;
 use super::subscriptions::Subscriptions;
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Op, Store};
@@ -22,7 +23,7 @@ use crate::store::{Op, Store};
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
 pub struct Session {
-    pub client_id: Arc<str>,
+    pub client_id: SmallStr,
     /// Its id in the store, unique per session for the life of the database (a new
     /// session under an old client id gets a new one); 0 without a store.
     pub sid: u64,
@@ -34,7 +35,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, protocol: ProtocolVersion, expiry: u32, sid: u64) -> Session {
+    pub fn new(client_id: SmallStr, protocol: ProtocolVersion, expiry: u32, sid: u64) -> Session {
         Session {
             client_id,
             sid,
@@ -293,14 +294,10 @@ pub struct SessionState {
     /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
     pub inbound_qos2: Sparse<Vec<u16>>,
     next_packet_id: u16,
-    /// A will waiting for its delay (or the session's end) before it is published.
-    pub pending_will: Option<Box<(Message, Instant)>>,
+    /// What an offline session may wait on: boxed, as most sessions have none.
+    parked: Option<Box<Parked>>,
     /// The session has a row in the store, so its changes are stored too.
     pub stored: bool,
-    /// Deliveries an earlier run stored that stay on disk until the session resumes:
-    /// how many, and their bytes (counted against the queue limits meanwhile).
-    /// Boxed: only sessions restored from the store and not yet resumed have one.
-    pub backlog: Option<Box<(usize, usize)>>,
     /// The queue passed its high-water mark; publishers are waiting on `drained`.
     pub pressured: bool,
     /// The session did not drain within the stall timeout: publishers no longer wait.
@@ -344,6 +341,16 @@ impl CloseReason {
     }
 }
 
+/// What an offline session may wait on.
+#[derive(Default)]
+struct Parked {
+    /// A will waiting for its delay (or the session's end) before it is published.
+    will: Option<Box<(Message, Instant)>>,
+    /// Deliveries an earlier run stored that stay on disk until the session resumes:
+    /// how many, and their bytes (counted against the queue limits meanwhile).
+    backlog: Option<(usize, usize)>,
+}
+
 /// The earlier of two deadlines, either of which may be absent.
 pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -353,6 +360,47 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 impl SessionState {
+    /// A will waiting for its delay (or the session's end), and when it is due.
+    pub fn pending_will(&self) -> Option<&(Message, Instant)> {
+        self.parked.as_ref()?.will.as_deref()
+    }
+
+    pub fn set_pending_will(&mut self, message: Message, due: Instant) {
+        self.parked.get_or_insert_default().will = Some(Box::new((message, due)));
+    }
+
+    pub fn take_pending_will(&mut self) -> Option<(Message, Instant)> {
+        let will = self.parked.as_mut()?.will.take();
+        self.tidy_parked();
+        will.map(|will| *will)
+    }
+
+    /// Deliveries an earlier run stored that stay on disk until the session resumes:
+    /// how many, and their bytes.
+    pub fn backlog(&self) -> Option<(usize, usize)> {
+        self.parked.as_ref()?.backlog
+    }
+
+    pub fn set_backlog(&mut self, messages: usize, bytes: usize) {
+        self.parked.get_or_insert_default().backlog = Some((messages, bytes));
+    }
+
+    pub fn take_backlog(&mut self) -> Option<(usize, usize)> {
+        let backlog = self.parked.as_mut()?.backlog.take();
+        self.tidy_parked();
+        backlog
+    }
+
+    fn tidy_parked(&mut self) {
+        if self
+            .parked
+            .as_ref()
+            .is_some_and(|p| p.will.is_none() && p.backlog.is_none())
+        {
+            self.parked = None;
+        }
+    }
+
     /// When this session, disconnected, expires; `None` while connected or when it
     /// never does.
     pub fn expires_at(&self) -> Option<Instant> {
@@ -367,10 +415,7 @@ impl SessionState {
         if self.connected {
             return None;
         }
-        earliest(
-            self.pending_will.as_ref().map(|will| will.1),
-            self.expires_at(),
-        )
+        earliest(self.pending_will().map(|will| will.1), self.expires_at())
     }
 
     fn new(protocol: ProtocolVersion, expiry_interval: u32) -> SessionState {
@@ -388,9 +433,8 @@ impl SessionState {
             inflight: Sparse::default(),
             inbound_qos2: Sparse::default(),
             next_packet_id: 0,
-            pending_will: None,
+            parked: None,
             stored: false,
-            backlog: None,
             pressured: false,
             stalled: false,
             outbox: None,
@@ -431,8 +475,7 @@ impl SessionState {
 
     /// Whether the queue has no room for `size` more bytes.
     fn is_full(&self, limits: &QueueLimits, size: usize) -> bool {
-        let (backlog_messages, backlog_bytes) =
-            self.backlog.as_deref().copied().unwrap_or_default();
+        let (backlog_messages, backlog_bytes) = self.backlog().unwrap_or_default();
         self.queue.len() + backlog_messages >= limits.max_queued_messages
             || self.queued_bytes + backlog_bytes + size > limits.max_queued_bytes
     }
@@ -558,7 +601,7 @@ impl SessionState {
 
     /// The ops that store this whole session as it is now, for a session that starts
     /// to outlive its connection; its deliveries get new sequence numbers.
-    pub fn snapshot(&mut self, sid: u64, client_id: &Arc<str>, store: &Store) -> Vec<Op> {
+    pub fn snapshot(&mut self, sid: u64, client_id: &SmallStr, store: &Store) -> Vec<Op> {
         self.stored = true;
         let mut ops = vec![Op::PutSession {
             sid,

@@ -39,6 +39,7 @@ pub use schema::{OnCorrupt, Quarantined};
 
 use crate::broker::message::Message;
 use crate::broker::session::Stage;
+use crate::broker::small_str::SmallStr;
 use crate::protocol::QoS;
 
 /// How much the broker promises about what it acknowledged.
@@ -74,7 +75,7 @@ pub struct StoreConfig {
 pub enum Op {
     PutSession {
         sid: u64,
-        client_id: Arc<str>,
+        client_id: SmallStr,
         protocol: u8,
         expiry: u32,
         /// Store-clock seconds; `None` while connected.

@@ -8,7 +8,6 @@
 //! only when the wall clock went forward; a clock that went back counts as no time
 //! passed, so nothing expires early because of it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message;
+use crate::broker::small_str::SmallStr;
 use crate::protocol::QoS;
 
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +135,7 @@ impl StoredMessage {
         postcard::from_bytes(bytes).ok()
     }
 
-    pub fn into_message(self, origin: Option<Arc<str>>, clock: &StoreClock) -> Message {
+    pub fn into_message(self, origin: Option<SmallStr>, clock: &StoreClock) -> Message {
         message_from_parts(
             self.topic,
             self.payload,
@@ -157,7 +157,7 @@ pub fn message_from_parts(
     retain: bool,
     properties: Vec<u8>,
     expires_at: Option<u64>,
-    origin: Option<Arc<str>>,
+    origin: Option<SmallStr>,
     clock: &StoreClock,
 ) -> Message {
     let qos = QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce);
