@@ -22,7 +22,7 @@ use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
 
 /// A byte stream a connection can be served over.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would make progress. An idle connection waits here without
     /// holding a read buffer; streams that cannot tell report ready at once.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;

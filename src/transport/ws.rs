@@ -174,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for WsStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for WsStream<S> {
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // A frame may be half read, or the next read may only be a ping: let it tell.
         Poll::Ready(Ok(()))
