@@ -20,7 +20,7 @@ use crate::store::Store;
 use crate::systemd;
 use crate::transport::admission::Admission;
 use crate::transport::connection::ConnectionConfig;
-use crate::transport::lane::Lane;
+use crate::transport::lane;
 use crate::transport::tcp;
 use crate::transport::tls::Tls;
 use crate::watchdog::{self, Heartbeats};
@@ -45,14 +45,13 @@ pub fn run(config: Config) -> Result<(), String> {
         n => n,
     };
     let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
-    let lane = Lane::new();
     let (stop, stopped) = smol::channel::bounded::<()>(1);
     let watchdog_interval = systemd::watchdog_interval();
     let heartbeats = watchdog_interval
         .map(|interval| Heartbeats::new(threads, watchdog::probe_period(interval)));
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (executor, lane) = (executor.clone(), lane.clone());
+        let executor = executor.clone();
         let stopped = stopped.clone();
         let heartbeats = heartbeats.clone();
         let worker = thread::Builder::new()
@@ -63,7 +62,7 @@ pub fn run(config: Config) -> Result<(), String> {
                         stopped.recv().await.ok();
                     };
                     // The lane's loop never ends: the stop signal or a failed probe does.
-                    let stop = stop.or(lane.run());
+                    let stop = stop.or(lane::run());
                     match &heartbeats {
                         Some(heartbeats) => stop.or(heartbeats.probe(i)).await,
                         None => stop.await,
@@ -158,7 +157,6 @@ pub fn run(config: Config) -> Result<(), String> {
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,
             broker.clone(),
-            lane.clone(),
             conn_config,
             admission.listener(listener.max_connections),
         )));

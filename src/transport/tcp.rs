@@ -14,7 +14,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 
 use super::admission::{ListenerAdmission, Verdict};
 use super::connection::{self, ConnectionConfig, Proxied};
-use super::lane::Lane;
+use super::lane;
 use super::tls::common_name;
 use super::ws::{self, WsStream};
 use super::{Rewind, Stream};
@@ -192,7 +192,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
 pub async fn accept_loop(
     listener: Async<TcpListener>,
     broker: Arc<Broker>,
-    lane: Arc<Lane>,
     config: Arc<ConnectionConfig>,
     admission: ListenerAdmission,
 ) {
@@ -205,7 +204,7 @@ pub async fn accept_loop(
                 let (broker, config) = (broker.clone(), config.clone());
                 if wrapped {
                     let task = serve_wrapped(stream, peer, broker, config, admission.clone());
-                    lane.spawn(task);
+                    lane::spawn(task);
                 } else {
                     // Spawned as it is: a wrapper's own copy of the arguments would be
                     // part of every idle connection's task.
@@ -219,7 +218,7 @@ pub async fn accept_loop(
                         BytesMut::new(),
                         None,
                     );
-                    lane.spawn(serving);
+                    lane::spawn(serving);
                 }
             }
             Err(e) => {

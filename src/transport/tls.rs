@@ -169,7 +169,9 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, contents, &input[header + len..]))
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for futures_rustls::server::TlsStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream
+    for futures_rustls::server::TlsStream<S>
+{
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Decrypted bytes may already be buffered: let the read itself tell.
         Poll::Ready(Ok(()))
