@@ -71,14 +71,26 @@ pub fn decode(
     version: ProtocolVersion,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    match next_frame(buf, max_packet_size)? {
+        Some(frame) => decode_frame(frame, version).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Takes one whole frame off the front of `buf` if it has arrived. A hot loop decodes
+/// it with [`decode_frame`] rather than calling [`decode`]: a `Packet` is a few hundred
+/// bytes (the v5 properties inline), and wrapping it in an `Option` costs a copy.
+pub fn next_frame(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Option<Bytes>, DecodeError> {
     let Some(len) = frame_len(buf, max_packet_size)? else {
         return Ok(None);
     };
     if buf.len() < len {
         return Ok(None);
     }
-    let frame = buf.split_to(len).freeze();
-    decode_frame(frame, version).map(Some)
+    Ok(Some(buf.split_to(len).freeze()))
 }
 
 /// Splits a whole frame into its first byte and body; refuses anything that is not

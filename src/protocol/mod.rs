@@ -15,6 +15,7 @@ mod tests;
 
 pub use codec::{
     ConnectError, OutgoingPublish, decode, decode_connect_frame, decode_frame, encode, frame_len,
+    next_frame,
 };
 pub use packet::*;
 pub use properties::Properties;

@@ -721,9 +721,13 @@ impl<S: Stream> Connected<S> {
                 // Leave the rest buffered until the subscriber it feeds has drained.
                 return Ok(());
             }
-            match protocol::decode(&mut self.rbuf, version, max_packet) {
-                Ok(Some(packet)) => self.client.handle(packet, now)?,
+            let frame = match protocol::next_frame(&mut self.rbuf, max_packet) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
+                Err(e) => return Err(Close::new(e.code, e.what)),
+            };
+            match protocol::decode_frame(frame, version) {
+                Ok(packet) => self.client.handle(packet, now)?,
                 Err(e) => return Err(Close::new(e.code, e.what)),
             }
         }
