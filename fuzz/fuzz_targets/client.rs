@@ -24,7 +24,7 @@ fn connect(broker: &Arc<Broker>, auth: &Arc<AuthPolicy>, id: &str, version: Prot
         will: None,
         username: None,
         password: None,
-        properties: Properties { session_expiry_interval: Some(60), topic_alias_maximum: Some(4), ..Default::default() },
+        properties: Properties::from(PropertyValues { session_expiry_interval: Some(60), topic_alias_maximum: Some(4), ..Default::default() }),
     };
     let peer = ([127, 0, 0, 1], 1883).into();
     match Client::connect(broker, auth, connect, None, (peer, &Arc::new("fuzz".to_string())), Instant::now()) {

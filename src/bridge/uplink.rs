@@ -30,8 +30,8 @@ use super::rules::Rules;
 use super::settings::BridgeSettings;
 use crate::broker::session::NEVER_EXPIRES;
 use crate::protocol::{
-    self, Ack, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    RetainHandling, Subscribe,
+    self, Ack, Connect, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish,
+    QoS, ReasonCode, RetainHandling, Subscribe,
 };
 use crate::throttle::Throttle;
 use crate::transport::Stream;
@@ -127,11 +127,11 @@ impl Uplink {
         let receive_maximum = link.as_ref().map_or(1, |l| l.receive_maximum.max(1));
         let keep_alive = link.as_ref().map_or(Duration::ZERO, |l| l.keep_alive);
         let mut to_local = BytesMut::new();
-        let properties = Properties {
+        let properties = Properties::from(PropertyValues {
             session_expiry_interval: Some(NEVER_EXPIRES),
             receive_maximum: Some(receive_maximum),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         let connect = Connect {
             protocol: LOCAL,
             bridge: false,
@@ -297,8 +297,10 @@ impl Uplink {
                 match self.rules.inbound(publish.topic.as_str()) {
                     Some(local_topic) => {
                         publish.topic = local_topic.into();
-                        publish.properties.subscription_identifiers.clear();
-                        publish.properties.topic_alias = None;
+                        if let Some(properties) = publish.properties.get_mut() {
+                            properties.subscription_identifiers.clear();
+                            properties.topic_alias = None;
+                        }
                         self.send_local(&Packet::Publish(publish));
                     }
                     None => {
@@ -349,7 +351,7 @@ impl Uplink {
                 }
             }
             Packet::Disconnect(d) => {
-                let why = d.properties.reason_string.unwrap_or_default();
+                let why = d.properties.reason_string.clone().unwrap_or_default();
                 self.end(format!("the remote sent DISCONNECT {} {why}", d.code));
             }
             _ => {}

@@ -137,10 +137,10 @@ struct Hold {
 fn refuse(version: ProtocolVersion, code: ReasonCode, reason: impl Into<String>) -> ConnectOutcome {
     let reason = reason.into();
     let mut connack = BytesMut::new();
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         reason_string: Some(reason.clone()),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     encode(
         &Packet::ConnAck(ConnAck {
             session_present: false,
@@ -631,7 +631,8 @@ impl Client {
                     "PUBLISH from a client carries a subscription identifier",
                 ));
             }
-            if let Some(alias) = p.properties.topic_alias.take() {
+            let alias = p.properties.get_mut().and_then(|p| p.topic_alias.take());
+            if let Some(alias) = alias {
                 if alias > self.broker.settings.topic_alias_maximum {
                     return Err(Close::new(
                         ReasonCode::TOPIC_ALIAS_INVALID,
@@ -1251,10 +1252,10 @@ impl Client {
     /// The DISCONNECT to send a v5 client before closing, where there is one to send.
     pub fn write_disconnect(&mut self, close: &Close) {
         if self.v5() && !close.by_client && close.code.is_error() {
-            let properties = Properties {
+            let properties = Properties::from(PropertyValues {
                 reason_string: Some(close.reason.to_string()),
-                ..Properties::default()
-            };
+                ..PropertyValues::default()
+            });
             self.send(&Packet::Disconnect(Disconnect {
                 code: close.code,
                 properties,
@@ -1464,10 +1465,10 @@ mod tests {
     fn qos1_delivery_waits_for_the_receive_maximum() {
         let broker = Broker::new(Settings::default());
         let now = Instant::now();
-        let props = Properties {
+        let props = Properties::from(PropertyValues {
             receive_maximum: Some(2),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
         let mut publisher = connect(
             &broker,
@@ -1575,10 +1576,10 @@ mod tests {
     fn outbound_topic_aliases_replace_repeated_topics() {
         let broker = Broker::new(Settings::default());
         let now = Instant::now();
-        let props = Properties {
+        let props = Properties::from(PropertyValues {
             topic_alias_maximum: Some(1),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
         sub.handle(subscribe("#", QoS::AtMostOnce), now).unwrap();
         drain(&mut sub);
@@ -1618,10 +1619,10 @@ mod tests {
         let broker = Broker::new(Settings::default());
         let next_due = |b: &Broker| *b.next_due.lock().unwrap();
         let now = Instant::now();
-        let expiring = Properties {
+        let expiring = Properties::from(PropertyValues {
             session_expiry_interval: Some(10),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         connect(&broker, "leaves", ProtocolVersion::V5, true, expiring).connection_lost(now);
         // A clean session goes at once and leaves nothing due.
         connect(

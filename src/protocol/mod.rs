@@ -18,6 +18,6 @@ pub use codec::{
     next_frame,
 };
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, PropertyValues};
 pub use reason::ReasonCode;
 pub use wire::DecodeError;

@@ -1,12 +1,22 @@
 //! MQTT 5.0 properties (spec section 2.2.2): one struct for all of them, decoded with the
 //! rules of the packet they arrive in (which properties it may carry, which may repeat).
 
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::wire::{DecodeError, Reader, put_binary, put_str, put_vbi};
 
+/// A packet's properties: boxed, and absent when there are none. Most packets carry
+/// none, and a `Packet` is moved by value through the codec and the broker: 8 bytes of
+/// properties where the values take 344. Reads see [`PropertyValues::EMPTY`] when there
+/// are none; the first write makes the box.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Properties {
+pub struct PropertyValues {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -34,6 +44,84 @@ pub struct Properties {
     pub wildcard_subscription_available: Option<u8>,
     pub subscription_identifier_available: Option<u8>,
     pub shared_subscription_available: Option<u8>,
+}
+
+impl PropertyValues {
+    pub const EMPTY: PropertyValues = PropertyValues {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+}
+
+static EMPTY: PropertyValues = PropertyValues::EMPTY;
+
+impl Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_default()
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Properties {
+        if values == PropertyValues::EMPTY {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(values)))
+        }
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Properties {
+    /// The values to change, without making a box when there are none: for removals
+    /// on a hot path, where `DerefMut` would allocate an empty one.
+    pub fn get_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
 }
 
 /// Where a property list stands; each property is allowed in some of these only.
@@ -147,7 +235,7 @@ impl Properties {
             return Ok(Properties::default());
         }
         let mut r = Reader::new(r.take(len, "properties")?);
-        let mut p = Properties::default();
+        let mut p = PropertyValues::default();
         while r.remaining() > 0 {
             let id = r.vbi("property identifier")?;
             let (name, allowed) = u8::try_from(id).ok().and_then(describe).ok_or_else(|| {
@@ -232,9 +320,20 @@ impl Properties {
                 _ => unreachable!("describe() lists every identifier handled here"),
             }
         }
-        Ok(p)
+        Ok(p.into())
     }
 
+    /// The inverse of [`PropertyValues::forwarded_message_properties`], for tests.
+    #[cfg(test)]
+    pub fn from_forwarded(encoded: &Bytes) -> Properties {
+        let mut framed = BytesMut::with_capacity(encoded.len() + 4);
+        put_vbi(&mut framed, encoded.len());
+        framed.put_slice(encoded);
+        Properties::decode(&mut Reader::new(framed.freeze()), Context::Publish).unwrap_or_default()
+    }
+}
+
+impl PropertyValues {
     /// Writes the property length and the properties.
     pub fn encode(&self, buf: &mut BytesMut) {
         let mut body = Vec::new();
@@ -314,25 +413,16 @@ impl Properties {
     /// subscribers ([MQTT-3.3.2-...]: payload format, content type, response topic,
     /// correlation data, user properties), encoded once so each delivery copies bytes.
     pub fn forwarded_message_properties(&self) -> Bytes {
-        let forwarded = Properties {
+        let forwarded = PropertyValues {
             payload_format_indicator: self.payload_format_indicator,
             content_type: self.content_type.clone(),
             response_topic: self.response_topic.clone(),
             correlation_data: self.correlation_data.clone(),
             user_properties: self.user_properties.clone(),
-            ..Properties::default()
+            ..PropertyValues::default()
         };
         let mut body = Vec::new();
         forwarded.encode_body(&mut body);
         Bytes::from(body)
-    }
-
-    /// The inverse of [`Properties::forwarded_message_properties`], for tests.
-    #[cfg(test)]
-    pub fn from_forwarded(encoded: &Bytes) -> Properties {
-        let mut framed = BytesMut::with_capacity(encoded.len() + 4);
-        put_vbi(&mut framed, encoded.len());
-        framed.put_slice(encoded);
-        Properties::decode(&mut Reader::new(framed.freeze()), Context::Publish).unwrap_or_default()
     }
 }

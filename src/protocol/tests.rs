@@ -14,15 +14,15 @@ fn round_trip(packet: Packet, version: ProtocolVersion) {
     assert!(buf.is_empty());
 }
 
-fn all_properties() -> Properties {
-    Properties {
+fn all_properties() -> PropertyValues {
+    PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(60),
         content_type: Some("text/plain".into()),
         response_topic: Some("reply/to".into()),
         correlation_data: Some(Bytes::from_static(b"\x00\x01")),
         user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
-        ..Properties::default()
+        ..PropertyValues::default()
     }
 }
 
@@ -38,14 +38,14 @@ fn v5_connect() -> Connect {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 will_delay_interval: Some(5),
                 ..all_properties()
-            },
+            }),
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval: Some(100),
             receive_maximum: Some(10),
             maximum_packet_size: Some(4096),
@@ -55,8 +55,8 @@ fn v5_connect() -> Connect {
             authentication_method: Some("SCRAM".into()),
             authentication_data: Some(Bytes::from_static(b"x")),
             user_properties: vec![("a".into(), "b".into())],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     }
 }
 
@@ -75,7 +75,7 @@ fn connect_round_trips_in_every_version() {
 
 #[test]
 fn connack_round_trips() {
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         session_expiry_interval: Some(1),
         assigned_client_identifier: Some("auto-1".into()),
         server_keep_alive: Some(20),
@@ -92,8 +92,8 @@ fn connack_round_trips() {
         shared_subscription_available: Some(1),
         authentication_method: Some("m".into()),
         authentication_data: Some(Bytes::from_static(b"d")),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     round_trip(
         Packet::ConnAck(ConnAck {
             session_present: true,
@@ -135,11 +135,11 @@ fn publish_round_trips_with_all_message_properties() {
         retain: true,
         topic: "a/b".into(),
         packet_id: 7,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             topic_alias: Some(3),
             subscription_identifiers: vec![1, 300_000],
             ..all_properties()
-        },
+        }),
         payload: Bytes::from_static(b"hello"),
     };
     round_trip(Packet::Publish(publish.clone()), ProtocolVersion::V5);
@@ -174,10 +174,10 @@ fn acks_round_trip() {
     let with_reason = Ack {
         packet_id: 1,
         code: ReasonCode::NO_MATCHING_SUBSCRIBERS,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             reason_string: Some("none".into()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     };
     round_trip(Packet::PubAck(with_reason.clone()), ProtocolVersion::V5);
     round_trip(
@@ -199,10 +199,10 @@ fn subscribe_family_round_trips() {
     };
     let subscribe = Subscribe {
         packet_id: 3,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             subscription_identifiers: vec![42],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         filters: vec![
             ("a/+".into(), options),
             ("$share/g/b/#".into(), SubscriptionOptions::default()),
@@ -223,10 +223,10 @@ fn subscribe_family_round_trips() {
     round_trip(Packet::Subscribe(v3), ProtocolVersion::V311);
     let suback = SubAck {
         packet_id: 3,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             reason_string: Some("r".into()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         codes: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::NOT_AUTHORIZED],
     };
     round_trip(Packet::SubAck(suback.clone()), ProtocolVersion::V5);
@@ -241,10 +241,10 @@ fn subscribe_family_round_trips() {
     );
     let unsubscribe = Unsubscribe {
         packet_id: 5,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             user_properties: vec![("x".into(), "y".into())],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         filters: vec!["a/+".into(), "b".into()],
     };
     round_trip(Packet::Unsubscribe(unsubscribe), ProtocolVersion::V5);
@@ -263,21 +263,21 @@ fn small_packets_round_trip() {
     }
     let disconnect = Disconnect {
         code: ReasonCode::SESSION_TAKEN_OVER,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval: Some(0),
             server_reference: Some("x".into()),
             reason_string: Some("y".into()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     };
     round_trip(Packet::Disconnect(disconnect), ProtocolVersion::V5);
     let auth = Auth {
         code: ReasonCode::CONTINUE_AUTHENTICATION,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             authentication_method: Some("m".into()),
             authentication_data: Some(Bytes::from_static(b"1")),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     };
     round_trip(Packet::Auth(auth), ProtocolVersion::V5);
 }
@@ -478,10 +478,10 @@ fn outgoing_publish_length_matches_encoding() {
             assert_eq!(d.properties.subscription_identifiers, vec![1, 200]);
             assert_eq!(
                 Properties::from_forwarded(&forwarded),
-                Properties {
+                Properties::from(PropertyValues {
                     message_expiry_interval: None,
                     ..all_properties()
-                }
+                })
             );
         }
         other => panic!("{other:?}"),
@@ -495,4 +495,41 @@ fn fuzz_findings_are_errors_not_panics() {
     assert!(decode_connect_frame(Bytes::from_static(&[0x10])).is_err());
     assert!(decode_frame(Bytes::from_static(&[0x30, 0x05, 0x00]), ProtocolVersion::V5).is_err());
     assert!(decode_frame(Bytes::from_static(&[0xC0, 0x80]), ProtocolVersion::V5).is_err());
+}
+
+/// A packet is moved by value through the codec and the broker: its properties are
+/// one pointer, made only when a packet carries some.
+#[test]
+fn packets_are_small_and_properties_boxed_only_when_present() {
+    assert!(
+        size_of::<Packet>() <= 96,
+        "Packet is {} bytes",
+        size_of::<Packet>()
+    );
+    let bare = Publish {
+        topic: "t".into(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        dup: false,
+        packet_id: 0,
+        properties: Properties::default(),
+    };
+    let mut with = bare.clone();
+    with.properties.content_type = Some("text/plain".into());
+    for (publish, boxed) in [(bare, false), (with, true)] {
+        let mut buf = BytesMut::new();
+        encode(
+            &Packet::Publish(publish.clone()),
+            ProtocolVersion::V5,
+            &mut buf,
+        );
+        let Some(Packet::Publish(mut decoded)) =
+            decode(&mut buf, ProtocolVersion::V5, 1 << 20).unwrap()
+        else {
+            panic!("a publish decodes as one");
+        };
+        assert_eq!(decoded, publish);
+        assert_eq!(decoded.properties.get_mut().is_some(), boxed);
+    }
 }

@@ -348,10 +348,10 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
     }
     if let Some((code, why)) = refusal {
         LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{why} ({code})"));
-        let properties = protocol::Properties {
+        let properties = protocol::Properties::from(protocol::PropertyValues {
             reason_string: Some(why),
-            ..protocol::Properties::default()
-        };
+            ..protocol::PropertyValues::default()
+        });
         let connack = protocol::ConnAck {
             session_present: false,
             code,
