@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use tern::auth::AuthPolicy;
 use tern::broker::{Broker, Client, ConnectOutcome, Settings};
 use tern::protocol::{
-    Connect, Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions, decode,
+    Connect, Packet, Properties, PropertyValues, ProtocolVersion, QoS, Subscribe, SubscriptionOptions, decode,
 };
 
 fn connect(broker: &Arc<Broker>, auth: &Arc<AuthPolicy>, id: &str, version: ProtocolVersion) -> Option<Box<Client>> {

@@ -1461,6 +1461,49 @@ mod tests {
         assert_eq!(broker.keep_alive.lock().unwrap().len(), 1);
     }
 
+    /// A burst grows a subscriber's queue; once the subscriber has read it, the
+    /// broker's tick gives the buffer back and stops watching the session.
+    #[test]
+    fn a_drained_burst_gives_its_queue_buffer_back_on_the_tick() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut slow = connect(
+            &broker,
+            "slow",
+            ProtocolVersion::V5,
+            true,
+            Properties::default(),
+        );
+        slow.handle(subscribe("b/#", QoS::AtMostOnce), now).unwrap();
+        let mut publisher = connect(
+            &broker,
+            "pub",
+            ProtocolVersion::V5,
+            true,
+            Properties::default(),
+        );
+        let burst = 4 * crate::broker::session::QUEUE_KEPT;
+        for _ in 0..burst {
+            publisher
+                .handle(publish("b/1", QoS::AtMostOnce, 0), now)
+                .unwrap();
+        }
+        publisher.flush_publishes();
+        let session = slow.session.clone();
+        let capacity = || session.lock().queue.capacity();
+        assert!(capacity() >= burst);
+        broker.tick(now);
+        assert!(capacity() >= burst, "not drained yet: kept");
+        assert_eq!(broker.grown_queues.lock().unwrap().len(), 1);
+        drain(&mut slow);
+        slow.pump(now).unwrap();
+        assert!(session.lock().queue.is_empty());
+        assert!(capacity() >= burst, "drained: kept until the tick");
+        broker.tick(now);
+        assert_eq!(capacity(), 0);
+        assert!(broker.grown_queues.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn qos1_delivery_waits_for_the_receive_maximum() {
         let broker = Broker::new(Settings::default());

@@ -28,7 +28,8 @@ use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
 use session::{
-    CloseReason, Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState, Subscription,
+    CloseReason, Delivered, Inflight, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionState,
+    Subscription,
 };
 use table::SessionTable;
 
@@ -148,6 +149,9 @@ pub struct Broker {
     /// The connections with a keep-alive, for [`Broker::tick`] to wake those gone
     /// silent: one shared sweep a second instead of a timer in every connection.
     keep_alive: Mutex<Vec<Weak<Link>>>,
+    /// Sessions whose queue grew past [`session::QUEUE_KEPT`]: [`Broker::tick`] gives
+    /// the room back once they have drained.
+    grown_queues: Mutex<Vec<Weak<Session>>>,
     /// Zero of [`Broker::clock_ms`].
     epoch: Instant,
 }
@@ -213,6 +217,7 @@ impl Broker {
             alarms: Mutex::new(Vec::new()),
             next_due: Mutex::new(None),
             keep_alive: Mutex::new(Vec::new()),
+            grown_queues: Mutex::new(Vec::new()),
             epoch: Instant::now(),
         });
         if let Some(loaded) = loaded {
@@ -827,17 +832,14 @@ impl Broker {
         let mut pressure = None;
         let first = reached.len() - messages.len();
         for (session, deliveries) in staged {
-            let (pressured, dropped, refused) =
-                session.deliver(deliveries, &limits, self.store.as_deref(), ops);
-            self.metrics
-                .dropped_queue_full
-                .fetch_add(dropped, Ordering::Relaxed);
-            for message in refused {
+            let delivered = session.deliver(deliveries, &limits, self.store.as_deref(), ops);
+            self.count_delivered(&session, &delivered);
+            for message in delivered.refused {
                 if let Some(i) = messages.iter().position(|m| Arc::ptr_eq(m, &message)) {
                     reached[first + i] = REFUSED;
                 }
             }
-            if pressured && pressure.is_none() {
+            if delivered.pressure && pressure.is_none() {
                 pressure = Some(session);
             }
         }
@@ -846,18 +848,49 @@ impl Broker {
 
     /// Queues one delivery outside a publish (retained on SUBSCRIBE, a shared message
     /// handed on), counting it if the session's queue drops it.
-    fn enqueue(&self, session: &Session, delivery: Delivery) {
+    fn enqueue(&self, session: &Arc<Session>, delivery: Delivery) {
         let mut ops = Vec::new();
-        let (_, dropped, _) = session.deliver(
+        let delivered = session.deliver(
             vec![delivery],
             &self.queue_limits(),
             self.store.as_deref(),
             &mut ops,
         );
         self.submit(ops);
+        self.count_delivered(session, &delivered);
+    }
+
+    /// Counts what a session's queue dropped, and watches a queue that grew.
+    fn count_delivered(&self, session: &Arc<Session>, delivered: &Delivered) {
         self.metrics
             .dropped_queue_full
-            .fetch_add(dropped, Ordering::Relaxed);
+            .fetch_add(delivered.dropped, Ordering::Relaxed);
+        if delivered.grew {
+            self.grown_queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(session));
+        }
+    }
+
+    /// Shrinks the queues that grew in a burst and have drained since; keeps watching
+    /// those still large.
+    fn shrink_grown_queues(&self) {
+        let mut grown = self.grown_queues.lock().unwrap_or_else(|p| p.into_inner());
+        if grown.is_empty() {
+            return;
+        }
+        grown.retain(|session| {
+            session
+                .upgrade()
+                .is_some_and(|session| session.lock().shrink_queue())
+        });
+        if grown.is_empty() {
+            *grown = Vec::new();
+            // Once every burst has drained: trimming while queues are still busy
+            // would hand back pages they take again at once (fan-out lost 3-4 %).
+            release_freed_memory();
+        }
     }
 
     /// Keeps (or, for an empty payload, deletes) a topic's retained message, within
@@ -913,6 +946,7 @@ impl Broker {
             self.end_due_sessions(now);
         }
         self.wake_silent(now);
+        self.shrink_grown_queues();
         self.retained
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1093,4 +1127,16 @@ fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
         d.subscription_ids.extend(m.subscription.id);
     }
     delivery
+}
+
+/// Hands the pages a drained burst freed back to the system. glibc keeps freed memory
+/// for reuse and returns only the top of its heap, so the burst's messages, freed
+/// between longer-lived allocations, would stay in RSS; `malloc_trim` returns every
+/// whole free page. Called at most once a tick, and only once a burst has drained.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -92,18 +92,17 @@ impl Session {
     }
 
     /// Queues several deliveries under one lock and wakes the connection at most once;
-    /// for a stored session, appends the ops that store them to `ops`. Returns whether
-    /// publishers should wait for this session, how many were dropped, and the messages
-    /// a full bridge outbox refused (their publishers must not be acknowledged).
+    /// for a stored session, appends the ops that store them to `ops`.
     pub fn deliver(
         &self,
         deliveries: Vec<Delivery>,
         limits: &QueueLimits,
         store: Option<&Store>,
         ops: &mut Vec<Op>,
-    ) -> (bool, u64, Vec<Arc<Message>>) {
+    ) -> Delivered {
         let mut st = self.lock();
         let was_empty = st.queue.is_empty();
+        let kept_before = st.queue.capacity() <= QUEUE_KEPT;
         let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
         let mut refused = Vec::new();
         let store = store.filter(|_| st.stored).map(|s| (s, self.sid));
@@ -121,13 +120,36 @@ impl Session {
         }
         let wake = overflow || (was_empty && !st.queue.is_empty());
         let link = if wake { st.link.clone() } else { None };
+        let grew = kept_before && st.queue.capacity() > QUEUE_KEPT;
         drop(st);
         if let Some(link) = link {
             link.notify();
         }
-        (pressure, dropped, refused)
+        Delivered {
+            pressure,
+            dropped,
+            refused,
+            grew,
+        }
     }
 }
+
+/// What [`Session::deliver`] did.
+pub struct Delivered {
+    /// Publishers should wait for this session to drain.
+    pub pressure: bool,
+    pub dropped: u64,
+    /// Messages a full bridge outbox refused: their publishers must not be acknowledged.
+    pub refused: Vec<Arc<Message>>,
+    /// The queue's buffer grew past [`QUEUE_KEPT`]: the broker watches it until
+    /// [`SessionState::shrink_queue`] has given the burst's room back.
+    pub grew: bool,
+}
+
+/// Deliveries' room a queue keeps between bursts (64 bytes each). A queue that grew
+/// past it is shrunk by the broker's tick once drained, not as it drains: giving the
+/// buffer back on every drain cost fan-out about 10 % in page faults.
+pub const QUEUE_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -440,6 +462,21 @@ impl SessionState {
             outbox: None,
             dropped: 0,
         }
+    }
+
+    /// Gives back what a drained burst left in the queue's buffer: all of it when the
+    /// queue is empty, else down to twice what it holds. Whether the buffer is still
+    /// larger than [`QUEUE_KEPT`].
+    pub fn shrink_queue(&mut self) -> bool {
+        let Some(queue) = self.queue.get_mut() else {
+            return false;
+        };
+        if queue.len() * 4 <= queue.capacity() {
+            queue.shrink_to(queue.len() * 2);
+        }
+        let still_large = queue.capacity() > QUEUE_KEPT;
+        self.queue.tidy();
+        still_large
     }
 
     /// Adds or replaces a subscription; whether one to that filter existed.

@@ -241,6 +241,25 @@ class RawClient:
                 return None
             self.buf += chunk
 
+    def read_bytes(self, n, timeout=30.0):
+        """Reads and discards `n` bytes, what is buffered included; how many arrived
+        before the timeout or the close."""
+        got, self.buf = len(self.buf), b""
+        deadline = time.monotonic() + timeout
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            got += len(chunk)
+        return got
+
     def recv_kind(self, kind, timeout=5.0):
         while True:
             p = self.recv(timeout)

@@ -178,3 +178,39 @@ def test_publish_storm_from_one_client_does_not_starve_others(make_broker):
         assert other_sub.expect(timeout=5).payload == b"hello"
     grown = rss_kb(broker.proc.pid) - before
     assert grown < 64_000, f"RSS grew by {grown} KiB"
+
+
+def test_a_drained_burst_gives_its_queue_memory_back(make_broker):
+    """A burst queued for a subscriber that stopped reading takes memory (bounded by the
+    queue limits); once the subscriber has read it, the broker's tick gives the queue's
+    buffer back, and RSS falls most of the way to where it was."""
+    broker = make_broker(
+        "[limits]\nmax_queued_messages = 200000\nmax_queued_bytes = 100000000\n"
+        "stall_timeout_ms = 20\n"
+    )
+    sub = RawClient(broker.host, broker.port, version=4, rcvbuf=4096)
+    sub.connect("slow-reader", version=4)
+    sub.send(packet(0x82, b"\x00\x01" + s("burst/#") + b"\x00"))
+    assert sub.recv().kind == 9
+    before = rss_kb(broker.proc.pid)
+    one = bytes([0x30, 2 + 7 + 64, 0, 7]) + b"burst/t" + b"p" * 64
+    burst = 150_000
+    storm = RawClient(broker.host, broker.port, version=4)
+    storm.connect("burster", version=4)
+    for _ in range(burst // 1000):
+        storm.send(one * 1000)
+    # The burst is queued once RSS stops growing.
+    peak, last = 0, -1
+    while peak != last:
+        last = peak
+        time.sleep(0.5)
+        peak = rss_kb(broker.proc.pid)
+    received = sub.read_bytes(burst * len(one), timeout=60)
+    assert received == burst * len(one)
+    time.sleep(2.5)
+    after = rss_kb(broker.proc.pid)
+    print(f"RSS before {before} KiB, with the burst queued {peak}, after {after}")
+    assert peak - before > 10_000, f"the burst took only {peak - before} KiB"
+    assert after - before < (peak - before) / 3, (
+        f"RSS {before} -> {peak} with the burst queued -> {after} KiB after it drained"
+    )
