@@ -551,7 +551,12 @@ impl Broker {
         st.link = Some(link.clone());
         let generation = st.generation;
         let ticket = self.store_opened(&session, &mut st, had_will);
+        // A stored queue read back is a burst like any other.
+        let grown = st.queue.capacity() > session::QUEUE_KEPT;
         drop(st);
+        if grown {
+            self.watch_grown_queue(&session);
+        }
         if link.keep_alive > 0 {
             let mut watched = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
             watched.push(Arc::downgrade(link));
@@ -866,11 +871,15 @@ impl Broker {
             .dropped_queue_full
             .fetch_add(delivered.dropped, Ordering::Relaxed);
         if delivered.grew {
-            self.grown_queues
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Arc::downgrade(session));
+            self.watch_grown_queue(session);
         }
+    }
+
+    fn watch_grown_queue(&self, session: &Arc<Session>) {
+        self.grown_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(session));
     }
 
     /// Shrinks the queues that grew in a burst and have drained since; keeps watching
