@@ -1386,6 +1386,11 @@ mod tests {
         }
     }
 
+    /// A clean-start client without CONNECT properties.
+    fn plain(broker: &Arc<Broker>, id: &str, version: ProtocolVersion) -> Box<Client> {
+        connect(broker, id, version, true, Properties::default())
+    }
+
     fn drain(c: &mut Client) -> Vec<Packet> {
         let mut out = Vec::new();
         while let Some(p) = decode(&mut c.out, c.version, usize::MAX).unwrap() {
@@ -1425,20 +1430,8 @@ mod tests {
         let broker = Broker::new(Settings::default());
         let at = |secs| Instant::now() + Duration::from_secs(secs);
         // Both with a keep-alive of 10 s.
-        let quiet = connect(
-            &broker,
-            "quiet",
-            ProtocolVersion::V311,
-            true,
-            Properties::default(),
-        );
-        let mut chatty = connect(
-            &broker,
-            "chatty",
-            ProtocolVersion::V5,
-            true,
-            Properties::default(),
-        );
+        let quiet = plain(&broker, "quiet", ProtocolVersion::V311);
+        let mut chatty = plain(&broker, "chatty", ProtocolVersion::V5);
         chatty.handle(Packet::PingReq, at(10)).unwrap();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         broker.tick(at(14));
@@ -1467,21 +1460,9 @@ mod tests {
     fn a_drained_burst_gives_its_queue_buffer_back_on_the_tick() {
         let broker = Broker::new(Settings::default());
         let now = Instant::now();
-        let mut slow = connect(
-            &broker,
-            "slow",
-            ProtocolVersion::V5,
-            true,
-            Properties::default(),
-        );
+        let mut slow = plain(&broker, "slow", ProtocolVersion::V5);
         slow.handle(subscribe("b/#", QoS::AtMostOnce), now).unwrap();
-        let mut publisher = connect(
-            &broker,
-            "pub",
-            ProtocolVersion::V5,
-            true,
-            Properties::default(),
-        );
+        let mut publisher = plain(&broker, "pub", ProtocolVersion::V5);
         let burst = 4 * crate::broker::session::QUEUE_KEPT;
         for _ in 0..burst {
             publisher
@@ -1513,13 +1494,7 @@ mod tests {
             ..PropertyValues::default()
         });
         let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
-        let mut publisher = connect(
-            &broker,
-            "pub",
-            ProtocolVersion::V311,
-            true,
-            Properties::default(),
-        );
+        let mut publisher = plain(&broker, "pub", ProtocolVersion::V311);
         sub.handle(subscribe("t/#", QoS::AtLeastOnce), now).unwrap();
         drain(&mut sub);
         for id in 1..=3 {
@@ -1547,22 +1522,10 @@ mod tests {
     fn qos2_inbound_is_delivered_once_and_released() {
         let broker = Broker::new(Settings::default());
         let now = Instant::now();
-        let mut sub = connect(
-            &broker,
-            "sub",
-            ProtocolVersion::V311,
-            true,
-            Properties::default(),
-        );
+        let mut sub = plain(&broker, "sub", ProtocolVersion::V311);
         sub.handle(subscribe("t", QoS::ExactlyOnce), now).unwrap();
         drain(&mut sub);
-        let mut publisher = connect(
-            &broker,
-            "pub",
-            ProtocolVersion::V311,
-            true,
-            Properties::default(),
-        );
+        let mut publisher = plain(&broker, "pub", ProtocolVersion::V311);
         publisher
             .handle(publish("t", QoS::ExactlyOnce, 5), now)
             .unwrap();
@@ -1626,13 +1589,7 @@ mod tests {
         let mut sub = connect(&broker, "sub", ProtocolVersion::V5, true, props);
         sub.handle(subscribe("#", QoS::AtMostOnce), now).unwrap();
         drain(&mut sub);
-        let mut publisher = connect(
-            &broker,
-            "pub",
-            ProtocolVersion::V5,
-            true,
-            Properties::default(),
-        );
+        let mut publisher = plain(&broker, "pub", ProtocolVersion::V5);
         for topic in ["a", "a", "b"] {
             publisher
                 .handle(publish(topic, QoS::AtMostOnce, 0), now)
@@ -1668,14 +1625,7 @@ mod tests {
         });
         connect(&broker, "leaves", ProtocolVersion::V5, true, expiring).connection_lost(now);
         // A clean session goes at once and leaves nothing due.
-        connect(
-            &broker,
-            "clean",
-            ProtocolVersion::V311,
-            true,
-            Properties::default(),
-        )
-        .connection_lost(now);
+        plain(&broker, "clean", ProtocolVersion::V311).connection_lost(now);
         assert_eq!(next_due(&broker), Some(now + Duration::from_secs(10)));
         broker.tick(now + Duration::from_secs(9));
         assert!(broker.sessions().get("leaves").is_some());
