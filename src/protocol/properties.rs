@@ -320,7 +320,17 @@ impl Properties {
                 _ => unreachable!("describe() lists every identifier handled here"),
             }
         }
-        Ok(p.into())
+        // At least one property was read: there is something to box.
+        Ok(Properties(Some(Box::new(p))))
+    }
+
+    /// See [`PropertyValues::forwarded_message_properties`]; nothing to encode, on every
+    /// publish, when the packet carries no properties.
+    pub fn forwarded_message_properties(&self) -> Bytes {
+        match &self.0 {
+            Some(values) => values.forwarded_message_properties(),
+            None => Bytes::new(),
+        }
     }
 
     /// The inverse of [`PropertyValues::forwarded_message_properties`], for tests.
