@@ -132,7 +132,7 @@ pub fn decode_frame(frame: Bytes, version: ProtocolVersion) -> Result<Packet, De
     let mut r = Reader::new(body);
     let packet = match kind {
         CONNECT => Packet::Connect(Box::new(decode_connect(&mut r).map_err(|e| e.error)?)),
-        CONNACK => Packet::ConnAck(decode_connack(&mut r, v5)?),
+        CONNACK => Packet::ConnAck(decode_connack(&mut r, version)?),
         PUBLISH => Packet::Publish(decode_publish(flags, &mut r, v5)?),
         PUBACK => Packet::PubAck(decode_ack(&mut r, v5)?),
         PUBREC => Packet::PubRec(decode_ack(&mut r, v5)?),
@@ -189,10 +189,19 @@ pub fn decode_connect_frame(frame: Bytes) -> Result<Connect, ConnectError> {
     if r.remaining() > 0 {
         return Err(ConnectError {
             error: DecodeError::malformed("CONNECT has bytes after its payload"),
-            answer_in: Some(connect.protocol),
+            answer_in: answer_malformed_in(connect.protocol),
         });
     }
     Ok(connect)
+}
+
+/// How a malformed CONNECT of `protocol` is refused: MQTT 5 answers with a CONNACK
+/// reason code (0x81, 0x90 ...) before closing; MQTT 3.1.1 closes without a CONNACK
+/// ([MQTT-3.1.4-1], [MQTT-3.1.2-3]), since its return codes have no word for
+/// "malformed" and 0x05 would tell the user the wrong thing. MQTT 3.1 states no rule;
+/// Tern closes without a CONNACK there too, as Mosquitto does.
+fn answer_malformed_in(protocol: ProtocolVersion) -> Option<ProtocolVersion> {
+    (protocol == ProtocolVersion::V5).then_some(protocol)
 }
 
 fn decode_connect(r: &mut Reader) -> Result<Connect, ConnectError> {
@@ -225,7 +234,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ConnectError> {
     };
     let answer = |error| ConnectError {
         error,
-        answer_in: Some(protocol),
+        answer_in: answer_malformed_in(protocol),
     };
     decode_connect_rest(r, protocol, bridge).map_err(answer)
 }
@@ -319,7 +328,8 @@ fn decode_connect_rest(
     })
 }
 
-fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
+fn decode_connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
+    let v5 = version == ProtocolVersion::V5;
     let ack_flags = r.u8("connect acknowledge flags")?;
     if ack_flags & 0xFE != 0 {
         return Err(DecodeError::malformed("CONNACK reserved flags set"));
@@ -338,7 +348,8 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
         Properties::default()
     };
     Ok(ConnAck {
-        session_present: ack_flags & 1 != 0,
+        // MQTT 3.1 has no session-present flag.
+        session_present: ack_flags & 1 != 0 && version != ProtocolVersion::V31,
         code,
         properties,
     })
@@ -369,13 +380,9 @@ fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, Decode
     } else {
         Properties::default()
     };
+    // A payload marked UTF-8 that is not is the broker's to refuse (PUBACK 0x99), not
+    // a malformed packet.
     let payload = r.rest();
-    if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
-        return Err(DecodeError::with(
-            ReasonCode::PAYLOAD_FORMAT_INVALID,
-            "payload is marked UTF-8 but is not",
-        ));
-    }
     Ok(Publish {
         dup,
         qos,
@@ -524,7 +531,9 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
     match packet {
         Packet::Connect(c) => put_packet(buf, CONNECT << 4, |b| encode_connect(c, b)),
         Packet::ConnAck(c) => put_packet(buf, CONNACK << 4, |b| {
-            b.put_u8(c.session_present as u8);
+            // MQTT 3.1 has no session-present flag: its first byte is reserved.
+            let session_present = c.session_present && version != ProtocolVersion::V31;
+            b.put_u8(session_present as u8);
             if v5 {
                 b.put_u8(c.code.0);
                 c.properties.encode(b);
@@ -586,6 +595,55 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
             a.properties.encode(b);
         }),
     }
+}
+
+/// Appends `packet` for a peer that accepts packets of at most `limit` bytes (its
+/// Maximum Packet Size), leaving out the Reason String and User Properties when only
+/// they make it too large: the one thing a sender may leave out to make a packet fit
+/// ([MQTT-3.2.2-19], [MQTT-3.2.2-20], and the same rule for every other packet).
+/// False when it does not fit even then; nothing is appended.
+pub fn encode_within(
+    packet: &Packet,
+    version: ProtocolVersion,
+    limit: usize,
+    buf: &mut BytesMut,
+) -> bool {
+    let start = buf.len();
+    encode(packet, version, buf);
+    if buf.len() - start <= limit {
+        return true;
+    }
+    buf.truncate(start);
+    let mut plain = packet.clone();
+    let stripped = match &mut plain {
+        Packet::ConnAck(ConnAck { properties, .. })
+        | Packet::PubAck(Ack { properties, .. })
+        | Packet::PubRec(Ack { properties, .. })
+        | Packet::PubRel(Ack { properties, .. })
+        | Packet::PubComp(Ack { properties, .. })
+        | Packet::SubAck(SubAck { properties, .. })
+        | Packet::UnsubAck(SubAck { properties, .. })
+        | Packet::Disconnect(Disconnect { properties, .. })
+        | Packet::Auth(Auth { properties, .. }) => match properties.get_mut() {
+            Some(values)
+                if values.reason_string.is_some() || !values.user_properties.is_empty() =>
+            {
+                values.reason_string = None;
+                values.user_properties.clear();
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if stripped {
+        encode(&plain, version, buf);
+        if buf.len() - start <= limit {
+            return true;
+        }
+        buf.truncate(start);
+    }
+    false
 }
 
 fn encode_connect(c: &Connect, b: &mut BytesMut) {

@@ -14,8 +14,8 @@ mod wire;
 mod tests;
 
 pub use codec::{
-    ConnectError, OutgoingPublish, decode, decode_connect_frame, decode_frame, encode, frame_len,
-    next_frame,
+    ConnectError, OutgoingPublish, decode, decode_connect_frame, decode_frame, encode,
+    encode_within, frame_len, next_frame,
 };
 pub use packet::*;
 pub use properties::{Properties, PropertyValues};

@@ -391,12 +391,9 @@ fn malformed_packets_get_the_right_reason_code() {
         decode_error(&[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1], V5),
         ReasonCode::PROTOCOL_ERROR
     );
-    // Payload marked UTF-8 that is not.
-    let bad_payload = [0x30, 0x07, 0x00, 0x01, b'a', 0x02, 0x01, 0x01, 0xFF];
-    assert_eq!(
-        decode_error(&bad_payload, V5),
-        ReasonCode::PAYLOAD_FORMAT_INVALID
-    );
+    // A payload format indicator other than 0 or 1.
+    let bad_indicator = [0x30, 0x07, 0x00, 0x01, b'a', 0x02, 0x01, 0x02, b'x'];
+    assert_eq!(decode_error(&bad_indicator, V5), ReasonCode::PROTOCOL_ERROR);
     // AUTH does not exist in 3.1.1.
     assert_eq!(
         decode_error(&[0xF0, 0x00], V311),
@@ -439,6 +436,17 @@ fn connect_errors_say_how_to_answer() {
     ];
     let e = decode_connect_frame(Bytes::copy_from_slice(&reserved)).unwrap_err();
     assert_eq!(e.error.code, ReasonCode::MALFORMED_PACKET);
+    assert_eq!(e.answer_in, None, "3.1.1 closes without a CONNACK");
+    let mut reserved_v5 = reserved;
+    reserved_v5[8] = 5;
+    let e = decode_connect_frame(Bytes::copy_from_slice(&reserved_v5)).unwrap_err();
+    assert_eq!(e.answer_in, Some(ProtocolVersion::V5), "v5 says 0x81");
+    let reserved_v31 = [
+        0x10, 0x0E, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x03, 0x00, 0x3C, 0x00,
+        0x00,
+    ];
+    let e = decode_connect_frame(Bytes::copy_from_slice(&reserved_v31)).unwrap_err();
+    assert_eq!(e.answer_in, None, "3.1 closes without a CONNACK too");
     let not_connect = [0xC0, 0x00];
     assert_eq!(
         decode_connect_frame(Bytes::copy_from_slice(&not_connect))
@@ -532,4 +540,25 @@ fn packets_are_small_and_properties_boxed_only_when_present() {
         assert_eq!(decoded, publish);
         assert_eq!(decoded.properties.get_mut().is_some(), boxed);
     }
+}
+
+#[test]
+fn an_mqtt_3_1_connack_has_no_session_present_flag() {
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: true,
+        code: ReasonCode::SUCCESS,
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::new();
+    encode(&connack, ProtocolVersion::V31, &mut out);
+    assert_eq!(&out[..], [0x20, 0x02, 0x00, 0x00]);
+    out.clear();
+    encode(&connack, ProtocolVersion::V311, &mut out);
+    assert_eq!(&out[..], [0x20, 0x02, 0x01, 0x00]);
+    let mut reserved = BytesMut::from(&[0x20u8, 0x02, 0x01, 0x00][..]);
+    let Some(Packet::ConnAck(decoded)) = decode(&mut reserved, ProtocolVersion::V31, 64).unwrap()
+    else {
+        panic!("a CONNACK")
+    };
+    assert!(!decoded.session_present);
 }
