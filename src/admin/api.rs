@@ -300,8 +300,10 @@ impl Admin {
     fn metrics(&self) -> Value {
         let m = &self.broker().metrics;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let dropped =
-            get(&m.dropped_queue_full) + get(&m.dropped_too_large) + get(&m.dropped_expired);
+        let dropped = get(&m.dropped_queue_full)
+            + get(&m.dropped_too_large)
+            + get(&m.dropped_expired)
+            + get(&m.dropped_payload_format);
         json!({
             "messages.received": get(&m.messages_received),
             "messages.sent": get(&m.messages_sent),
@@ -315,6 +317,7 @@ impl Admin {
             "messages.dropped.queue_full": get(&m.dropped_queue_full),
             "messages.dropped.too_large": get(&m.dropped_too_large),
             "messages.dropped.expired": get(&m.dropped_expired),
+            "messages.dropped.payload_format_invalid": get(&m.dropped_payload_format),
             "messages.retained": self.broker().retained_count(),
             "bytes.received": get(&m.bytes_received),
             "bytes.sent": get(&m.bytes_sent),

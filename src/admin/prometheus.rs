@@ -115,6 +115,10 @@ pub fn render(broker: &Broker) -> String {
             ("reason=\"too_large\"", get(&m.dropped_too_large)),
             ("reason=\"expired\"", get(&m.dropped_expired)),
             ("reason=\"retained_full\"", get(&m.dropped_retained_full)),
+            (
+                "reason=\"payload_format_invalid\"",
+                get(&m.dropped_payload_format),
+            ),
         ],
     );
     let queued: u64 = clients.iter().map(|c| c.queued as u64).sum();

@@ -134,22 +134,25 @@ struct Hold {
     listener: Option<EventListener>,
 }
 
-fn refuse(version: ProtocolVersion, code: ReasonCode, reason: impl Into<String>) -> ConnectOutcome {
+/// A refusal's CONNACK, with the reason as a Reason String where the client's Maximum
+/// Packet Size leaves room for it (none at all where it leaves room for nothing).
+fn refuse(
+    (version, limit): (ProtocolVersion, usize),
+    code: ReasonCode,
+    reason: impl Into<String>,
+) -> ConnectOutcome {
     let reason = reason.into();
     let mut connack = BytesMut::new();
     let properties = Properties::from(PropertyValues {
         reason_string: Some(reason.clone()),
         ..PropertyValues::default()
     });
-    encode(
-        &Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-            properties,
-        }),
-        version,
-        &mut connack,
-    );
+    let packet = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties,
+    });
+    encode_within(&packet, version, limit, &mut connack);
     ConnectOutcome::Refused {
         code,
         reason,
@@ -186,6 +189,38 @@ fn authenticate(auth: &AuthPolicy, connect: &Connect) -> Result<(), (ReasonCode,
     }
 }
 
+/// An acknowledgement of one kind (the one `sent` answers) for a packet id in flight
+/// that awaits another breaks the QoS flow ([MQTT-4.3.2-2], [MQTT-4.3.3-2]): the
+/// connection is closed ([MQTT-4.8.0-1]) and the flight is left as it was, so a
+/// persistent session sends it again on resume.
+fn wrong_acknowledgement(sent: Stage, awaited: Stage, packet_id: u16) -> Close {
+    Close::new(
+        ReasonCode::PROTOCOL_ERROR,
+        format!(
+            "{} for packet id {packet_id}, which awaits {}",
+            sent.acknowledgement(),
+            awaited.acknowledgement()
+        ),
+    )
+}
+
+/// Publishes into `$SYS` and `$share` refused for lack of an ACL grant: they come from
+/// every client at once when one misbehaves, so the log line is shared and throttled.
+static RESERVED_TOPIC_REFUSALS: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
+/// What the broker itself publishes under `$SYS`, and `$share`, which names a shared
+/// subscription, never a topic. Mosquitto's one exception stays open: a bridge's
+/// connection state (`$SYS/broker/connection/NAME/state`), which a bridge publishes
+/// to the broker it connects to, retained and as its will.
+pub fn reserved_for_the_broker(topic: &str) -> bool {
+    // Prefixes without the slash, as Mosquitto compares them.
+    if topic.starts_with("$share") {
+        return true;
+    }
+    topic.starts_with("$SYS")
+        && !crate::protocol::topic::matches("$SYS/broker/connection/+/state", topic)
+}
+
 fn assign_client_id() -> String {
     let random = RandomState::new().hash_one(Instant::now());
     format!("auto-{random:016x}")
@@ -211,12 +246,18 @@ impl Client {
         let settings = &broker.settings;
         let v = connect.protocol;
         let v5 = v == ProtocolVersion::V5;
+        let peer_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        let answer = (v, peer_max_packet_size as usize);
         if broker.is_shutting_down() {
-            return refuse(v, ReasonCode::SERVER_UNAVAILABLE, "server is shutting down");
+            return refuse(
+                answer,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "server is shutting down",
+            );
         }
         if let Some(method) = &connect.properties.authentication_method {
             return refuse(
-                v,
+                answer,
                 ReasonCode::BAD_AUTHENTICATION_METHOD,
                 format!("authentication method {method:?} is not supported"),
             );
@@ -228,7 +269,7 @@ impl Client {
             }
             None => {
                 if let Err((code, reason)) = authenticate(auth, &connect) {
-                    return refuse(v, code, reason);
+                    return refuse(answer, code, reason);
                 }
             }
         }
@@ -241,7 +282,7 @@ impl Client {
             };
             if refused {
                 return refuse(
-                    v,
+                    answer,
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "empty client identifier needs clean session",
                 );
@@ -256,7 +297,7 @@ impl Client {
         };
         if client_id.len() > settings.max_client_id_len {
             return refuse(
-                v,
+                answer,
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                 format!(
                     "client identifier longer than max_client_id_len {}",
@@ -285,6 +326,32 @@ impl Client {
             keep_alive = settings.max_keepalive;
             properties.server_keep_alive = Some(keep_alive);
         }
+        if v5 {
+            properties.receive_maximum = Some(settings.receive_maximum);
+            if settings.max_packet_size < u32::MAX {
+                properties.maximum_packet_size = Some(settings.max_packet_size);
+            }
+            properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
+        }
+        let mut connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ReasonCode::SUCCESS,
+            properties,
+        });
+        // Whether the session is present does not change the CONNACK's size: check that
+        // it fits before the session is touched ([MQTT-3.1.2-24]: close without it).
+        let mut encoded = BytesMut::new();
+        if !encode_within(&connack, v, peer_max_packet_size as usize, &mut encoded) {
+            encode(&connack, v, &mut encoded);
+            return ConnectOutcome::Refused {
+                code: ReasonCode::PACKET_TOO_LARGE,
+                reason: format!(
+                    "its CONNACK of {} bytes is larger than the client's Maximum Packet Size of {peer_max_packet_size}, so none is sent",
+                    encoded.len()
+                ),
+                connack: BytesMut::new(),
+            };
+        }
         let info = LinkInfo {
             username: connect.username.take(),
             peer,
@@ -300,13 +367,6 @@ impl Client {
             .metrics
             .clients_connected
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if v5 {
-            properties.receive_maximum = Some(settings.receive_maximum);
-            if settings.max_packet_size < u32::MAX {
-                properties.maximum_packet_size = Some(settings.max_packet_size);
-            }
-            properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
-        }
         let cp = &connect.properties;
         let mut client = Client {
             broker: broker.clone(),
@@ -335,17 +395,29 @@ impl Client {
         };
         // The CONNACK waits for the session to be stored.
         client.hold_for(opened.ticket);
-        let connack = ConnAck {
-            session_present: opened.present,
-            code: ReasonCode::SUCCESS,
-            properties,
-        };
-        client.send(&Packet::ConnAck(connack));
+        if let Packet::ConnAck(c) = &mut connack {
+            c.session_present = opened.present;
+        }
+        client.send(&connack);
         ConnectOutcome::Accepted(Box::new(client))
     }
 
+    /// Writes `packet` to `out`, within the client's Maximum Packet Size; one that does
+    /// not fit even without its Reason String and User Properties is not sent, and the
+    /// connection closes with 0x95 ([`Client::handle`] and [`Client::pump`] return it).
     fn send(&mut self, packet: &Packet) {
-        encode(packet, self.version, &mut self.out);
+        let limit = self.peer_max_packet_size as usize;
+        if !encode_within(packet, self.version, limit, &mut self.out) {
+            self.refusal.get_or_insert_with(|| {
+                Box::new(Close::new(
+                    ReasonCode::PACKET_TOO_LARGE,
+                    format!(
+                        "a {} to send is larger than the client's Maximum Packet Size of {limit}",
+                        packet.kind()
+                    ),
+                ))
+            });
+        }
     }
 
     /// The client's address.
@@ -532,19 +604,38 @@ impl Client {
         }
     }
 
-    /// Whether the ACL lets this client publish to `topic` (or receive from it).
-    fn permitted(&mut self, topic: &str, access: Access) -> bool {
-        let allowed = match self.auth.acl() {
+    /// Whether this client may publish to `topic`: the ACL's write rules, and
+    /// [`reserved_for_the_broker`] topics only where an ACL rule of the operator's
+    /// grants them (such a grant comes from a rule that starts with `$`: a `#` rule
+    /// never matches a `$` topic).
+    fn may_publish(&mut self, topic: &str, now: Instant) -> bool {
+        let acl = self.auth.acl();
+        let allowed = match &acl {
             Some(acl) => acl.allows(
                 &self.session.client_id,
                 self.link.username.as_deref(),
                 topic,
-                access,
+                Access::Write,
             ),
             None => true,
         };
+        if reserved_for_the_broker(topic) {
+            let granted = acl.is_some() && allowed;
+            if !granted {
+                self.acl_refusals += 1;
+                if let Some(left_out) = RESERVED_TOPIC_REFUSALS.check(now) {
+                    log::warn!(
+                        "client_id={} user={:?} may not publish to {topic:?}: $SYS and $share belong to the broker{}",
+                        self.session.client_id,
+                        self.link.username,
+                        crate::throttle::left_out(left_out)
+                    );
+                }
+            }
+            return granted;
+        }
         if !allowed {
-            self.note_refusal(topic, access);
+            self.note_refusal(topic, Access::Write);
         }
         allowed
     }
@@ -579,24 +670,15 @@ impl Client {
             // that follows it, and a DISCONNECT finds everything delivered.
             self.flush_publishes();
         }
-        match packet {
+        let handled = match packet {
             Packet::Publish(p) => self.on_publish(p, now),
-            Packet::PubAck(a) => {
-                self.complete(a.packet_id, Stage::AwaitingPubAck);
-                Ok(())
-            }
-            Packet::PubRec(a) => {
-                self.on_pubrec(a);
-                Ok(())
-            }
+            Packet::PubAck(a) => self.complete(a.packet_id, Stage::AwaitingPubAck),
+            Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubRel(a) => {
                 self.on_pubrel(a);
                 Ok(())
             }
-            Packet::PubComp(a) => {
-                self.complete(a.packet_id, Stage::AwaitingPubComp);
-                Ok(())
-            }
+            Packet::PubComp(a) => self.complete(a.packet_id, Stage::AwaitingPubComp),
             Packet::Subscribe(s) => self.on_subscribe(s, now),
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(u);
@@ -619,6 +701,12 @@ impl Client {
                 ReasonCode::PROTOCOL_ERROR,
                 format!("{} is not sent by clients", other.kind()),
             )),
+        };
+        handled?;
+        // A packet that did not fit the client's Maximum Packet Size.
+        match self.refusal.take() {
+            Some(close) => Err(*close),
+            None => Ok(()),
         }
     }
 
@@ -664,7 +752,7 @@ impl Client {
         if let Some(why) = self.broker.topic_too_big(p.topic.as_str()) {
             return Err(Close::new(ReasonCode::TOPIC_NAME_INVALID, why));
         }
-        if !self.permitted(p.topic.as_str(), Access::Write) {
+        if !self.may_publish(p.topic.as_str(), now) {
             // v5 is told 0x87; v3 has no way to say no, so it is acknowledged and the
             // message discarded ([MQTT-3.3.5-2]).
             self.flush_publishes();
@@ -694,6 +782,27 @@ impl Client {
                     }
                     self.send(&Packet::PubRec(Ack::new(packet_id, code)));
                 }
+            }
+            return Ok(());
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // Refused, not disconnected: a persistent client would send it again after
+            // every reconnect and be cut off for ever (MQTT 5.0 section 3.3.2.3.2 lets
+            // the receiver answer 0x99 in the PUBACK or PUBREC).
+            self.flush_publishes();
+            count(&self.broker.metrics.dropped_payload_format);
+            log::debug!(
+                "client_id={} published to {:?} a payload marked UTF-8 that is not: refused (0x99)",
+                self.session.client_id,
+                p.topic.as_str()
+            );
+            let refusal = Ack::new(packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(refusal)),
+                QoS::ExactlyOnce => self.send(&Packet::PubRec(refusal)),
             }
             return Ok(());
         }
@@ -847,28 +956,40 @@ impl Client {
         self.send(&Packet::PubComp(Ack::new(ack.packet_id, code)));
     }
 
-    /// Ends an outbound flow waiting in `stage` for this acknowledgement.
-    fn complete(&mut self, packet_id: u16, stage: Stage) {
+    /// Ends an outbound flow waiting in `stage` (PUBACK or PUBCOMP) for this
+    /// acknowledgement. One for an id not in flight is harmless and ignored.
+    fn complete(&mut self, packet_id: u16, stage: Stage) -> Result<(), Close> {
         let mut st = self.session.lock();
-        match st.inflight_position(packet_id) {
-            Some(i) if st.inflight[i].stage == stage => {
-                let done = st
-                    .remove_inflight(i)
-                    .and_then(|f| done_op(self.session.sid, &f.delivery));
-                drop(st);
-                self.broker.submit(done.into_iter().collect());
-            }
-            _ => log::debug!(
+        let Some(i) = st.inflight_position(packet_id) else {
+            log::debug!(
                 "client_id={} acknowledged unknown packet id {packet_id}",
                 self.session.client_id
-            ),
+            );
+            return Ok(());
+        };
+        let awaited = st.inflight[i].stage;
+        if awaited != stage {
+            return Err(wrong_acknowledgement(stage, awaited, packet_id));
         }
+        let done = st
+            .remove_inflight(i)
+            .and_then(|f| done_op(self.session.sid, &f.delivery));
+        drop(st);
+        self.broker.submit(done.into_iter().collect());
+        Ok(())
     }
 
-    fn on_pubrec(&mut self, ack: Ack) {
+    fn on_pubrec(&mut self, ack: Ack) -> Result<(), Close> {
         let mut st = self.session.lock();
         let sid = self.session.sid;
         let (code, op) = match st.inflight_position(ack.packet_id) {
+            Some(i) if st.inflight[i].stage == Stage::AwaitingPubAck => {
+                return Err(wrong_acknowledgement(
+                    Stage::AwaitingPubRec,
+                    Stage::AwaitingPubAck,
+                    ack.packet_id,
+                ));
+            }
             Some(i) if ack.code.is_error() => {
                 // The receiver refused it: the flow ends here (MQTT 5.0 section 4.3.3).
                 let done = st
@@ -876,9 +997,11 @@ impl Client {
                     .and_then(|f| done_op(sid, &f.delivery));
                 drop(st);
                 self.broker.submit(done.into_iter().collect());
-                return;
+                return Ok(());
             }
             Some(i) => {
+                // Awaiting PUBREC, or PUBCOMP after a PUBREL the receiver has not seen:
+                // (again) PUBREL.
                 let f = &mut st.inflight[i];
                 f.stage = Stage::AwaitingPubComp;
                 let op = (f.delivery.seq != 0).then(|| Op::SentDelivery {
@@ -897,6 +1020,7 @@ impl Client {
         let ticket = self.broker.submit(op.into_iter().collect());
         self.hold_for(ticket);
         self.send(&Packet::PubRel(Ack::new(ack.packet_id, code)));
+        Ok(())
     }
 
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
@@ -1051,7 +1175,11 @@ impl Client {
                     "DISCONNECT sets a session expiry after CONNECT set 0",
                 ));
             }
-            self.session.lock().expiry_interval = expiry;
+            let mut st = self.session.lock();
+            // Not once another connection has taken the session: it is theirs now.
+            if st.generation == self.generation {
+                st.expiry_interval = expiry;
+            }
         }
         if d.code != ReasonCode::DISCONNECT_WITH_WILL {
             self.will = None;
@@ -1256,10 +1384,13 @@ impl Client {
                 reason_string: Some(close.reason.to_string()),
                 ..PropertyValues::default()
             });
-            self.send(&Packet::Disconnect(Disconnect {
+            let disconnect = Packet::Disconnect(Disconnect {
                 code: close.code,
                 properties,
-            }));
+            });
+            // Not sent at all when it does not fit: the connection closes either way.
+            let limit = self.peer_max_packet_size as usize;
+            encode_within(&disconnect, self.version, limit, &mut self.out);
         }
     }
 
@@ -1290,10 +1421,7 @@ impl Client {
             .filter(|_| self.v5())
             .unwrap_or(0);
         let session_ended = !broker.is_current(&self.session);
-        let will = self
-            .will
-            .take()
-            .filter(|w| self.permitted(&w.topic, Access::Write));
+        let will = self.will.take().filter(|w| self.may_publish(&w.topic, now));
         if let Some(will) = will {
             let message = Message::from_will(*will, Some(self.session.client_id.clone()), now);
             if will_delay == 0 || session_ended {
@@ -1633,5 +1761,321 @@ mod tests {
         broker.tick(now + Duration::from_secs(10));
         assert!(broker.sessions().get("leaves").is_none(), "expired");
         assert_eq!(next_due(&broker), None, "nothing left to wait for");
+    }
+
+    fn publish_with(topic: &str, qos: QoS, packet_id: u16, props: PropertyValues) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id,
+            properties: Properties::from(props),
+            payload: Bytes::from_static(b"\xff"),
+        })
+    }
+
+    fn persistent(broker: &Arc<Broker>, id: &str) -> Box<Client> {
+        let expiry = Properties::from(PropertyValues {
+            session_expiry_interval: Some(60),
+            ..PropertyValues::default()
+        });
+        connect(broker, id, ProtocolVersion::V5, false, expiry)
+    }
+
+    fn session_present(c: &mut Client) -> bool {
+        match drain(c).first() {
+            Some(Packet::ConnAck(ack)) => ack.session_present,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_persistent_connect_never_resumes_a_clean_session() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut clean = plain(&broker, "tk", ProtocolVersion::V311);
+        clean
+            .handle(subscribe("tk/t", QoS::AtLeastOnce), now)
+            .unwrap();
+        let mut resumer = connect(
+            &broker,
+            "tk",
+            ProtocolVersion::V311,
+            false,
+            Properties::default(),
+        );
+        assert!(!session_present(&mut resumer), "[MQTT-3.2.2-3]");
+        assert_eq!(resumer.session.lock().subscriptions.len(), 0);
+        assert_eq!(
+            clean.pump(now).unwrap_err().code,
+            ReasonCode::SESSION_TAKEN_OVER
+        );
+        clean.connection_lost(now);
+        let mut publisher = plain(&broker, "pub", ProtocolVersion::V311);
+        publisher
+            .handle(publish("tk/t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        publisher.flush_publishes();
+        resumer.pump(now).unwrap();
+        assert!(
+            drain(&mut resumer).is_empty(),
+            "the clean session's subscription ended with it"
+        );
+    }
+
+    /// The race from the conformance tests, made deterministic: the old connection has
+    /// handled its DISCONNECT but not yet finished closing when the new CONNECT arrives.
+    #[test]
+    fn a_session_ending_with_its_connection_has_ended_once_disconnect_is_handled() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let disconnect = |expiry: Option<u32>| {
+            Packet::Disconnect(Disconnect {
+                code: ReasonCode::SUCCESS,
+                properties: Properties::from(PropertyValues {
+                    session_expiry_interval: expiry,
+                    ..PropertyValues::default()
+                }),
+            })
+        };
+        // A clean 3.1.1 session, and a v5 one whose DISCONNECT sets its expiry to 0.
+        let mut clean = plain(&broker, "a", ProtocolVersion::V311);
+        let mut shortened = persistent(&broker, "b");
+        for (old, id, expiry) in [(&mut clean, "a", None), (&mut shortened, "b", Some(0))] {
+            old.handle(subscribe("t", QoS::AtLeastOnce), now).unwrap();
+            assert!(old.handle(disconnect(expiry), now).unwrap_err().by_client);
+            let mut new = persistent(&broker, id);
+            assert!(!session_present(&mut new), "{id}");
+            assert_eq!(new.session.lock().subscriptions.len(), 0);
+        }
+        clean.connection_lost(now);
+        shortened.connection_lost(now);
+        for id in ["a", "b"] {
+            let current = broker.sessions().get(id).cloned().unwrap();
+            assert_eq!(
+                current.lock().expiry_interval,
+                60,
+                "the new session is untouched"
+            );
+            assert!(current.lock().connected);
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_of_the_wrong_kind_closes_and_leaves_the_flight() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let ack = |kind: fn(Ack) -> Packet, id| kind(Ack::new(id, ReasonCode::SUCCESS));
+        type Kind = fn(Ack) -> Packet;
+        let cases: [(QoS, &[Kind], Kind, Stage); 5] = [
+            (
+                QoS::AtLeastOnce,
+                &[],
+                Packet::PubComp,
+                Stage::AwaitingPubAck,
+            ),
+            (QoS::AtLeastOnce, &[], Packet::PubRec, Stage::AwaitingPubAck),
+            (QoS::ExactlyOnce, &[], Packet::PubAck, Stage::AwaitingPubRec),
+            (
+                QoS::ExactlyOnce,
+                &[],
+                Packet::PubComp,
+                Stage::AwaitingPubRec,
+            ),
+            (
+                QoS::ExactlyOnce,
+                &[Packet::PubRec],
+                Packet::PubAck,
+                Stage::AwaitingPubComp,
+            ),
+        ];
+        for (n, (qos, steps, wrong, stage)) in cases.into_iter().enumerate() {
+            let mut sub = persistent(&broker, "sub");
+            sub.handle(subscribe("t", qos), now).unwrap();
+            drain(&mut sub);
+            let mut publisher = plain(&broker, "pub", ProtocolVersion::V5);
+            publisher.handle(publish("t", qos, 1), now).unwrap();
+            publisher.flush_publishes();
+            sub.pump(now).unwrap();
+            let Some(Packet::Publish(p)) = drain(&mut sub).pop() else {
+                panic!("case {n}: no delivery")
+            };
+            for step in steps {
+                sub.handle(ack(*step, p.packet_id), now).unwrap();
+            }
+            let close = sub.handle(ack(wrong, p.packet_id), now).unwrap_err();
+            assert_eq!(close.code, ReasonCode::PROTOCOL_ERROR, "case {n}");
+            let st = sub.session.lock();
+            assert_eq!(st.inflight.len(), 1, "case {n}: kept for the session");
+            assert_eq!(st.inflight[0].stage, stage, "case {n}: unchanged");
+            drop(st);
+            sub.connection_lost(now);
+            // Next round starts from a fresh session.
+            connect(
+                &broker,
+                "sub",
+                ProtocolVersion::V5,
+                true,
+                Properties::default(),
+            )
+            .connection_lost(now);
+        }
+        // An id that is not in flight stays harmless.
+        let mut c = plain(&broker, "c", ProtocolVersion::V5);
+        drain(&mut c);
+        c.handle(ack(Packet::PubAck, 9), now).unwrap();
+        c.handle(ack(Packet::PubComp, 9), now).unwrap();
+        c.handle(ack(Packet::PubRec, 9), now).unwrap();
+        assert!(
+            matches!(drain(&mut c)[..], [Packet::PubRel(ref a)] if a.code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn clients_cannot_publish_into_sys_or_share() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut watcher = plain(&broker, "w", ProtocolVersion::V5);
+        watcher
+            .handle(subscribe("$SYS/#", QoS::AtLeastOnce), now)
+            .unwrap();
+        drain(&mut watcher);
+        let mut v5 = plain(&broker, "v5", ProtocolVersion::V5);
+        let mut v3 = plain(&broker, "v3", ProtocolVersion::V311);
+        drain(&mut v5);
+        drain(&mut v3);
+        for topic in ["$SYS/broker/version", "$SYS", "$share/g/t"] {
+            v5.handle(publish(topic, QoS::AtLeastOnce, 1), now).unwrap();
+            assert!(
+                matches!(drain(&mut v5)[..], [Packet::PubAck(ref a)] if a.code == ReasonCode::NOT_AUTHORIZED),
+                "{topic}"
+            );
+            v3.handle(publish(topic, QoS::AtLeastOnce, 1), now).unwrap();
+            assert!(
+                matches!(drain(&mut v3)[..], [Packet::PubAck(ref a)] if a.code == ReasonCode::SUCCESS),
+                "{topic}: 3.x is acknowledged and the message discarded"
+            );
+        }
+        v5.handle(
+            publish("$SYS/broker/connection/edge/state", QoS::AtLeastOnce, 2),
+            now,
+        )
+        .unwrap();
+        v5.flush_publishes();
+        watcher.pump(now).unwrap();
+        let delivered: Vec<String> = drain(&mut watcher)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.topic.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(delivered, ["$SYS/broker/connection/edge/state"]);
+        assert!(broker.retained_matching("$SYS/#", now).is_empty());
+    }
+
+    #[test]
+    fn no_packet_is_larger_than_the_clients_maximum() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let limit = |n| {
+            Properties::from(PropertyValues {
+                maximum_packet_size: Some(n),
+                ..PropertyValues::default()
+            })
+        };
+        let c = Connect {
+            protocol: ProtocolVersion::V5,
+            bridge: false,
+            clean_start: true,
+            keep_alive: 10,
+            client_id: "tiny".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: limit(2),
+        };
+        let outcome = Client::connect(
+            &broker,
+            &Arc::new(AuthPolicy::open()),
+            c,
+            None,
+            (([127, 0, 0, 1], 1).into(), &Arc::new("t".to_string())),
+            now,
+        );
+        match outcome {
+            ConnectOutcome::Refused { connack, code, .. } => {
+                assert!(connack.is_empty(), "closed without a CONNACK");
+                assert_eq!(code, ReasonCode::PACKET_TOO_LARGE);
+            }
+            ConnectOutcome::Accepted(_) => panic!("a 16-byte CONNACK does not fit in 2"),
+        }
+        assert!(
+            broker.sessions().get("tiny").is_none(),
+            "no session was opened"
+        );
+        let mut narrow = connect(&broker, "narrow", ProtocolVersion::V5, true, limit(16));
+        assert!(narrow.out.len() <= 16);
+        drain(&mut narrow);
+        let filters = (0..20)
+            .map(|i| (format!("f/{i}"), SubscriptionOptions::default()))
+            .collect();
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters,
+        });
+        let close = narrow.handle(subscribe, now).unwrap_err();
+        assert_eq!(close.code, ReasonCode::PACKET_TOO_LARGE);
+        assert!(narrow.out.is_empty(), "the SUBACK was not sent");
+        narrow.write_disconnect(&close);
+        assert!(
+            matches!(drain(&mut narrow)[..], [Packet::Disconnect(ref d)] if d.code == ReasonCode::PACKET_TOO_LARGE && d.properties.reason_string.is_none()),
+            "DISCONNECT 0x95 without its reason string, to fit"
+        );
+    }
+
+    #[test]
+    fn a_payload_marked_utf8_that_is_not_is_refused_with_0x99() {
+        let broker = Broker::new(Settings::default());
+        let now = Instant::now();
+        let mut sub = plain(&broker, "sub", ProtocolVersion::V5);
+        sub.handle(subscribe("t", QoS::ExactlyOnce), now).unwrap();
+        drain(&mut sub);
+        let mut c = plain(&broker, "c", ProtocolVersion::V5);
+        drain(&mut c);
+        let marked = || PropertyValues {
+            payload_format_indicator: Some(1),
+            ..PropertyValues::default()
+        };
+        for (qos, id) in [
+            (QoS::AtMostOnce, 0),
+            (QoS::AtLeastOnce, 1),
+            (QoS::ExactlyOnce, 2),
+        ] {
+            c.handle(publish_with("t", qos, id, marked()), now).unwrap();
+        }
+        let codes: Vec<ReasonCode> = drain(&mut c)
+            .into_iter()
+            .map(|p| match p {
+                Packet::PubAck(a) | Packet::PubRec(a) => a.code,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(codes, [ReasonCode::PAYLOAD_FORMAT_INVALID; 2]);
+        assert!(
+            c.session.lock().inbound_qos2.is_empty(),
+            "the QoS 2 flow ended"
+        );
+        sub.pump(now).unwrap();
+        assert!(drain(&mut sub).is_empty());
+        assert_eq!(
+            broker
+                .metrics
+                .dropped_payload_format
+                .load(Ordering::Relaxed),
+            3
+        );
     }
 }

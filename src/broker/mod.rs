@@ -119,6 +119,8 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     pub dropped_expired: AtomicU64,
     pub dropped_retained_full: AtomicU64,
+    /// Publishes refused with 0x99: a payload marked UTF-8 that is not.
+    pub dropped_payload_format: AtomicU64,
     /// Bytes read from and written to client connections.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -498,6 +500,11 @@ impl Broker {
     /// Takes the session for `client_id` for a new connection: a clean start discards
     /// the old one, otherwise it resumes (with its stored queue read back from disk);
     /// a connection still attached is told to leave with 0x8E (session taken over).
+    ///
+    /// A session with an expiry of 0 ends with its connection ([MQTT-3.1.2-6]): it is
+    /// never resumed, even while that connection is still open or closing, so a
+    /// persistent session never inherits a clean one's subscriptions. The expiry is
+    /// read under the session's lock, under which a DISCONNECT sets it to 0.
     pub fn open_session(
         &self,
         client_id: &str,
@@ -509,8 +516,10 @@ impl Broker {
     ) -> Opened {
         let mut sessions = self.sessions();
         let existing = sessions.get(client_id).cloned();
+        let mut outlives_its_connection = false;
         if let Some(old) = &existing {
             let mut st = old.lock();
+            outlives_its_connection = st.is_persistent();
             if st.connected {
                 st.close_reason = Some(CloseReason::TakenOver);
                 st.generation = st.generation.wrapping_add(1);
@@ -520,7 +529,7 @@ impl Broker {
                 }
             }
         }
-        let resumable = existing.filter(|_| !clean_start);
+        let resumable = existing.filter(|_| !clean_start && outlives_its_connection);
         let (session, present) = match resumable {
             Some(session) => (session, true),
             None => {

@@ -199,6 +199,17 @@ pub enum Stage {
     AwaitingPubComp,
 }
 
+impl Stage {
+    /// The packet this stage waits for.
+    pub fn acknowledgement(self) -> &'static str {
+        match self {
+            Stage::AwaitingPubAck => "PUBACK",
+            Stage::AwaitingPubRec => "PUBREC",
+            Stage::AwaitingPubComp => "PUBCOMP",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Inflight {
     pub packet_id: u16,

@@ -358,7 +358,13 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
             properties,
         };
         let mut out = BytesMut::new();
-        protocol::encode(&Packet::ConnAck(connack), connect.protocol, &mut out);
+        let limit = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        protocol::encode_within(
+            &Packet::ConnAck(connack),
+            connect.protocol,
+            limit as usize,
+            &mut out,
+        );
         let _ = flush_with_timeout(stream, &out).await;
         return None;
     }
