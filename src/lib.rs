@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod broker;
 pub mod civil;
 pub mod config;
+pub mod message;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -96,7 +96,7 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     };
     let store_handle = store.as_ref().map(|(s, _)| s.clone());
-    let broker = Broker::with_store(config.broker_settings(), store);
+    let broker = Broker::with_store(config.broker_settings(), store, Instant::now());
     let admission = Admission::new(
         config.limits.max_connections,
         config.limits.max_connection_rate,
@@ -153,6 +153,7 @@ pub fn run(config: Config) -> Result<(), String> {
             identity_as_username: listener.identity_as_username,
             tls,
             ws_path: listener.ws_path.as_deref().map(Arc::from),
+            bridge_relay: false,
         });
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,
@@ -165,7 +166,11 @@ pub fn run(config: Config) -> Result<(), String> {
         // The MQTT listeners accept from here on.
         admin.serving.store(true, Ordering::SeqCst);
     }
-    let bridge_tasks = crate::bridge::start(&broker, &executor, config.bridges()?)?;
+    let bridges = crate::bridge::start(&broker, &executor, config.bridges()?)?;
+    if let Some(admin) = &admin {
+        let _ = admin.bridges.set(bridges.statuses);
+    }
+    let bridge_tasks = bridges.tasks;
     certificates.extend(admin_certificates);
     let sys_task = (config.api.sys_interval > 0).then(|| {
         let interval = Duration::from_secs(config.api.sys_interval);
@@ -287,6 +292,7 @@ fn start_admin(
         metrics_auth: config.api.metrics_auth,
         started: Instant::now(),
         serving: std::sync::atomic::AtomicBool::new(false),
+        bridges: std::sync::OnceLock::new(),
     });
     let mut certificates = Vec::new();
     for (name, enabled, bind, dashboard) in [

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tern::auth::AuthPolicy;
-use tern::broker::{Broker, Client, ConnectOutcome, Settings};
+use tern::broker::{Arrival, Broker, Client, ConnectOutcome, Settings};
 use tern::protocol::{
     Connect, Packet, Properties, PropertyValues, ProtocolVersion, QoS, Subscribe, SubscriptionOptions, decode,
 };
@@ -27,9 +27,10 @@ fn connect(broker: &Arc<Broker>, auth: &Arc<AuthPolicy>, id: &str, version: Prot
         properties: Properties::from(PropertyValues { session_expiry_interval: Some(60), topic_alias_maximum: Some(4), ..Default::default() }),
     };
     let peer = ([127, 0, 0, 1], 1883).into();
-    match Client::connect(broker, auth, connect, None, (peer, &Arc::new("fuzz".to_string())), Instant::now()) {
+    let listener = Arc::new("fuzz".to_string());
+    match Client::connect(broker, Arrival::new(peer, &listener, auth), connect, Instant::now()) {
         ConnectOutcome::Accepted(client) => Some(client),
-        ConnectOutcome::Refused { .. } => None,
+        ConnectOutcome::Refused(_) => None,
     }
 }
 
@@ -37,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
     let version = if selector & 1 == 1 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
     let settings = Settings { max_queued_messages: 16, receive_maximum: 4, ..Settings::default() };
-    let broker = Broker::new(settings);
+    let broker = Broker::new(settings, Instant::now());
     let auth = Arc::new(AuthPolicy::open());
     let now = Instant::now();
     let Some(mut watcher) = connect(&broker, &auth, "watcher", ProtocolVersion::V5) else { return };
@@ -50,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         if client.handle(packet, now).is_err() {
             break;
         }
-        client.flush_publishes();
+        client.flush_publishes(now);
         if client.pump(now).is_err() {
             break;
         }

@@ -15,8 +15,9 @@ use subtle::ConstantTimeEq;
 
 use super::http::{Request, Response};
 use super::prometheus;
-use crate::broker::message::Message;
-use crate::broker::{Broker, ClientView};
+use crate::bridge::BridgeStatus;
+use crate::broker::{Broker, ClientView, SubscribeError};
+use crate::message::Message;
 use crate::protocol::topic::validate_name;
 use crate::protocol::{ProtocolVersion, QoS};
 
@@ -53,6 +54,8 @@ pub struct Admin {
     pub started: Instant,
     /// `/status` says 200 only while this is set: from the listeners' start to shutdown.
     pub serving: AtomicBool,
+    /// The bridges' states, set once they have started.
+    pub bridges: OnceLock<Vec<Arc<BridgeStatus>>>,
 }
 
 fn ok(data: Value) -> Response {
@@ -472,13 +475,13 @@ impl Admin {
         ok(Value::Null)
     }
 
+    /// The bridges' states (none before they have started).
+    pub fn bridge_statuses(&self) -> &[Arc<BridgeStatus>] {
+        self.bridges.get().map_or(&[], Vec::as_slice)
+    }
+
     fn bridges(&self) -> Vec<Value> {
-        let bridges = self
-            .broker()
-            .bridges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        bridges
+        self.bridge_statuses()
             .iter()
             .map(|b| {
                 let mut fields = serde_json::Map::new();
@@ -537,18 +540,26 @@ impl Admin {
         }
         let mut results = Vec::new();
         for (client, filters, qos) in checked {
-            let mut online = true;
+            let mut outcome = Ok(());
             for f in &filters {
-                online &= if subscribe {
+                let done = if subscribe {
                     self.broker().subscribe_for(&client, f, qos, Instant::now())
                 } else {
-                    self.broker().unsubscribe_for(&client, f).is_some()
+                    match self.broker().unsubscribe_for(&client, f) {
+                        Some(_) => Ok(()),
+                        None => Err(SubscribeError::NotConnected),
+                    }
                 };
+                outcome = outcome.and(done);
             }
-            results.push(if online {
-                json!({"code": 0, "clientid": client})
-            } else {
-                json!({"code": CLIENT_OFFLINE, "clientid": client, "message": "client is not connected"})
+            results.push(match outcome {
+                Ok(()) => json!({"code": 0, "clientid": client}),
+                Err(SubscribeError::NotConnected) => {
+                    json!({"code": CLIENT_OFFLINE, "clientid": client, "message": "client is not connected"})
+                }
+                Err(SubscribeError::Refused(code, why)) => {
+                    json!({"code": BAD_TOPIC, "clientid": client, "message": format!("subscription refused ({code}): {why}")})
+                }
             });
         }
         if batch {
@@ -556,7 +567,8 @@ impl Admin {
         }
         match results.pop() {
             Some(r) if r["code"] == 0 => Response::json(200, &json!({"code": 0})),
-            Some(r) => Response::json(404, &r),
+            Some(r) if r["code"] == CLIENT_OFFLINE => Response::json(404, &r),
+            Some(r) => Response::json(400, &r),
             None => error(400, MISSING_PARAMETER, "nothing to do"),
         }
     }
@@ -595,7 +607,7 @@ impl Admin {
         Response::new(
             200,
             "text/plain; version=0.0.4",
-            prometheus::render(self.broker()),
+            prometheus::render(self.broker(), self.bridge_statuses()),
         )
     }
 }

@@ -3,6 +3,9 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
+use crate::bridge::BridgeStatus;
 use crate::broker::Broker;
 
 /// The process's resident memory, from /proc.
@@ -35,7 +38,7 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(broker: &Broker) -> String {
+pub fn render(broker: &Broker, bridges: &[Arc<BridgeStatus>]) -> String {
     let m = &broker.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let clients = broker.clients();
@@ -161,7 +164,6 @@ pub fn render(broker: &Broker) -> String {
             &[("", bytes)],
         );
     }
-    let bridges = broker.bridges.lock().unwrap_or_else(|p| p.into_inner());
     if !bridges.is_empty() {
         let mut state = Vec::new();
         let mut queued = Vec::new();

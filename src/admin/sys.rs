@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::broker::Broker;
-use crate::broker::message::Message;
+use crate::message::Message;
 use crate::protocol::QoS;
 
 /// A per-minute rate smoothed the way Mosquitto's `load/.../1min` figures are.

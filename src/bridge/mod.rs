@@ -24,8 +24,8 @@ use futures_rustls::rustls::ClientConfig;
 
 use crate::auth::AuthPolicy;
 use crate::broker::Broker;
-use crate::broker::message::Message;
 use crate::broker::session::{QueueLimits, Session};
+use crate::message::Message;
 use crate::protocol::{QoS, ReasonCode};
 use crate::transport::admission::Admission;
 use crate::transport::client;
@@ -33,10 +33,6 @@ use crate::transport::connection::{self, ConnectionConfig};
 use link::LinkError;
 use settings::BridgeSettings;
 use uplink::Uplink;
-
-/// Client ids of bridge outboxes, and the listener name their connections carry; a
-/// network client may not use them.
-pub const OUTBOX_PREFIX: &str = "$bridge/";
 
 /// What a bridge is doing, for `$SYS`, the management API and logs.
 pub struct BridgeStatus {
@@ -128,25 +124,32 @@ fn tls_config(settings: &BridgeSettings) -> Result<Option<Arc<ClientConfig>>, St
         .map_err(|e| format!("[[bridge]] {}: tls: {e}", settings.name))
 }
 
-/// Starts every bridge; they run until the broker shuts down.
+/// The bridges' tasks, which run until the broker shuts down, and their states (for
+/// the management API).
+pub struct Started {
+    pub tasks: Vec<smol::Task<()>>,
+    pub statuses: Vec<Arc<BridgeStatus>>,
+}
+
+/// Starts every bridge.
 pub fn start(
     broker: &Arc<Broker>,
     executor: &Arc<smol::Executor<'static>>,
     bridges: Vec<BridgeSettings>,
-) -> Result<Vec<smol::Task<()>>, String> {
-    let mut tasks = Vec::new();
+) -> Result<Started, String> {
+    let mut started = Started {
+        tasks: Vec::new(),
+        statuses: Vec::new(),
+    };
     for settings in bridges {
         let tls = tls_config(&settings)?;
         let status = Arc::new(BridgeStatus::new(&settings.name));
-        broker
-            .bridges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(status.clone());
+        started.statuses.push(status.clone());
+        let tasks = &mut started.tasks;
         tasks.push(executor.spawn(report(broker.clone(), status.clone())));
         tasks.push(executor.spawn(run(broker.clone(), settings, tls, status)));
     }
-    Ok(tasks)
+    Ok(started)
 }
 
 /// The local `$SYS` state topic, as Mosquitto names it for its bridges.
@@ -193,6 +196,7 @@ async fn relay(
         identity_as_username: false,
         tls: None,
         ws_path: None,
+        bridge_relay: true,
     });
     // The outbox is not a network client: no connection limits apply.
     let verdict = Admission::new(usize::MAX, 0)

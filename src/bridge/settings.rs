@@ -114,7 +114,7 @@ pub struct BridgeSettings {
 impl BridgeSettings {
     /// The name of the local session that holds this bridge's outbox.
     pub fn local_client_id(&self) -> String {
-        format!("{}{}", super::OUTBOX_PREFIX, self.name)
+        crate::broker::session::outbox_client_id(&self.name)
     }
 }
 

@@ -5,26 +5,19 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
-
-use event_listener::EventListener;
 
 use super::link::{Link, LinkInfo, ListenerName};
-use super::message::{DURABLE_PENDING, Delivery, Message};
-use super::session::{Inflight, Session, Stage, Subscription, done_op};
-use super::small_str::SmallStr;
-use super::{Broker, REFUSED, count};
+use super::session::{Inflight, OUTBOX_PREFIX, Session, Subscription, done_op};
+use super::{Broker, Reached, count};
 use crate::auth::{Access, AuthPolicy};
+use crate::message::{Delivery, Message, SmallStr, Stage, Ticket, Visibility};
 use crate::protocol::*;
 use crate::store::{Op, StoredMessage, TicketState};
 
@@ -61,11 +54,64 @@ impl Close {
 /// refusal with the CONNACK to send before closing.
 pub enum ConnectOutcome {
     Accepted(Box<Client>),
-    Refused {
-        code: ReasonCode,
-        reason: String,
-        connack: BytesMut,
-    },
+    Refused(Refusal),
+}
+
+/// A refused CONNECT: what to log, and what to send and when.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: ReasonCode,
+    pub reason: String,
+    /// The CONNACK to send before closing; empty when none may be sent.
+    pub connack: BytesMut,
+    /// Refusals of this kind come in floods (connection limits): log them throttled.
+    pub flood: bool,
+    /// Answer only after this long: a wrong password waits, which slows guessing
+    /// down at the cost of that one connection.
+    pub delay: Option<Duration>,
+}
+
+impl<'a> Arrival<'a> {
+    /// A plain arrival: nothing refused or verified by the transport, the wall clock
+    /// at its epoch and no randomness (set those where they matter).
+    pub fn new(peer: SocketAddr, listener: &'a ListenerName, auth: &'a Arc<AuthPolicy>) -> Self {
+        Arrival {
+            peer,
+            listener,
+            auth,
+            refusal: None,
+            identity: None,
+            identity_as_username: false,
+            bridge_relay: false,
+            wall: SystemTime::UNIX_EPOCH,
+            entropy: 0,
+        }
+    }
+}
+
+/// How long a client that gave a wrong password waits for its CONNACK.
+const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
+
+/// Where a CONNECT arrived, and what the transport already knows of its client.
+pub struct Arrival<'a> {
+    /// The client's real address (from a PROXY header where there was one).
+    pub peer: SocketAddr,
+    pub listener: &'a ListenerName,
+    pub auth: &'a Arc<AuthPolicy>,
+    /// The transport's own refusal (connection limits), answered in this CONNACK.
+    pub refusal: Option<(ReasonCode, String)>,
+    /// The common name of a client certificate the transport verified.
+    pub identity: Option<&'a str>,
+    /// The listener takes the user name from a verified client certificate
+    /// (`use_identity_as_username`): the CONNECT's user name is replaced and no
+    /// password is checked; a client without one is refused.
+    pub identity_as_username: bool,
+    /// The connection is a bridge's relay: only it may use an outbox's client id.
+    pub bridge_relay: bool,
+    /// The wall clock, for what the management API shows.
+    pub wall: SystemTime,
+    /// Randomness for an assigned client identifier.
+    pub entropy: u64,
 }
 
 pub struct Client {
@@ -111,8 +157,8 @@ struct PublishBatch {
     messages: Vec<Arc<Message>>,
     /// (index in `messages`, QoS, packet id).
     acks: Vec<(usize, QoS, u16)>,
-    /// How many subscribers each message reached, filled by the broker.
-    reached: Vec<usize>,
+    /// Where each message went, filled by the broker.
+    reached: Vec<Reached>,
 }
 
 /// Topic aliases both ways (MQTT 5): the client's for its publishes, ours for what we
@@ -128,10 +174,21 @@ struct Aliases {
 /// delivery before the exactly-once record it depends on.
 struct Hold {
     from: usize,
-    ticket: u64,
-    /// QoS 2 messages whose ticket may not be known yet ([`DURABLE_PENDING`]).
+    /// `None` while it waits only for `messages`.
+    ticket: Option<Ticket>,
+    /// QoS 2 messages whose ticket may not be known yet ([`Visibility::Unknown`]).
     messages: Vec<Arc<Message>>,
-    listener: Option<EventListener>,
+}
+
+/// Where packets held for the store stand; see [`Client::release_held`].
+#[derive(Debug)]
+pub enum Held {
+    /// Nothing is held (any more): write everything.
+    Released,
+    /// The store has not yet made durable what they acknowledge.
+    Waiting,
+    /// The store could not keep it: close without sending them.
+    Failed(Close),
 }
 
 /// A refusal's CONNACK, with the reason as a Reason String where the client's Maximum
@@ -153,11 +210,13 @@ fn refuse(
         properties,
     });
     encode_within(&packet, version, limit, &mut connack);
-    ConnectOutcome::Refused {
+    ConnectOutcome::Refused(Refusal {
         code,
         reason,
         connack,
-    }
+        flood: false,
+        delay: None,
+    })
 }
 
 /// Mosquitto's rules: no user name needs `allow_anonymous`; a user name is checked
@@ -221,26 +280,33 @@ pub fn reserved_for_the_broker(topic: &str) -> bool {
         && !crate::protocol::topic::matches("$SYS/broker/connection/+/state", topic)
 }
 
-fn assign_client_id() -> String {
-    let random = RandomState::new().hash_one(Instant::now());
-    format!("auto-{random:016x}")
+fn assign_client_id(entropy: u64) -> String {
+    format!("auto-{entropy:016x}")
+}
+
+/// The CONNACK that answers a CONNECT the codec could not decode, where the client's
+/// version has one to say ([`ConnectError::answer_in`]); empty otherwise.
+pub fn answer_malformed(e: &ConnectError) -> BytesMut {
+    let mut connack = BytesMut::new();
+    if let Some(version) = e.answer_in {
+        let packet = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: e.error.code,
+            properties: Properties::default(),
+        });
+        encode(&packet, version, &mut connack);
+    }
+    connack
 }
 
 impl Client {
-    /// Handles CONNECT: authentication, the client identifier, the session (new,
-    /// resumed or taken over) and the CONNACK with what the broker grants.
-    ///
-    /// `identity` is a user name the transport has already authenticated (a verified
-    /// client certificate's common name, with `use_identity_as_username`): it replaces
-    /// the CONNECT's user name and no password is checked. `peer` is the client's
-    /// real address (from a PROXY header where there was one), `listener` where it
-    /// came in.
+    /// Handles CONNECT: every reason to refuse it (the transport's, the listener's,
+    /// authentication, the client identifier), the session (new, resumed or taken
+    /// over) and the CONNACK with what the broker grants.
     pub fn connect(
         broker: &Arc<Broker>,
-        auth: &Arc<AuthPolicy>,
+        arrival: Arrival<'_>,
         mut connect: Connect,
-        identity: Option<&str>,
-        (peer, listener): (SocketAddr, &ListenerName),
         now: Instant,
     ) -> ConnectOutcome {
         let settings = &broker.settings;
@@ -248,6 +314,38 @@ impl Client {
         let v5 = v == ProtocolVersion::V5;
         let peer_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let answer = (v, peer_max_packet_size as usize);
+        let Arrival {
+            peer,
+            listener,
+            auth,
+            identity,
+            ..
+        } = arrival;
+        let identity = identity.filter(|_| arrival.identity_as_username);
+        let refusal = match arrival.refusal {
+            Some(limit) => Some(limit),
+            None if arrival.identity_as_username && identity.is_none() => Some((
+                ReasonCode::NOT_AUTHORIZED,
+                "no verified client certificate, and this listener takes the user name from \
+                 one (use_identity_as_username)"
+                    .to_owned(),
+            )),
+            // A network client must not take over (and so empty) a bridge's outbox.
+            None if connect.client_id.starts_with(OUTBOX_PREFIX) && !arrival.bridge_relay => {
+                Some((
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    format!("client identifiers starting with {OUTBOX_PREFIX} belong to bridges"),
+                ))
+            }
+            None => None,
+        };
+        if let Some((code, why)) = refusal {
+            let mut outcome = refuse(answer, code, why);
+            if let ConnectOutcome::Refused(r) = &mut outcome {
+                r.flood = true;
+            }
+            return outcome;
+        }
         if broker.is_shutting_down() {
             return refuse(
                 answer,
@@ -269,7 +367,12 @@ impl Client {
             }
             None => {
                 if let Err((code, reason)) = authenticate(auth, &connect) {
-                    return refuse(answer, code, reason);
+                    let mut outcome = refuse(answer, code, reason);
+                    if let ConnectOutcome::Refused(r) = &mut outcome {
+                        r.delay = (code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                            .then_some(WRONG_PASSWORD_DELAY);
+                    }
+                    return outcome;
                 }
             }
         }
@@ -287,7 +390,7 @@ impl Client {
                     "empty client identifier needs clean session",
                 );
             }
-            let id = assign_client_id();
+            let id = assign_client_id(arrival.entropy);
             if v5 {
                 properties.assigned_client_identifier = Some(id.clone());
             }
@@ -343,14 +446,16 @@ impl Client {
         let mut encoded = BytesMut::new();
         if !encode_within(&connack, v, peer_max_packet_size as usize, &mut encoded) {
             encode(&connack, v, &mut encoded);
-            return ConnectOutcome::Refused {
+            return ConnectOutcome::Refused(Refusal {
                 code: ReasonCode::PACKET_TOO_LARGE,
                 reason: format!(
                     "its CONNACK of {} bytes is larger than the client's Maximum Packet Size of {peer_max_packet_size}, so none is sent",
                     encoded.len()
                 ),
                 connack: BytesMut::new(),
-            };
+                flood: false,
+                delay: None,
+            });
         }
         let info = LinkInfo {
             username: connect.username.take(),
@@ -360,7 +465,7 @@ impl Client {
             keep_alive,
             clean_start: connect.clean_start,
         };
-        let link = Arc::new(Link::new(info, broker.clock_ms(now)));
+        let link = Arc::new(Link::new(info, broker.clock_ms(now), arrival.wall));
         let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
         count(&broker.metrics.connections);
         broker
@@ -432,7 +537,7 @@ impl Client {
     /// The session's store id when its changes are stored.
     fn stored_sid(&self) -> Option<u64> {
         self.broker.store.as_ref()?;
-        self.session.lock().stored.then_some(self.session.sid)
+        self.session.lock().stored.then_some(self.session.sid.get())
     }
 
     fn is_strict(&self) -> bool {
@@ -441,8 +546,8 @@ impl Client {
 
     /// Holds what is written to `out` from `from` on until `ticket` is durable, under
     /// `strict` durability.
-    fn hold_from(&mut self, from: usize, ticket: u64) {
-        if ticket == 0 || !self.is_strict() {
+    fn hold_from(&mut self, from: usize, ticket: Option<Ticket>) {
+        if ticket.is_none() || !self.is_strict() {
             return;
         }
         match &mut self.hold {
@@ -455,36 +560,34 @@ impl Client {
                     from,
                     ticket,
                     messages: Vec::new(),
-                    listener: None,
                 }))
             }
         }
     }
 
     /// Holds what is written from now on until `ticket` is durable.
-    fn hold_for(&mut self, ticket: u64) {
+    fn hold_for(&mut self, ticket: Option<Ticket>) {
         self.hold_from(self.out.len(), ticket);
     }
 
     /// Holds what is written from now on until `message` may be seen by subscribers.
     fn hold_for_message(&mut self, message: &Arc<Message>) {
-        match message.durable_after.load(Ordering::Acquire) {
-            0 => {}
-            DURABLE_PENDING => {
+        match message.durable_after.get() {
+            Visibility::Now => {}
+            Visibility::Unknown => {
                 let from = self.out.len();
                 self.hold
                     .get_or_insert_with(|| {
                         Box::new(Hold {
                             from,
-                            ticket: 0,
+                            ticket: None,
                             messages: Vec::new(),
-                            listener: None,
                         })
                     })
                     .messages
                     .push(message.clone());
             }
-            ticket => self.hold_for(ticket),
+            Visibility::After(ticket) => self.hold_for(Some(ticket)),
         }
     }
 
@@ -513,65 +616,61 @@ impl Client {
         self.hold.is_some()
     }
 
-    /// Ready once the held packets may be written (at once when nothing is held); an
-    /// error when the store could not keep what they acknowledge, and then they are
-    /// never sent: the client will send its message again.
-    pub fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Close>> {
+    /// Whether the held packets may be written now, as far as the store has come:
+    /// [`Held::Waiting`] until it has made durable what they acknowledge (the caller
+    /// waits for the store's next commit and asks again), [`Held::Failed`] when it
+    /// could not keep it, and then they are never sent: the client will send its
+    /// message again.
+    pub fn release_held(&mut self) -> Held {
         let Some(store) = self.broker.store.clone() else {
             self.hold = None;
-            return Poll::Ready(Ok(()));
+            return Held::Released;
         };
-        loop {
-            let Some(h) = &mut self.hold else {
-                return Poll::Ready(Ok(()));
-            };
-            let mut unknown = false;
-            let ticket = &mut h.ticket;
-            h.messages
-                .retain(|m| match m.durable_after.load(Ordering::Acquire) {
-                    DURABLE_PENDING => {
-                        unknown = true;
-                        true
-                    }
-                    t => {
-                        *ticket = (*ticket).max(t);
-                        false
-                    }
-                });
-            if !unknown {
-                match store.ticket_state(h.ticket) {
-                    TicketState::Durable => {
-                        self.hold = None;
-                        return Poll::Ready(Ok(()));
-                    }
-                    TicketState::Failed => {
-                        let from = h.from;
-                        self.out.truncate(from);
-                        self.hold = None;
-                        return Poll::Ready(Err(Close::new(
-                            ReasonCode::QUOTA_EXCEEDED,
-                            "the store could not keep the message (disk full or failing): not acknowledged",
-                        )));
-                    }
-                    TicketState::Pending => {}
-                }
+        let Some(h) = &mut self.hold else {
+            return Held::Released;
+        };
+        let mut unknown = false;
+        let ticket = &mut h.ticket;
+        h.messages.retain(|m| match m.durable_after.get() {
+            Visibility::Unknown => {
+                unknown = true;
+                true
             }
-            match &mut h.listener {
-                None => h.listener = Some(store.listen()),
-                Some(listener) => {
-                    if Pin::new(listener).poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    h.listener = None;
-                }
+            Visibility::After(t) => {
+                *ticket = (*ticket).max(Some(t));
+                false
             }
+            Visibility::Now => false,
+        });
+        if unknown {
+            return Held::Waiting;
+        }
+        let Some(ticket) = h.ticket else {
+            self.hold = None;
+            return Held::Released;
+        };
+        match store.ticket_state(ticket) {
+            TicketState::Durable => {
+                self.hold = None;
+                Held::Released
+            }
+            TicketState::Failed => {
+                let from = h.from;
+                self.out.truncate(from);
+                self.hold = None;
+                Held::Failed(Close::new(
+                    ReasonCode::QUOTA_EXCEEDED,
+                    "the store could not keep the message (disk full or failing): not acknowledged",
+                ))
+            }
+            TicketState::Pending => Held::Waiting,
         }
     }
 
-    /// Ready when the session has had something new for this connection since the
-    /// last time: messages queued, or a reason to close (then call [`Client::pump`]).
-    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.link.poll_woken(cx)
+    /// The shared half of this connection: its wake-ups (queued messages, a reason to
+    /// close, the keep-alive sweep) arrive there.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     pub fn stall_timeout(&self) -> Duration {
@@ -668,7 +767,7 @@ impl Client {
         if !matches!(packet, Packet::Publish(_)) {
             // Route what came before, so a retained publish is there for the SUBSCRIBE
             // that follows it, and a DISCONNECT finds everything delivered.
-            self.flush_publishes();
+            self.flush_publishes(now);
         }
         let handled = match packet {
             Packet::Publish(p) => self.on_publish(p, now),
@@ -755,7 +854,7 @@ impl Client {
         if !self.may_publish(p.topic.as_str(), now) {
             // v5 is told 0x87; v3 has no way to say no, so it is acknowledged and the
             // message discarded ([MQTT-3.3.5-2]).
-            self.flush_publishes();
+            self.flush_publishes(now);
             let code = if self.v5() {
                 ReasonCode::NOT_AUTHORIZED
             } else {
@@ -771,7 +870,7 @@ impl Client {
                             st.inbound_qos2.push(packet_id);
                             if st.stored {
                                 let op = Op::AddInbound {
-                                    sid: self.session.sid,
+                                    sid: self.session.sid.get(),
                                     packet_id,
                                 };
                                 drop(st);
@@ -791,7 +890,7 @@ impl Client {
             // Refused, not disconnected: a persistent client would send it again after
             // every reconnect and be cut off for ever (MQTT 5.0 section 3.3.2.3.2 lets
             // the receiver answer 0x99 in the PUBACK or PUBREC).
-            self.flush_publishes();
+            self.flush_publishes(now);
             count(&self.broker.metrics.dropped_payload_format);
             log::debug!(
                 "client_id={} published to {:?} a payload marked UTF-8 that is not: refused (0x99)",
@@ -814,9 +913,9 @@ impl Client {
                 // (and not before the first one's record is durable).
                 let stored = st.stored;
                 drop(st);
-                self.flush_publishes();
+                self.flush_publishes(now);
                 if stored {
-                    let ticket = self.broker.store().map_or(0, |s| s.last_ticket());
+                    let ticket = self.broker.store().and_then(|s| s.last_ticket());
                     self.hold_for(ticket);
                 }
                 self.send(&Packet::PubRec(Ack::new(packet_id, ReasonCode::SUCCESS)));
@@ -846,9 +945,7 @@ impl Client {
         if exactly_once_stored && self.is_strict() {
             // Subscribers wait until the exactly-once record is durable; see
             // `Message::durable_after`.
-            message
-                .durable_after
-                .store(DURABLE_PENDING, Ordering::Release);
+            message.durable_after.set_unknown();
         }
         let batch = self.batch.get_or_insert_with(Box::default);
         if qos > QoS::AtMostOnce {
@@ -857,7 +954,7 @@ impl Client {
         batch.messages.push(message);
         let most = (self.broker.settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH);
         if batch.messages.len() >= most {
-            self.flush_publishes();
+            self.flush_publishes(now);
         }
         Ok(())
     }
@@ -865,7 +962,7 @@ impl Client {
     /// Routes the publishes decoded so far and writes the acknowledgements they owe.
     /// The connection calls it after each read, and [`Client::handle`] before any other
     /// packet and every `publish_batch` messages.
-    pub fn flush_publishes(&mut self) {
+    pub fn flush_publishes(&mut self, now: Instant) {
         let Some(mut batch) = self.batch.take() else {
             return;
         };
@@ -876,14 +973,14 @@ impl Client {
         let messages = std::mem::take(&mut batch.messages);
         let awaiting: Vec<Arc<Message>> = messages
             .iter()
-            .filter(|m| m.durable_after.load(Ordering::Relaxed) == DURABLE_PENDING)
+            .filter(|m| m.durable_after.get() == Visibility::Unknown)
             .cloned()
             .collect();
         batch.reached.clear();
         let mut ops = Vec::new();
         let pressure = self
             .broker
-            .publish_batch(messages, &mut batch.reached, &mut ops);
+            .publish_batch(messages, &mut batch.reached, &mut ops, now);
         if self.backpressure.is_none() {
             self.backpressure = pressure;
         }
@@ -900,14 +997,14 @@ impl Client {
         }
         let ticket = self.broker.submit(ops);
         for message in awaiting {
-            message.durable_after.store(ticket, Ordering::Release);
+            message.durable_after.set(ticket);
         }
         if !acks.is_empty() {
             self.hold_for(ticket);
         }
         for &(index, qos, packet_id) in acks {
             let code = match batch.reached[index] {
-                REFUSED if !self.v5() => {
+                Reached::Refused if !self.v5() => {
                     // 3.x has no way to say "not kept" in a PUBACK: close instead of
                     // acknowledging what was not kept.
                     self.refusal.get_or_insert_with(|| {
@@ -918,8 +1015,8 @@ impl Client {
                     });
                     continue;
                 }
-                REFUSED => ReasonCode::QUOTA_EXCEEDED,
-                0 if self.v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                Reached::Refused => ReasonCode::QUOTA_EXCEEDED,
+                Reached::Sessions(0) if self.v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
                 _ => ReasonCode::SUCCESS,
             };
             match qos {
@@ -940,7 +1037,7 @@ impl Client {
                 st.inbound_qos2.tidy();
                 if st.stored {
                     op = Some(Op::DeleteInbound {
-                        sid: self.session.sid,
+                        sid: self.session.sid.get(),
                         packet_id: ack.packet_id,
                     });
                 }
@@ -973,7 +1070,7 @@ impl Client {
         }
         let done = st
             .remove_inflight(i)
-            .and_then(|f| done_op(self.session.sid, &f.delivery));
+            .and_then(|f| done_op(self.session.sid.get(), &f.delivery));
         drop(st);
         self.broker.submit(done.into_iter().collect());
         Ok(())
@@ -981,7 +1078,7 @@ impl Client {
 
     fn on_pubrec(&mut self, ack: Ack) -> Result<(), Close> {
         let mut st = self.session.lock();
-        let sid = self.session.sid;
+        let sid = self.session.sid.get();
         let (code, op) = match st.inflight_position(ack.packet_id) {
             Some(i) if st.inflight[i].stage == Stage::AwaitingPubAck => {
                 return Err(wrong_acknowledgement(
@@ -1004,9 +1101,9 @@ impl Client {
                 // (again) PUBREL.
                 let f = &mut st.inflight[i];
                 f.stage = Stage::AwaitingPubComp;
-                let op = (f.delivery.seq != 0).then(|| Op::SentDelivery {
+                let op = f.delivery.seq.map(|seq| Op::SentDelivery {
                     sid,
-                    seq: f.delivery.seq,
+                    seq: seq.get(),
                     packet_id: ack.packet_id,
                     stage: Stage::AwaitingPubComp,
                 });
@@ -1023,74 +1120,49 @@ impl Client {
         Ok(())
     }
 
+    /// Whether this client may subscribe to `filter`: a valid filter, within the
+    /// limits every subscription meets, that the ACL lets it read from.
+    fn may_subscribe(&self, filter: &str) -> Result<(), (ReasonCode, String)> {
+        if let Err(e) = topic::validate_filter(filter) {
+            return Err((ReasonCode::TOPIC_FILTER_INVALID, e.describe().to_owned()));
+        }
+        self.broker.may_subscribe(&self.session, filter)?;
+        let readable = match self.auth.acl() {
+            Some(acl) => acl.may_subscribe(
+                &self.session.client_id,
+                self.link.username.as_deref(),
+                filter,
+            ),
+            None => true,
+        };
+        if !readable {
+            return Err((
+                ReasonCode::NOT_AUTHORIZED,
+                "the ACL grants no read access to it".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let mut ops = Vec::new();
-        let sid = self.stored_sid();
         for (filter, mut options) in s.filters {
-            if let Err(e) = topic::validate_filter(&filter) {
-                if self.version == ProtocolVersion::V31 {
-                    return Err(Close::new(
-                        ReasonCode::TOPIC_FILTER_INVALID,
-                        format!("topic filter {filter:?}: {}", e.describe()),
-                    ));
-                }
+            if let Err((code, why)) = self.may_subscribe(&filter) {
                 log::info!(
-                    "client_id={} subscription refused filter={filter:?}: {}",
-                    self.session.client_id,
-                    e.describe()
-                );
-                codes.push(if self.v5() {
-                    ReasonCode::TOPIC_FILTER_INVALID
-                } else {
-                    ReasonCode::UNSPECIFIED_ERROR
-                });
-                continue;
-            }
-            let refusal = match self.broker.topic_too_big(&filter) {
-                Some(why) => Some((ReasonCode::TOPIC_FILTER_INVALID, why)),
-                None => {
-                    let st = self.session.lock();
-                    let is_new = !st.subscriptions.contains(&filter);
-                    let max = self.broker.settings.max_subscriptions;
-                    (is_new && st.subscriptions.len() >= max).then(|| {
-                        (
-                            ReasonCode::QUOTA_EXCEEDED,
-                            format!("already {max} subscriptions (max_subscriptions)"),
-                        )
-                    })
-                }
-            };
-            if let Some((code, why)) = refusal {
-                log::info!(
-                    "client_id={} subscription refused filter={filter:?}: {why}",
-                    self.session.client_id
-                );
-                codes.push(if self.v5() {
-                    code
-                } else {
-                    ReasonCode::UNSPECIFIED_ERROR
-                });
-                continue;
-            }
-            let readable = match self.auth.acl() {
-                Some(acl) => acl.may_subscribe(
-                    &self.session.client_id,
-                    self.link.username.as_deref(),
-                    &filter,
-                ),
-                None => true,
-            };
-            if !readable {
-                log::info!(
-                    "client_id={} user={:?} subscription refused filter={filter:?}: the ACL grants no read access to it",
+                    "client_id={} user={:?} subscription refused filter={filter:?}: {why}",
                     self.session.client_id,
                     self.link.username
                 );
+                if self.version == ProtocolVersion::V31 && topic::validate_filter(&filter).is_err()
+                {
+                    // MQTT 3.1's SUBACK has no way to refuse a malformed filter.
+                    return Err(Close::new(code, format!("topic filter {filter:?}: {why}")));
+                }
                 codes.push(if self.v5() {
-                    ReasonCode::NOT_AUTHORIZED
+                    code
                 } else {
                     ReasonCode::UNSPECIFIED_ERROR
                 });
@@ -1101,25 +1173,14 @@ impl Client {
                 options.retain_as_published = true;
             }
             let subscription = Subscription { options, id };
-            let existed = self.session.lock().add_subscription(&filter, subscription);
-            self.broker.subscribe(&self.session, &filter, subscription);
-            if let Some(sid) = sid {
-                ops.push(Op::PutSubscription {
-                    sid,
-                    filter: filter.clone(),
-                    options: options.to_byte(),
-                    identifier: id,
-                });
-            }
+            retained.extend(self.broker.add_subscription(
+                &self.session,
+                &filter,
+                subscription,
+                &mut ops,
+                now,
+            ));
             codes.push(ReasonCode(options.qos as u8));
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-            if send_retained {
-                retained.extend(self.broker.retained_for(&filter, subscription, now));
-            }
         }
         let ticket = self.broker.submit(ops);
         self.hold_for(ticket);
@@ -1228,7 +1289,7 @@ impl Client {
             }
         }
         let acl = self.auth.acl();
-        let sid = session.sid;
+        let sid = session.sid.get();
         let mut ops = Vec::new();
         let mut hold_start = None;
         let limits = self.broker.queue_limits();
@@ -1280,10 +1341,10 @@ impl Client {
                 } else {
                     Stage::AwaitingPubRec
                 };
-                if delivery.seq != 0 {
+                if let Some(seq) = delivery.seq {
                     ops.push(Op::SentDelivery {
                         sid,
-                        seq: delivery.seq,
+                        seq: seq.get(),
                         packet_id,
                         stage,
                     });
@@ -1398,7 +1459,7 @@ impl Client {
     /// if it does not outlive its connection.
     pub fn connection_lost(mut self, now: Instant) {
         // What arrived before the connection dropped is still delivered.
-        self.flush_publishes();
+        self.flush_publishes(now);
         let broker = self.broker.clone();
         broker
             .metrics
@@ -1454,7 +1515,7 @@ impl Client {
         if !st.stored || st.expiry_interval == 0 {
             return;
         }
-        let sid = self.session.sid;
+        let sid = self.session.sid.get();
         let clock = &store.clock;
         let mut ops = vec![Op::PutSession {
             sid,
@@ -1498,19 +1559,11 @@ mod tests {
             password: None,
             properties: props,
         };
-        match Client::connect(
-            broker,
-            &Arc::new(AuthPolicy::open()),
-            c,
-            None,
-            (
-                ([127, 0, 0, 1], 50000).into(),
-                &Arc::new("test".to_string()),
-            ),
-            Instant::now(),
-        ) {
+        let (listener, auth) = (Arc::new("test".to_string()), Arc::new(AuthPolicy::open()));
+        let arrival = Arrival::new(([127, 0, 0, 1], 50000).into(), &listener, &auth);
+        match Client::connect(broker, arrival, c, Instant::now()) {
             ConnectOutcome::Accepted(c) => c,
-            ConnectOutcome::Refused { reason, .. } => panic!("refused: {reason}"),
+            ConnectOutcome::Refused(r) => panic!("refused: {}", r.reason),
         }
     }
 
@@ -1555,23 +1608,23 @@ mod tests {
 
     #[test]
     fn the_broker_wakes_a_client_silent_for_one_and_a_half_keep_alives() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let at = |secs| Instant::now() + Duration::from_secs(secs);
         // Both with a keep-alive of 10 s.
         let quiet = plain(&broker, "quiet", ProtocolVersion::V311);
         let mut chatty = plain(&broker, "chatty", ProtocolVersion::V5);
         chatty.handle(Packet::PingReq, at(10)).unwrap();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         broker.tick(at(14));
         assert!(
-            quiet.poll_woken(&mut cx).is_pending(),
+            quiet.link().poll_woken(&mut cx).is_pending(),
             "14 s is under 1.5 keep-alives"
         );
         broker.tick(at(16));
-        assert!(quiet.poll_woken(&mut cx).is_ready());
+        assert!(quiet.link().poll_woken(&mut cx).is_ready());
         assert!(quiet.is_silent(at(16)));
         assert!(
-            chatty.poll_woken(&mut cx).is_pending(),
+            chatty.link().poll_woken(&mut cx).is_pending(),
             "heard from 6 s ago"
         );
         assert!(!chatty.is_silent(at(16)));
@@ -1586,7 +1639,7 @@ mod tests {
     /// broker's tick gives the buffer back and stops watching the session.
     #[test]
     fn a_drained_burst_gives_its_queue_buffer_back_on_the_tick() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut slow = plain(&broker, "slow", ProtocolVersion::V5);
         slow.handle(subscribe("b/#", QoS::AtMostOnce), now).unwrap();
@@ -1597,7 +1650,7 @@ mod tests {
                 .handle(publish("b/1", QoS::AtMostOnce, 0), now)
                 .unwrap();
         }
-        publisher.flush_publishes();
+        publisher.flush_publishes(now);
         let session = slow.session.clone();
         let capacity = || session.lock().queue.capacity();
         assert!(capacity() >= burst);
@@ -1615,7 +1668,7 @@ mod tests {
 
     #[test]
     fn qos1_delivery_waits_for_the_receive_maximum() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let props = Properties::from(PropertyValues {
             receive_maximum: Some(2),
@@ -1630,7 +1683,7 @@ mod tests {
                 .handle(publish("t/a", QoS::AtLeastOnce, id), now)
                 .unwrap();
         }
-        publisher.flush_publishes();
+        publisher.flush_publishes(now);
         sub.pump(now).unwrap();
         let sent = drain(&mut sub);
         assert_eq!(sent.len(), 2, "receive maximum 2 holds the third back");
@@ -1648,7 +1701,7 @@ mod tests {
 
     #[test]
     fn qos2_inbound_is_delivered_once_and_released() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut sub = plain(&broker, "sub", ProtocolVersion::V311);
         sub.handle(subscribe("t", QoS::ExactlyOnce), now).unwrap();
@@ -1680,7 +1733,7 @@ mod tests {
 
     #[test]
     fn session_takeover_closes_the_old_connection_with_0x8e() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut first = connect(
@@ -1690,7 +1743,7 @@ mod tests {
             false,
             Properties::default(),
         );
-        assert!(first.poll_woken(&mut cx).is_pending());
+        assert!(first.link().poll_woken(&mut cx).is_pending());
         let mut second = connect(
             &broker,
             "same",
@@ -1699,8 +1752,8 @@ mod tests {
             Properties::default(),
         );
         // Each connection has its own wake-up: the new one cannot swallow the old one's.
-        assert!(second.poll_woken(&mut cx).is_pending());
-        assert!(first.poll_woken(&mut cx).is_ready());
+        assert!(second.link().poll_woken(&mut cx).is_pending());
+        assert!(first.link().poll_woken(&mut cx).is_ready());
         let close = first.pump(now).unwrap_err();
         assert_eq!(close.code, ReasonCode::SESSION_TAKEN_OVER);
         second.pump(now).unwrap();
@@ -1708,7 +1761,7 @@ mod tests {
 
     #[test]
     fn outbound_topic_aliases_replace_repeated_topics() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let props = Properties::from(PropertyValues {
             topic_alias_maximum: Some(1),
@@ -1723,7 +1776,7 @@ mod tests {
                 .handle(publish(topic, QoS::AtMostOnce, 0), now)
                 .unwrap();
         }
-        publisher.flush_publishes();
+        publisher.flush_publishes(now);
         sub.pump(now).unwrap();
         let got: Vec<(String, Option<u16>)> = drain(&mut sub)
             .into_iter()
@@ -1744,7 +1797,7 @@ mod tests {
 
     #[test]
     fn tick_walks_the_sessions_only_once_something_is_due() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let next_due = |b: &Broker| *b.next_due.lock().unwrap();
         let now = Instant::now();
         let expiring = Properties::from(PropertyValues {
@@ -1792,7 +1845,7 @@ mod tests {
 
     #[test]
     fn a_persistent_connect_never_resumes_a_clean_session() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut clean = plain(&broker, "tk", ProtocolVersion::V311);
         clean
@@ -1816,7 +1869,7 @@ mod tests {
         publisher
             .handle(publish("tk/t", QoS::AtLeastOnce, 1), now)
             .unwrap();
-        publisher.flush_publishes();
+        publisher.flush_publishes(now);
         resumer.pump(now).unwrap();
         assert!(
             drain(&mut resumer).is_empty(),
@@ -1828,7 +1881,7 @@ mod tests {
     /// handled its DISCONNECT but not yet finished closing when the new CONNECT arrives.
     #[test]
     fn a_session_ending_with_its_connection_has_ended_once_disconnect_is_handled() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let disconnect = |expiry: Option<u32>| {
             Packet::Disconnect(Disconnect {
@@ -1864,7 +1917,7 @@ mod tests {
 
     #[test]
     fn an_acknowledgement_of_the_wrong_kind_closes_and_leaves_the_flight() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let ack = |kind: fn(Ack) -> Packet, id| kind(Ack::new(id, ReasonCode::SUCCESS));
         type Kind = fn(Ack) -> Packet;
@@ -1896,7 +1949,7 @@ mod tests {
             drain(&mut sub);
             let mut publisher = plain(&broker, "pub", ProtocolVersion::V5);
             publisher.handle(publish("t", qos, 1), now).unwrap();
-            publisher.flush_publishes();
+            publisher.flush_publishes(now);
             sub.pump(now).unwrap();
             let Some(Packet::Publish(p)) = drain(&mut sub).pop() else {
                 panic!("case {n}: no delivery")
@@ -1934,7 +1987,7 @@ mod tests {
 
     #[test]
     fn clients_cannot_publish_into_sys_or_share() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut watcher = plain(&broker, "w", ProtocolVersion::V5);
         watcher
@@ -1962,7 +2015,7 @@ mod tests {
             now,
         )
         .unwrap();
-        v5.flush_publishes();
+        v5.flush_publishes(now);
         watcher.pump(now).unwrap();
         let delivered: Vec<String> = drain(&mut watcher)
             .into_iter()
@@ -1977,7 +2030,7 @@ mod tests {
 
     #[test]
     fn no_packet_is_larger_than_the_clients_maximum() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let limit = |n| {
             Properties::from(PropertyValues {
@@ -1996,18 +2049,12 @@ mod tests {
             password: None,
             properties: limit(2),
         };
-        let outcome = Client::connect(
-            &broker,
-            &Arc::new(AuthPolicy::open()),
-            c,
-            None,
-            (([127, 0, 0, 1], 1).into(), &Arc::new("t".to_string())),
-            now,
-        );
-        match outcome {
-            ConnectOutcome::Refused { connack, code, .. } => {
-                assert!(connack.is_empty(), "closed without a CONNACK");
-                assert_eq!(code, ReasonCode::PACKET_TOO_LARGE);
+        let (listener, auth) = (Arc::new("t".to_string()), Arc::new(AuthPolicy::open()));
+        let arrival = Arrival::new(([127, 0, 0, 1], 1).into(), &listener, &auth);
+        match Client::connect(&broker, arrival, c, now) {
+            ConnectOutcome::Refused(r) => {
+                assert!(r.connack.is_empty(), "closed without a CONNACK");
+                assert_eq!(r.code, ReasonCode::PACKET_TOO_LARGE);
             }
             ConnectOutcome::Accepted(_) => panic!("a 16-byte CONNACK does not fit in 2"),
         }
@@ -2038,7 +2085,7 @@ mod tests {
 
     #[test]
     fn a_payload_marked_utf8_that_is_not_is_refused_with_0x99() {
-        let broker = Broker::new(Settings::default());
+        let broker = Broker::new(Settings::default(), Instant::now());
         let now = Instant::now();
         let mut sub = plain(&broker, "sub", ProtocolVersion::V5);
         sub.handle(subscribe("t", QoS::ExactlyOnce), now).unwrap();

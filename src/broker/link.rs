@@ -54,8 +54,9 @@ pub struct LinkInfo {
 pub type ListenerName = Arc<String>;
 
 impl Link {
-    /// A link heard from at `now_ms` (the CONNECT).
-    pub fn new(info: LinkInfo, now_ms: u64) -> Link {
+    /// A link heard from at `now_ms` (the CONNECT), which the wall clock says was at
+    /// `wall`.
+    pub fn new(info: LinkInfo, now_ms: u64, wall: SystemTime) -> Link {
         let link = Link {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
@@ -67,7 +68,7 @@ impl Link {
             protocol: info.protocol,
             keep_alive: info.keep_alive,
             clean_start: info.clean_start,
-            connected_at_ms: SystemTime::now()
+            connected_at_ms: wall
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),
             received: AtomicU64::new(0),

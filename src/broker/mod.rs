@@ -7,24 +7,23 @@
 
 mod client;
 pub mod link;
-pub mod message;
 pub mod retained;
 pub mod router;
 pub mod session;
-pub mod small_str;
 mod subscriptions;
 mod table;
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-pub use client::{Client, Close, ConnectOutcome};
+use crate::message::{Delivery, Message, SmallStr, Ticket};
+pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, answer_malformed};
 use link::Link;
-use message::{Delivery, Message};
 use retained::Retained;
 use router::{Match, Router};
 use session::{
@@ -33,9 +32,10 @@ use session::{
 };
 use table::SessionTable;
 
-use crate::protocol::{ProtocolVersion, QoS, SubscriptionOptions};
+use crate::protocol::{
+    ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic,
+};
 use crate::store::{Loaded, Op, Store};
-use small_str::SmallStr;
 
 /// The broker-wide settings the core enforces; `config` fills them from the TOML file.
 #[derive(Debug, Clone)]
@@ -137,8 +137,6 @@ pub struct Broker {
     pub settings: Settings,
     pub metrics: Metrics,
     sessions: Mutex<SessionTable>,
-    /// The bridges' states, for `$SYS` and the management API.
-    pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
     router: RwLock<Router>,
     retained: RwLock<Retained>,
     shutting_down: AtomicBool,
@@ -156,6 +154,8 @@ pub struct Broker {
     grown_queues: Mutex<Vec<Weak<Session>>>,
     /// Zero of [`Broker::clock_ms`].
     epoch: Instant,
+    /// Session ids without a store (the store numbers them when there is one).
+    sessions_made: AtomicU64,
 }
 
 /// Where a publish went.
@@ -171,13 +171,26 @@ pub struct ClientView {
     pub expiry_interval: u32,
 }
 
-/// In `publish_batch`'s `reached`: a full bridge outbox refused the message, so its
-/// publisher must be refused too (never acknowledged).
-pub const REFUSED: usize = usize::MAX;
+/// Why a subscription on a client's behalf was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    NotConnected,
+    /// What the client's own SUBSCRIBE would have been told, and why.
+    Refused(ReasonCode, String),
+}
 
-#[derive(Default)]
+/// Where one published message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// Queued for this many sessions (a v5 publisher is told 0x10 when none).
+    Sessions(usize),
+    /// A full bridge outbox refused it, so its publisher must be refused too (never
+    /// acknowledged).
+    Refused,
+}
+
 pub struct Routed {
-    pub reached: usize,
+    pub reached: Reached,
     /// A session whose queue passed its high-water mark.
     pub pressure: Option<Arc<Session>>,
 }
@@ -187,19 +200,24 @@ pub struct Opened {
     pub session: Arc<Session>,
     pub generation: u32,
     pub present: bool,
-    /// The store ticket the CONNACK waits for (0: none).
-    pub ticket: u64,
+    /// The store ticket the CONNACK waits for.
+    pub ticket: Option<Ticket>,
 }
 
 impl Broker {
-    /// A broker that keeps everything in memory.
-    pub fn new(settings: Settings) -> Arc<Broker> {
-        Broker::with_store(settings, None)
+    /// A broker that keeps everything in memory, made at `now`.
+    pub fn new(settings: Settings, now: Instant) -> Arc<Broker> {
+        Broker::with_store(settings, None, now)
     }
 
     /// A broker over a store, with what the store held loaded back: sessions (their
     /// queues stay on disk until they resume), subscriptions and retained messages.
-    pub fn with_store(settings: Settings, store: Option<(Arc<Store>, Loaded)>) -> Arc<Broker> {
+    /// `now` is the zero of its keep-alive clock ([`Broker::clock_ms`]).
+    pub fn with_store(
+        settings: Settings,
+        store: Option<(Arc<Store>, Loaded)>,
+        now: Instant,
+    ) -> Arc<Broker> {
         let (store, loaded) = match store {
             Some((store, loaded)) => (Some(store), Some(loaded)),
             None => (None, None),
@@ -212,7 +230,6 @@ impl Broker {
             settings,
             metrics: Metrics::default(),
             sessions: Mutex::new(SessionTable::default()),
-            bridges: Mutex::new(Vec::new()),
             router: RwLock::new(Router::default()),
             shutting_down: AtomicBool::new(false),
             store,
@@ -220,7 +237,8 @@ impl Broker {
             next_due: Mutex::new(None),
             keep_alive: Mutex::new(Vec::new()),
             grown_queues: Mutex::new(Vec::new()),
-            epoch: Instant::now(),
+            epoch: now,
+            sessions_made: AtomicU64::new(0),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);
@@ -228,6 +246,7 @@ impl Broker {
         if let Some(q) = broker.store.as_ref().and_then(|s| s.quarantined.clone()) {
             let files: Vec<String> = q.files.iter().map(|f| f.display().to_string()).collect();
             broker.raise_alarm(
+                q.at,
                 "store-corrupt",
                 format!(
                     "the store was corrupt ({}) and was moved aside as {}; Tern started with an empty store",
@@ -258,12 +277,11 @@ impl Broker {
                 _ => self.settings.persistent_client_expiration,
             };
             let client_id = SmallStr::from(stored.client_id);
-            let session = Arc::new(Session::new(
-                client_id.clone(),
-                protocol,
-                expiry,
-                stored.sid,
-            ));
+            let Some(sid) = NonZeroU64::new(stored.sid) else {
+                log::warn!("stored session {client_id:?} has session id 0: skipped");
+                continue;
+            };
+            let session = Arc::new(Session::new(client_id.clone(), protocol, expiry, sid));
             {
                 let mut st = session.lock();
                 st.stored = true;
@@ -304,27 +322,34 @@ impl Broker {
         );
     }
 
+    /// A session id for a broker without a store.
+    fn next_sid(&self) -> NonZeroU64 {
+        let made = self.sessions_made.fetch_add(1, Ordering::Relaxed);
+        NonZeroU64::MIN.saturating_add(made)
+    }
+
     pub fn store(&self) -> Option<&Store> {
         self.store.as_deref()
     }
 
-    /// Hands ops to the store; the ticket a strict acknowledgement waits for, 0 when
-    /// there is nothing to wait for.
-    pub fn submit(&self, ops: Vec<Op>) -> u64 {
+    /// Hands ops to the store; the ticket a strict acknowledgement waits for, `None`
+    /// when there is nothing to wait for.
+    pub fn submit(&self, ops: Vec<Op>) -> Option<Ticket> {
         match &self.store {
             Some(store) if !ops.is_empty() => store.submit(ops),
-            _ => 0,
+            _ => None,
         }
     }
 
-    /// Logs an alarm, lists it, and publishes it retained under `$SYS/tern/alarms/`.
-    pub fn raise_alarm(&self, name: &str, message: String) {
+    /// Logs an alarm raised at `at`, lists it, and publishes it retained under
+    /// `$SYS/tern/alarms/`.
+    pub fn raise_alarm(&self, at: SystemTime, name: &str, message: String) {
         log::error!("alarm {name}: {message}");
         let payload = format!(
             "{{\"alarm\":{},\"message\":{},\"raised_at\":{}}}",
             json_string(name),
             json_string(&message),
-            crate::store::wall_secs()
+            at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
         );
         let alarm = Message::new(
             format!("$SYS/tern/alarms/{name}"),
@@ -342,7 +367,7 @@ impl Broker {
             .push(Alarm {
                 name: name.into(),
                 message,
-                raised_at: SystemTime::now(),
+                raised_at: at,
             });
     }
 
@@ -414,38 +439,101 @@ impl Broker {
     }
 
     /// Subscribes a connected client to `filter` on its behalf (the management API),
-    /// storing the subscription when its session is stored and sending it the retained
-    /// messages that match. False when the client is not connected.
-    pub fn subscribe_for(&self, client_id: &str, filter: &str, qos: QoS, now: Instant) -> bool {
-        let Some(session) = self.sessions().get(client_id).cloned() else {
-            return false;
+    /// with the limits its own SUBSCRIBE would meet, storing the subscription when its
+    /// session is stored and sending it the retained messages that match.
+    pub fn subscribe_for(
+        &self,
+        client_id: &str,
+        filter: &str,
+        qos: QoS,
+        now: Instant,
+    ) -> Result<(), SubscribeError> {
+        let session = self.sessions().get(client_id).cloned();
+        let Some(session) = session.filter(|s| s.is_online()) else {
+            return Err(SubscribeError::NotConnected);
         };
+        let (code, why) = match topic::validate_filter(filter) {
+            Ok(()) => match self.may_subscribe(&session, filter) {
+                Ok(()) => (ReasonCode::SUCCESS, String::new()),
+                Err(refusal) => refusal,
+            },
+            Err(e) => (ReasonCode::TOPIC_FILTER_INVALID, e.describe().to_owned()),
+        };
+        if code.is_error() {
+            return Err(SubscribeError::Refused(code, why));
+        }
         let options = SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()
         };
         let subscription = Subscription { options, id: None };
-        let stored = {
-            let mut st = session.lock();
-            if !st.connected {
-                return false;
-            }
-            st.add_subscription(filter, subscription);
-            st.stored
-        };
-        self.subscribe(&session, filter, subscription);
-        if stored && self.store.is_some() {
-            self.submit(vec![Op::PutSubscription {
-                sid: session.sid,
-                filter: filter.to_owned(),
-                options: options.to_byte(),
-                identifier: None,
-            }]);
-        }
-        for delivery in self.retained_for(filter, subscription, now) {
+        let mut ops = Vec::new();
+        let retained = self.add_subscription(&session, filter, subscription, &mut ops, now);
+        self.submit(ops);
+        for delivery in retained {
             self.enqueue(&session, delivery);
         }
-        true
+        Ok(())
+    }
+
+    /// Whether `session` may add a subscription to `filter` (a valid one): the topic
+    /// length and depth limits and `max_subscriptions`, as every subscription meets
+    /// them, a client's own or one made on its behalf.
+    pub fn may_subscribe(
+        &self,
+        session: &Session,
+        filter: &str,
+    ) -> Result<(), (ReasonCode, String)> {
+        if let Some(why) = self.topic_too_big(filter) {
+            return Err((ReasonCode::TOPIC_FILTER_INVALID, why));
+        }
+        let st = session.lock();
+        let is_new = !st.subscriptions.contains(filter);
+        let max = self.settings.max_subscriptions;
+        if is_new && st.subscriptions.len() >= max {
+            return Err((
+                ReasonCode::QUOTA_EXCEEDED,
+                format!("already {max} subscriptions (max_subscriptions)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) a subscription that [`Broker::may_subscribe`] allowed: to the
+    /// session, the router and, for a stored session, to `ops`. Returns the retained
+    /// messages its retain handling sends now, for the caller to queue after it has
+    /// answered the SUBSCRIBE.
+    pub fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        subscription: Subscription,
+        ops: &mut Vec<Op>,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        let (existed, stored) = {
+            let mut st = session.lock();
+            (st.add_subscription(filter, subscription), st.stored)
+        };
+        self.subscribe(session, filter, subscription);
+        if stored && self.store.is_some() {
+            ops.push(Op::PutSubscription {
+                sid: session.sid.get(),
+                filter: filter.to_owned(),
+                options: subscription.options.to_byte(),
+                identifier: subscription.id,
+            });
+        }
+        let send_retained = match subscription.options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        };
+        if send_retained {
+            self.retained_for(filter, subscription, now)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Removes a connected client's subscription on its behalf: `None` when it is not
@@ -463,7 +551,7 @@ impl Broker {
             self.unsubscribe(&session, filter);
             if stored && self.store.is_some() {
                 self.submit(vec![Op::DeleteSubscription {
-                    sid: session.sid,
+                    sid: session.sid.get(),
                     filter: filter.to_owned(),
                 }]);
             }
@@ -533,7 +621,10 @@ impl Broker {
         let (session, present) = match resumable {
             Some(session) => (session, true),
             None => {
-                let sid = self.store.as_ref().map_or(0, |s| s.new_sid());
+                let sid = match &self.store {
+                    Some(store) => store.new_sid(),
+                    None => self.next_sid(),
+                };
                 let session = Arc::new(Session::new(
                     client_id.into(),
                     protocol,
@@ -580,15 +671,22 @@ impl Broker {
 
     /// Brings the store up to date with a session just opened: its stored queue read
     /// back, its row written, updated or (expiry 0) deleted. Returns the ticket.
-    fn store_opened(&self, session: &Session, st: &mut SessionState, had_will: bool) -> u64 {
-        let Some(store) = &self.store else { return 0 };
+    fn store_opened(
+        &self,
+        session: &Session,
+        st: &mut SessionState,
+        had_will: bool,
+    ) -> Option<Ticket> {
+        let Some(store) = &self.store else {
+            return None;
+        };
         if st.take_backlog().is_some() {
-            match store.load_backlog(session.sid) {
+            match store.load_backlog(session.sid.get()) {
                 Ok(stored) => restore_backlog(st, stored),
                 Err(e) => log::error!("client_id={}: {e}", session.client_id),
             }
         }
-        let sid = session.sid;
+        let sid = session.sid.get();
         let mut ops = Vec::new();
         match (st.is_persistent(), st.stored) {
             (true, true) => {
@@ -641,7 +739,9 @@ impl Broker {
         let (filters, will, held) = {
             let mut st = session.lock();
             if std::mem::take(&mut st.stored) {
-                self.submit(vec![Op::DeleteSession { sid: session.sid }]);
+                self.submit(vec![Op::DeleteSession {
+                    sid: session.sid.get(),
+                }]);
             }
             let filters = st.subscriptions.take_filters();
             let will = st.take_pending_will().map(|w| w.0);
@@ -676,7 +776,7 @@ impl Broker {
                     &session,
                     Delivery {
                         qos,
-                        seq: 0,
+                        seq: None,
                         ..delivery
                     },
                 );
@@ -720,7 +820,7 @@ impl Broker {
                 retain: true,
                 subscription_ids: subscription.id.into_iter().collect(),
                 shared: None,
-                seq: 0,
+                seq: None,
             })
             .collect()
     }
@@ -734,10 +834,10 @@ impl Broker {
 
     /// Routes one message (a will, say) and stores what it left for stored sessions;
     /// see [`Broker::publish_batch`].
-    pub fn publish(&self, message: Message, _now: Instant) -> Routed {
+    pub fn publish(&self, message: Message, now: Instant) -> Routed {
         let mut reached = Vec::with_capacity(1);
         let mut ops = Vec::new();
-        let pressure = self.publish_batch(vec![Arc::new(message)], &mut reached, &mut ops);
+        let pressure = self.publish_batch(vec![Arc::new(message)], &mut reached, &mut ops, now);
         self.submit(ops);
         Routed {
             reached: reached[0],
@@ -746,7 +846,7 @@ impl Broker {
     }
 
     /// Routes a batch of messages from one publisher, in order. Appends to `reached`
-    /// how many sessions each message reached (a v5 publisher is told 0x10 when none),
+    /// where each message went,
     /// appends to `ops` what the store must keep of it (the caller submits them,
     /// together with its own), and returns a session whose queue is filling up, which
     /// the publisher should wait for before sending more. Each session is locked and
@@ -755,8 +855,9 @@ impl Broker {
     pub fn publish_batch(
         &self,
         messages: Vec<Arc<Message>>,
-        reached: &mut Vec<usize>,
+        reached: &mut Vec<Reached>,
         ops: &mut Vec<Op>,
+        now: Instant,
     ) -> Option<Arc<Session>> {
         self.metrics
             .messages_received
@@ -771,7 +872,7 @@ impl Broker {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
-        self.route(messages, reached, ops, true)
+        self.route(messages, reached, ops, Some(now))
     }
 
     /// Publishes what the broker says itself (`$SYS`, bridge states): routed and
@@ -790,20 +891,22 @@ impl Broker {
         }
         let mut reached = Vec::with_capacity(1);
         let mut ops = Vec::new();
-        self.route(vec![message], &mut reached, &mut ops, false);
+        self.route(vec![message], &mut reached, &mut ops, None);
         self.submit(ops);
     }
 
+    /// Routes `messages`; `keep_retained` at `now` keeps (and stores) the retained ones,
+    /// within the retained limits (the broker's own keeps them itself).
     fn route(
         &self,
         messages: Vec<Arc<Message>>,
-        reached: &mut Vec<usize>,
+        reached: &mut Vec<Reached>,
         ops: &mut Vec<Op>,
-        keep_retained: bool,
+        keep_retained: Option<Instant>,
     ) -> Option<Arc<Session>> {
-        for message in &messages {
-            if message.retain && keep_retained {
-                self.set_retained(message, ops);
+        if let Some(now) = keep_retained {
+            for message in messages.iter().filter(|m| m.retain) {
+                self.set_retained(message, ops, now);
             }
         }
         let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
@@ -839,7 +942,7 @@ impl Broker {
                     }
                     i = j;
                 }
-                reached.push(n);
+                reached.push(Reached::Sessions(n));
             }
         }
         let limits = self.queue_limits();
@@ -850,7 +953,7 @@ impl Broker {
             self.count_delivered(&session, &delivered);
             for message in delivered.refused {
                 if let Some(i) = messages.iter().position(|m| Arc::ptr_eq(m, &message)) {
-                    reached[first + i] = REFUSED;
+                    reached[first + i] = Reached::Refused;
                 }
             }
             if delivered.pressure && pressure.is_none() {
@@ -913,7 +1016,7 @@ impl Broker {
 
     /// Keeps (or, for an empty payload, deletes) a topic's retained message, within
     /// the retained limits, and stores it.
-    fn set_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>) {
+    fn set_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>, now: Instant) {
         let kept = self
             .retained
             .write()
@@ -921,7 +1024,7 @@ impl Broker {
             .set(message);
         if !kept {
             count(&self.metrics.dropped_retained_full);
-            if let Some(suppressed) = RETAINED_FULL.check(Instant::now()) {
+            if let Some(suppressed) = RETAINED_FULL.check(now) {
                 log::warn!(
                     "retained message on {:?} not kept: max_retained_messages {} or max_retained_bytes {} reached{}",
                     message.topic.as_str(),
@@ -1011,7 +1114,7 @@ impl Broker {
                 };
                 if will.is_some() && st.stored {
                     self.submit(vec![Op::SetWill {
-                        sid: session.sid,
+                        sid: session.sid.get(),
                         will: None,
                     }]);
                 }
@@ -1102,7 +1205,7 @@ fn restore_backlog(st: &mut SessionState, stored: Vec<crate::store::StoredDelive
             retain: d.retain,
             subscription_ids: d.subscription_ids,
             shared: d.shared.map(Into::into),
-            seq: d.seq,
+            seq: Some(d.seq),
         };
         match d.inflight {
             Some((packet_id, stage)) => inflight.push_back(Inflight {
@@ -1138,7 +1241,7 @@ fn merge(message: &Arc<Message>, matches: &[Match]) -> Option<Delivery> {
             retain: false,
             subscription_ids: Vec::new(),
             shared: m.shared.cloned(),
-            seq: 0,
+            seq: None,
         });
         d.qos = d.qos.max(message.qos.min(o.qos));
         d.retain |= o.retain_as_published && message.retain;

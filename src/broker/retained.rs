@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::message::Message;
 use super::session::earliest;
+use crate::message::Message;
 use crate::protocol::topic;
 
 pub struct Retained {

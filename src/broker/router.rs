@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::session::{Session, Subscription};
-use super::small_str::SmallStr;
+use crate::message::SmallStr;
 use crate::protocol::{SubscriptionOptions, topic};
 
 /// One subscription that a topic matched, borrowed from the router while its read
@@ -507,9 +507,15 @@ fn remove_at(
 mod tests {
     use super::*;
     use crate::protocol::{ProtocolVersion, SubscriptionOptions};
+    use std::num::NonZeroU64;
 
     fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session::new(id.into(), ProtocolVersion::V5, 0, 0))
+        Arc::new(Session::new(
+            id.into(),
+            ProtocolVersion::V5,
+            0,
+            NonZeroU64::MIN,
+        ))
     }
 
     fn sub() -> Subscription {

@@ -7,15 +7,15 @@
 //! `generation`: a takeover bumps it and wakes the old connection, which then leaves.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
 
-use super::message::{Delivery, Message};
-use super::small_str::SmallStr;
 use super::subscriptions::Subscriptions;
+use crate::message::{Delivery, Message, Seq, SmallStr, Stage};
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::store::{Op, Store};
 
@@ -24,9 +24,9 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 
 pub struct Session {
     pub client_id: SmallStr,
-    /// Its id in the store, unique per session for the life of the database (a new
-    /// session under an old client id gets a new one); 0 without a store.
-    pub sid: u64,
+    /// Its id, unique per session (a new session under an old client id gets a new
+    /// one); with a store, for the life of the database, since the store numbers them.
+    pub sid: NonZeroU64,
     state: Mutex<SessionState>,
     /// Wakes publishers held back by this session's full queue once it has drained.
     pub drained: Event,
@@ -35,7 +35,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: SmallStr, protocol: ProtocolVersion, expiry: u32, sid: u64) -> Session {
+    pub fn new(
+        client_id: SmallStr,
+        protocol: ProtocolVersion,
+        expiry: u32,
+        sid: NonZeroU64,
+    ) -> Session {
         Session {
             client_id,
             sid,
@@ -105,7 +110,7 @@ impl Session {
         let kept_before = st.queue.capacity() <= QUEUE_KEPT;
         let (mut pressure, mut dropped, mut overflow) = (false, 0, false);
         let mut refused = Vec::new();
-        let store = store.filter(|_| st.stored).map(|s| (s, self.sid));
+        let store = store.filter(|_| st.stored).map(|s| (s, self.sid.get()));
         for delivery in deliveries {
             let message = delivery.message.clone();
             match st.enqueue(delivery, limits, store, ops) {
@@ -174,6 +179,15 @@ pub enum Enqueued {
     Refused,
 }
 
+/// Client ids of bridge outboxes (`$bridge/NAME`): a network client may not use them,
+/// since taking one over would empty the outbox.
+pub const OUTBOX_PREFIX: &str = "$bridge/";
+
+/// The client id of bridge `name`'s outbox.
+pub fn outbox_client_id(name: &str) -> String {
+    format!("{OUTBOX_PREFIX}{name}")
+}
+
 /// A bridge's outbox: its own bounds, and what it does when they are reached.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox {
@@ -187,27 +201,6 @@ pub struct Outbox {
 pub struct Subscription {
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// QoS 1 sent, waiting for PUBACK.
-    AwaitingPubAck,
-    /// QoS 2 sent, waiting for PUBREC.
-    AwaitingPubRec,
-    /// PUBREL sent, waiting for PUBCOMP.
-    AwaitingPubComp,
-}
-
-impl Stage {
-    /// The packet this stage waits for.
-    pub fn acknowledgement(self) -> &'static str {
-        match self {
-            Stage::AwaitingPubAck => "PUBACK",
-            Stage::AwaitingPubRec => "PUBREC",
-            Stage::AwaitingPubComp => "PUBCOMP",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -582,8 +575,9 @@ impl SessionState {
         }
         if let Some((store, sid)) = store {
             if delivery.qos > QoS::AtMostOnce || offline {
-                delivery.seq = store.new_seq();
-                ops.push(add_op(sid, &delivery, store));
+                let seq = store.new_seq();
+                delivery.seq = Some(seq);
+                ops.push(add_op(sid, seq, &delivery, store));
             }
         }
         let was_empty = self.queue.is_empty();
@@ -680,29 +674,31 @@ impl SessionState {
             .into_iter()
             .flat_map(|f| f.iter_mut())
         {
-            f.delivery.seq = store.new_seq();
-            ops.push(add_op(sid, &f.delivery, store));
+            let seq = store.new_seq();
+            f.delivery.seq = Some(seq);
+            ops.push(add_op(sid, seq, &f.delivery, store));
             ops.push(Op::SentDelivery {
                 sid,
-                seq: f.delivery.seq,
+                seq: seq.get(),
                 packet_id: f.packet_id,
                 stage: f.stage,
             });
         }
         for d in self.queue.get_mut().into_iter().flat_map(|q| q.iter_mut()) {
-            d.seq = store.new_seq();
-            ops.push(add_op(sid, d, store));
+            let seq = store.new_seq();
+            d.seq = Some(seq);
+            ops.push(add_op(sid, seq, d, store));
         }
         ops
     }
 }
 
-/// The op that stores one delivery.
-pub fn add_op(sid: u64, d: &Delivery, store: &Store) -> Op {
+/// The op that stores one delivery under `seq`.
+pub fn add_op(sid: u64, seq: Seq, d: &Delivery, store: &Store) -> Op {
     store.message_id(&d.message);
     Op::AddDelivery {
         sid,
-        seq: d.seq,
+        seq: seq.get(),
         message: d.message.clone(),
         qos: d.qos,
         retain: d.retain,
@@ -713,9 +709,9 @@ pub fn add_op(sid: u64, d: &Delivery, store: &Store) -> Op {
 
 /// The op that removes a stored delivery, once it is acknowledged or discarded.
 pub fn done_op(sid: u64, d: &Delivery) -> Option<Op> {
-    (d.seq != 0).then(|| Op::DoneDelivery {
+    d.seq.map(|seq| Op::DoneDelivery {
         sid,
-        seq: d.seq,
+        seq: seq.get(),
         message_id: d.message.store_id.load(Ordering::Acquire),
     })
 }
@@ -749,7 +745,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             shared: None,
-            seq: 0,
+            seq: None,
         }
     }
 
@@ -761,7 +757,12 @@ mod tests {
 
     #[test]
     fn a_full_outbox_drops_its_oldest_message() {
-        let s = Session::new("$bridge/b".into(), ProtocolVersion::V5, NEVER_EXPIRES, 0);
+        let s = Session::new(
+            "$bridge/b".into(),
+            ProtocolVersion::V5,
+            NEVER_EXPIRES,
+            NonZeroU64::MIN,
+        );
         s.lock().outbox = Some(Box::new(Outbox {
             limits: LIMITS,
             drops_oldest: true,
@@ -806,7 +807,7 @@ mod tests {
 
     #[test]
     fn full_queue_drops_qos0_and_overflows_clean_qos1() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 0, 0);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0, NonZeroU64::MIN);
         s.set_online(&mut s.lock(), true);
         assert_eq!(
             s.lock()
@@ -839,14 +840,14 @@ mod tests {
         let mut st = s.lock();
         assert!(st.pop_queued().is_some() && st.pop_queued().is_some());
         assert!(st.pop_queued().is_none() && st.queued_bytes == 0);
-        let mut fresh = Session::new("d".into(), ProtocolVersion::V5, 0, 0);
+        let mut fresh = Session::new("d".into(), ProtocolVersion::V5, 0, NonZeroU64::MIN);
         assert!(fresh.state.get_mut().unwrap().pop_queued().is_none());
         assert!(fresh.state.get_mut().unwrap().queue.0.is_none());
     }
 
     #[test]
     fn offline_sessions_do_not_queue_qos0() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 60, 0);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 60, NonZeroU64::MIN);
         assert_eq!(
             s.lock()
                 .enqueue(delivery(QoS::AtMostOnce), &LIMITS, None, &mut vec![]),
@@ -864,7 +865,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
-        let s = Session::new("c".into(), ProtocolVersion::V5, 0, 0);
+        let s = Session::new("c".into(), ProtocolVersion::V5, 0, NonZeroU64::MIN);
         let mut st = s.lock();
         st.next_packet_id = 65534;
         let id = st.allocate_packet_id();

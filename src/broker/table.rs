@@ -69,9 +69,15 @@ impl SessionTable {
 mod tests {
     use super::*;
     use crate::protocol::ProtocolVersion;
+    use std::num::NonZeroU64;
 
     fn session(client_id: &str) -> Arc<Session> {
-        Arc::new(Session::new(client_id.into(), ProtocolVersion::V5, 0, 0))
+        Arc::new(Session::new(
+            client_id.into(),
+            ProtocolVersion::V5,
+            0,
+            NonZeroU64::MIN,
+        ))
     }
 
     #[test]

@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, params};
 
 use super::record::{StoreClock, StoredMessage, decode_ids, message_from_parts};
-use crate::broker::message::Message;
-use crate::broker::session::Stage;
+use crate::message::{Message, Seq, Stage};
 use crate::protocol::QoS;
 
 pub struct StoredSession {
@@ -30,7 +29,7 @@ pub struct StoredSession {
 }
 
 pub struct StoredDelivery {
-    pub seq: u64,
+    pub seq: Seq,
     pub message: Message,
     pub qos: QoS,
     pub retain: bool,
@@ -235,8 +234,13 @@ pub fn backlog(
         message.store_id.store(row.get(7)?, Ordering::Relaxed);
         let packet_id: Option<u16> = row.get(5)?;
         let stage: Option<u8> = row.get(6)?;
+        let seq: u64 = row.get(0)?;
+        let Some(seq) = Seq::new(seq) else {
+            // The store numbers deliveries from 1: a 0 is a row this store never wrote.
+            continue;
+        };
         out.push(StoredDelivery {
-            seq: row.get(0)?,
+            seq,
             message,
             qos: QoS::from_u8(row.get(1)?).unwrap_or(QoS::AtLeastOnce),
             retain: row.get(2)?,

@@ -25,6 +25,7 @@ mod schema;
 mod writer;
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,9 +38,8 @@ pub use load::{Loaded, StoredDelivery, StoredSession};
 pub use record::{StoreClock, StoredMessage, wall_secs};
 pub use schema::{OnCorrupt, Quarantined};
 
-use crate::broker::message::Message;
-use crate::broker::session::Stage;
-use crate::broker::small_str::SmallStr;
+pub use crate::message::Ticket;
+use crate::message::{Message, Seq, SmallStr, Stage};
 use crate::protocol::QoS;
 
 /// How much the broker promises about what it acknowledged.
@@ -135,6 +135,12 @@ pub enum Op {
         topic: String,
         message: Option<Arc<Message>>,
     },
+}
+
+/// Takes the next number of a counter that starts at 1 and is never reset.
+fn next_number(counter: &AtomicU64) -> NonZeroU64 {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN)
 }
 
 /// Where a ticket stands.
@@ -289,12 +295,14 @@ impl Store {
         self.durability == Durability::Strict
     }
 
-    pub fn new_sid(&self) -> u64 {
-        self.next_sid.fetch_add(1, Ordering::Relaxed)
+    /// A session id never used in this database; numbered from 1.
+    pub fn new_sid(&self) -> NonZeroU64 {
+        next_number(&self.next_sid)
     }
 
-    pub fn new_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    /// A delivery's sequence number, never used in this database; numbered from 1.
+    pub fn new_seq(&self) -> Seq {
+        next_number(&self.next_seq)
     }
 
     /// The message's store id, assigning one the first time it is stored.
@@ -314,14 +322,15 @@ impl Store {
     }
 
     /// Hands ops to the writer, in order and together (they land in one transaction);
-    /// returns the ticket that is durable once they all are.
-    pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+    /// returns the ticket that is durable once they all are (and all before them);
+    /// `None` only when nothing was ever handed in.
+    pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Option<Ticket> {
         let mut pending = self.shared.pending();
         let before = pending.ops.len();
         pending.ops.extend(ops);
         let added = (pending.ops.len() - before) as u64;
         pending.last_ticket += added;
-        let ticket = pending.last_ticket;
+        let ticket = Ticket::new(pending.last_ticket);
         if before == 0 && added > 0 {
             pending.first_at = Some(Instant::now());
             drop(pending);
@@ -334,11 +343,12 @@ impl Store {
     }
 
     /// The ticket of the last op handed in so far.
-    pub fn last_ticket(&self) -> u64 {
-        self.shared.pending().last_ticket
+    pub fn last_ticket(&self) -> Option<Ticket> {
+        Ticket::new(self.shared.pending().last_ticket)
     }
 
-    pub fn ticket_state(&self, ticket: u64) -> TicketState {
+    pub fn ticket_state(&self, ticket: Ticket) -> TicketState {
+        let ticket = ticket.get();
         if self.shared.finished.load(Ordering::Acquire) < ticket {
             return TicketState::Pending;
         }
@@ -430,7 +440,7 @@ mod tests {
     }
 
     fn session(store: &Store) -> (u64, Op) {
-        let sid = store.new_sid();
+        let sid = store.new_sid().get();
         let op = Op::PutSession {
             sid,
             client_id: format!("c{sid}").into(),
@@ -449,7 +459,7 @@ mod tests {
             false,
         ));
         let message_id = store.message_id(&message);
-        let seq = store.new_seq();
+        let seq = store.new_seq().get();
         let add = Op::AddDelivery {
             sid,
             seq,
@@ -469,7 +479,8 @@ mod tests {
         )
     }
 
-    fn wait_durable(store: &Store, ticket: u64) {
+    fn wait_durable(store: &Store, ticket: Option<Ticket>) {
+        let ticket = ticket.expect("ops were handed in");
         while store.ticket_state(ticket) == TicketState::Pending {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -602,9 +613,9 @@ mod tests {
             expiry: 60,
             disconnected_at: None,
         };
-        let (first, second) = (store.new_sid(), store.new_sid());
+        let (first, second) = (store.new_sid().get(), store.new_sid().get());
         let (added, _) = add(&store, first);
-        let ticket = store.submit([put(first), added, put(second)]);
+        let ticket = store.submit([put(first), added, put(second)]).unwrap();
         store.close();
         assert_eq!(store.ticket_state(ticket), TicketState::Durable);
         assert_eq!(rows(&path, "session"), 1);

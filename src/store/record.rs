@@ -14,8 +14,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::message::Message;
-use crate::broker::small_str::SmallStr;
+use crate::message::{Message, SmallStr};
 use crate::protocol::QoS;
 
 #[derive(Debug, Clone, Copy)]

@@ -98,6 +98,8 @@ pub enum OnCorrupt {
 pub struct Quarantined {
     pub files: Vec<PathBuf>,
     pub reason: String,
+    /// When it was moved aside, for the alarm.
+    pub at: std::time::SystemTime,
 }
 
 pub struct Opened {
@@ -150,7 +152,11 @@ pub fn open(config: &StoreConfig) -> Result<Opened, String> {
             Ok(Opened {
                 connection,
                 unsynced,
-                quarantined: Some(Quarantined { files, reason }),
+                quarantined: Some(Quarantined {
+                    files,
+                    reason,
+                    at: std::time::SystemTime::now(),
+                }),
                 lock,
             })
         }

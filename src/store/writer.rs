@@ -21,7 +21,7 @@ use super::load::stage_code;
 use super::record::{StoreClock, encode_ids, save_clock, wall_secs};
 use super::schema;
 use super::{FAILURES_KEPT, Op, Shared, StoreConfig};
-use crate::broker::session::Stage;
+use crate::message::Stage;
 use crate::throttle::Throttle;
 
 /// How often messages that expired on disk are deleted while Tern runs.

@@ -8,13 +8,14 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use smol::Timer;
@@ -28,8 +29,8 @@ use super::tls::Tls;
 use crate::auth::AuthPolicy;
 use crate::broker::link::ListenerName;
 use crate::broker::session::Session;
-use crate::broker::{Broker, Client, Close, ConnectOutcome};
-use crate::protocol::{self, DecodeError, Packet, ReasonCode};
+use crate::broker::{self, Arrival, Broker, Client, Close, ConnectOutcome, Held, Refusal};
+use crate::protocol::{self, DecodeError, ReasonCode};
 use crate::throttle::Throttle;
 use event_listener::EventListener;
 
@@ -40,8 +41,6 @@ const READ_PAUSE: usize = 256 * 1024;
 /// Events handled in a row before the task yields, so one busy connection cannot
 /// starve the others on its executor thread.
 const EVENTS_BEFORE_YIELD: u32 = 32;
-/// How long a client that gave a wrong password waits for its CONNACK.
-const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -59,6 +58,8 @@ pub struct ConnectionConfig {
     pub tls: Option<Arc<Tls>>,
     /// Expect a WebSocket upgrade on this path (the ws and wss listeners).
     pub ws_path: Option<Arc<str>>,
+    /// The connection is a bridge's relay to its outbox session, not a network client.
+    pub bridge_relay: bool,
 }
 
 /// PROXY headers from untrusted or broken balancers come in floods: logged throttled.
@@ -268,7 +269,7 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
     let Start {
         stream: mut owned_stream,
         peer,
-        mut refusal,
+        refusal,
         mut rbuf,
         identity,
         broker,
@@ -289,15 +290,9 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
                     config.listener,
                     e.error
                 );
-                if let Some(version) = e.answer_in {
-                    let connack = protocol::ConnAck {
-                        session_present: false,
-                        code: e.error.code,
-                        properties: protocol::Properties::default(),
-                    };
-                    let mut out = BytesMut::new();
-                    protocol::encode(&Packet::ConnAck(connack), version, &mut out);
-                    let _ = flush_with_timeout(stream, &out).await;
+                let connack = broker::answer_malformed(&e);
+                if !connack.is_empty() {
+                    let _ = flush_with_timeout(stream, &connack).await;
                 }
                 return None;
             }
@@ -325,77 +320,45 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
             return None;
         }
     };
-    if config.identity_as_username && identity.is_none() && refusal.is_none() {
-        refusal = Some((
-            ReasonCode::NOT_AUTHORIZED,
-            "no verified client certificate, and this listener takes the user name from one \
-             (use_identity_as_username)"
-                .into(),
-        ));
-    }
-    if connect.client_id.starts_with(crate::bridge::OUTBOX_PREFIX)
-        && !config.listener.starts_with(crate::bridge::OUTBOX_PREFIX)
-        && refusal.is_none()
-    {
-        // A network client must not take over (and so empty) a bridge's outbox.
-        refusal = Some((
-            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            format!(
-                "client identifiers starting with {} belong to bridges",
-                crate::bridge::OUTBOX_PREFIX
-            ),
-        ));
-    }
-    if let Some((code, why)) = refusal {
-        LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{why} ({code})"));
-        let properties = protocol::Properties::from(protocol::PropertyValues {
-            reason_string: Some(why),
-            ..protocol::PropertyValues::default()
-        });
-        let connack = protocol::ConnAck {
-            session_present: false,
-            code,
-            properties,
-        };
-        let mut out = BytesMut::new();
-        let limit = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-        protocol::encode_within(
-            &Packet::ConnAck(connack),
-            connect.protocol,
-            limit as usize,
-            &mut out,
-        );
-        let _ = flush_with_timeout(stream, &out).await;
-        return None;
-    }
     let (version, clean_start, keep_alive) =
         (connect.protocol, connect.clean_start, connect.keep_alive);
     let requested_id = connect.client_id.clone();
-    let identity = identity.filter(|_| config.identity_as_username);
-    let client = match Client::connect(
-        broker,
-        &config.auth,
-        connect,
-        identity.as_deref(),
-        (peer, &config.listener),
-        Instant::now(),
-    ) {
+    let arrival = Arrival {
+        peer,
+        listener: &config.listener,
+        auth: &config.auth,
+        refusal,
+        identity: identity.as_deref(),
+        identity_as_username: config.identity_as_username,
+        bridge_relay: config.bridge_relay,
+        wall: SystemTime::now(),
+        entropy: RandomState::new().hash_one(Instant::now()),
+    };
+    let client = match Client::connect(broker, arrival, connect, Instant::now()) {
         ConnectOutcome::Accepted(client) => *client,
-        ConnectOutcome::Refused {
-            code,
-            reason,
-            connack,
-        } => {
-            log::warn!(
-                "refused client_id={requested_id:?} proto={} addr={peer} listener={}: {reason} ({code})",
-                version.name(),
-                config.listener
-            );
-            if code == ReasonCode::BAD_USER_NAME_OR_PASSWORD {
-                // Slow down guessing; the wait costs this task only.
-                Timer::after(WRONG_PASSWORD_DELAY).await;
+        ConnectOutcome::Refused(refusal) => {
+            let Refusal {
+                code,
+                reason,
+                connack,
+                flood,
+                delay,
+            } = refusal;
+            if flood {
+                LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{reason} ({code})"));
+            } else {
+                log::warn!(
+                    "refused client_id={requested_id:?} proto={} addr={peer} listener={}: {reason} ({code})",
+                    version.name(),
+                    config.listener
+                );
             }
-            let _ = flush_with_timeout(stream, &connack).await;
+            if let Some(delay) = delay {
+                Timer::after(delay).await;
+            }
+            if !connack.is_empty() {
+                let _ = flush_with_timeout(stream, &connack).await;
+            }
             return None;
         }
     };
@@ -410,7 +373,7 @@ async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
         stream: owned_stream,
         client,
         rbuf,
-        pressure: None,
+        waits: None,
         busy: 0,
         unflushed: false,
         fresh: true,
@@ -438,7 +401,8 @@ async fn finish<S: Stream>(mut stream: S, mut client: Client, close: Close) {
     client.write_disconnect(&close);
     if client.is_held() {
         // Acknowledgements waiting for the store go out only once it has kept them.
-        let held = poll_fn(|cx| client.poll_hold(cx).map(|_| ())).or(async {
+        let mut wait = None;
+        let held = poll_fn(|cx| poll_released(&mut client, &mut wait, cx).map(|_| ())).or(async {
             Timer::after(CLOSE_FLUSH_TIMEOUT).await;
         });
         held.await;
@@ -539,6 +503,53 @@ enum Event {
     Stalled,
 }
 
+/// Ready once the packets `client` holds for the store may be written, or with why
+/// the connection must close (the store could not keep what they acknowledge). The
+/// state machine says where they stand; waiting for the store's next commit is the
+/// shell's, through `wait`.
+fn poll_released(
+    client: &mut Client,
+    wait: &mut Option<EventListener>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Close>> {
+    loop {
+        match client.release_held() {
+            Held::Released => {
+                *wait = None;
+                return Poll::Ready(Ok(()));
+            }
+            Held::Failed(close) => {
+                *wait = None;
+                return Poll::Ready(Err(close));
+            }
+            Held::Waiting => {}
+        }
+        match wait {
+            // Listen, then look again: a commit between the two is not missed.
+            None => match client.broker().store() {
+                Some(store) => *wait = Some(store.listen()),
+                None => return Poll::Ready(Ok(())),
+            },
+            Some(listener) => {
+                if Pin::new(listener).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *wait = None;
+            }
+        }
+    }
+}
+
+/// What a connection may wait on besides its socket and its link: boxed, as most
+/// connections never wait on either.
+#[derive(Default)]
+struct Waits {
+    /// A subscriber's queue this publisher is held back for.
+    pressure: Option<Pressure>,
+    /// The store's next commit, while packets are held for it.
+    store: Option<EventListener>,
+}
+
 /// A publisher held back until a subscriber's queue drains, or the stall timeout.
 struct Pressure {
     session: Arc<Session>,
@@ -548,16 +559,16 @@ struct Pressure {
 
 impl Pressure {
     /// `None` when the session has drained already.
-    fn new(session: Arc<Session>, stall_timeout: Duration) -> Option<Box<Pressure>> {
+    fn new(session: Arc<Session>, stall_timeout: Duration) -> Option<Pressure> {
         let drained = session.drained.listen();
         if !session.is_pressured() {
             return None;
         }
-        Some(Box::new(Pressure {
+        Some(Pressure {
             session,
             drained,
             timeout: Timer::after(stall_timeout),
-        }))
+        })
     }
 }
 
@@ -568,8 +579,7 @@ struct Connected<S> {
     stream: S,
     client: Client,
     rbuf: BytesMut,
-    /// Boxed: a connection is rarely held back.
-    pressure: Option<Box<Pressure>>,
+    waits: Option<Box<Waits>>,
     /// Events handled since the task last waited.
     busy: u32,
     /// Written to a stream that buffers (TLS records, WebSocket frames) but not yet
@@ -580,6 +590,28 @@ struct Connected<S> {
 }
 
 impl<S: Stream> Connected<S> {
+    fn is_pressured(&self) -> bool {
+        self.waits.as_ref().is_some_and(|w| w.pressure.is_some())
+    }
+
+    /// Stops waiting for a subscriber to drain, and returns what it waited on.
+    fn take_pressure(&mut self) -> Option<Pressure> {
+        let pressure = self.waits.as_mut()?.pressure.take();
+        self.tidy_waits();
+        pressure
+    }
+
+    /// Gives the box back once nothing is waited on.
+    fn tidy_waits(&mut self) {
+        if self
+            .waits
+            .as_ref()
+            .is_some_and(|w| w.pressure.is_none() && w.store.is_none())
+        {
+            self.waits = None;
+        }
+    }
+
     /// Ready with why the connection ended.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
         if std::mem::take(&mut self.fresh) {
@@ -598,15 +630,19 @@ impl<S: Stream> Connected<S> {
             if let Err(close) = self.client.pump(Instant::now()) {
                 return Poll::Ready(close);
             }
-            if self.pressure.is_none() {
+            if !self.is_pressured() {
                 if let Some(session) = self.client.take_backpressure() {
-                    self.pressure = Pressure::new(session, self.client.stall_timeout());
-                    if self.pressure.is_none() {
-                        // Drained already: carry on with what is buffered.
-                        if let Err(close) = self.handle_buffered() {
-                            return Poll::Ready(close);
+                    match Pressure::new(session, self.client.stall_timeout()) {
+                        Some(pressure) => {
+                            self.waits.get_or_insert_default().pressure = Some(pressure);
                         }
-                        continue;
+                        None => {
+                            // Drained already: carry on with what is buffered.
+                            if let Err(close) = self.handle_buffered() {
+                                return Poll::Ready(close);
+                            }
+                            continue;
+                        }
                     }
                 }
             }
@@ -635,14 +671,18 @@ impl<S: Stream> Connected<S> {
             }
         }
         if self.client.is_held() {
-            if let Poll::Ready(r) = self.client.poll_hold(cx) {
+            let waits = self.waits.get_or_insert_default();
+            let released = poll_released(&mut self.client, &mut waits.store, cx);
+            if let Poll::Ready(r) = released {
+                self.tidy_waits();
                 return Poll::Ready(Ok(match r {
                     Ok(()) => Event::Released,
                     Err(close) => Event::StoreFailed(close),
                 }));
             }
         }
-        if let Some(p) = self.pressure.as_mut() {
+        let pressure = self.waits.as_mut().and_then(|w| w.pressure.as_mut());
+        if let Some(p) = pressure {
             if Pin::new(&mut p.drained).poll(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Drained));
             }
@@ -659,7 +699,7 @@ impl<S: Stream> Connected<S> {
                 }
             }
         }
-        if self.client.poll_woken(cx).is_ready() {
+        if self.client.link().poll_woken(cx).is_ready() {
             return Poll::Ready(Ok(Event::Woken));
         }
         Poll::Pending
@@ -694,11 +734,11 @@ impl<S: Stream> Connected<S> {
             )),
             Ok(Event::Woken) => Ok(()),
             Ok(Event::Drained) => {
-                self.pressure = None;
+                self.take_pressure();
                 self.handle_buffered()
             }
             Ok(Event::Stalled) => {
-                if let Some(p) = self.pressure.take() {
+                if let Some(p) = self.take_pressure() {
                     if p.session.mark_stalled() {
                         log::warn!(
                             "subscriber client_id={} has not drained its queue for {:?}: \
@@ -737,7 +777,7 @@ impl<S: Stream> Connected<S> {
                 Err(e) => return Err(Close::new(e.code, e.what)),
             }
         }
-        self.client.flush_publishes();
+        self.client.flush_publishes(now);
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
@@ -782,9 +822,10 @@ mod tests {
             identity_as_username: false,
             tls: None,
             ws_path: None,
+            bridge_relay: false,
         });
         let refused = Verdict::Refuse(ReasonCode::SERVER_BUSY, String::new());
-        let broker = Broker::new(Default::default());
+        let broker = Broker::new(Default::default(), Instant::now());
         let task = serve(stream, addr, broker, config, refused, BytesMut::new(), None);
         let (task, client) = (size_of_val(&task), size_of::<Client>());
         let (link, session) = (size_of::<Link>(), size_of::<Session>());

@@ -284,6 +284,27 @@ def test_subscribe_and_unsubscribe_on_a_clients_behalf_and_alarms(tmp_path):
         b.stop()
 
 
+def test_a_subscription_on_a_clients_behalf_meets_the_same_limits(tmp_path):
+    """The API's subscribe-on-behalf used to skip max_subscriptions and the topic length
+    and depth limits that the client's own SUBSCRIBE gets."""
+    b = api_broker(tmp_path, "[limits]\nmax_subscriptions = 2\nmax_topic_levels = 3\n")
+    try:
+        Paho(b, "dev-3", protocol=V5)
+        subscribe = lambda topic: call(b, "POST", "/api/v4/mqtt/subscribe",
+                                       {"topic": topic, "clientid": "dev-3", "qos": 0})
+        assert subscribe("a/b/c") == (200, {"code": 0})
+        status, body = subscribe("a/b/c/d")
+        assert (status, body["code"]) == (400, 115) and "max_topic_levels" in body["message"]
+        assert subscribe("x") == (200, {"code": 0})
+        assert subscribe("x") == (200, {"code": 0}), "replacing one is not a new one"
+        status, body = subscribe("y")
+        assert (status, body["code"]) == (400, 115) and "max_subscriptions" in body["message"]
+        topics = sorted(s["topic"] for s in call(b, "GET", "/api/v4/subscriptions/dev-3")[1]["data"])
+        assert topics == ["a/b/c", "x"]
+    finally:
+        b.stop()
+
+
 def test_https_on_the_api_and_dashboard_ports(tmp_path, certs):
     import ssl
     b = api_broker(tmp_path, f'cert = "{certs}/server.crt"\nkey = "{certs}/server.key"\n'

@@ -1,13 +1,20 @@
-//! An application message as the router carries it: decoded once, shared by every
-//! subscriber through an `Arc`, its payload never copied.
+//! What the broker and the store both speak of: an application message as the router
+//! carries it (decoded once, shared by every subscriber through an `Arc`, its payload
+//! never copied), one session's delivery of it and the stage of its QoS flow, and the
+//! inline strings that name sessions and topic levels. The store persists these
+//! without knowing the broker; the broker keeps them in sessions.
 
+mod small_str;
+
+pub use small_str::SmallStr;
+
+use std::num::NonZeroU64;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::small_str::SmallStr;
 use crate::protocol::{Publish, QoS, Topic, Will};
 
 #[derive(Debug)]
@@ -28,12 +35,67 @@ pub struct Message {
     /// The store ticket that must be durable before a subscriber may receive it:
     /// set for a QoS 2 message from a stored session under `strict` durability, so that
     /// no client sees a message whose exactly-once record a crash could still lose.
-    /// 0: nothing to wait for; [`DURABLE_PENDING`]: the ticket is not known yet.
-    pub durable_after: AtomicU64,
+    pub durable_after: DurableAfter,
 }
 
-/// See [`Message::durable_after`].
-pub const DURABLE_PENDING: u64 = u64::MAX;
+/// A store ticket: the store numbers the changes handed to it in order, and a change
+/// is durable once its ticket is (see `crate::store`). "Nothing to wait for" is
+/// `None`, never a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(NonZeroU64);
+
+impl Ticket {
+    /// `None` for 0, which numbers no change.
+    pub fn new(number: u64) -> Option<Ticket> {
+        NonZeroU64::new(number).map(Ticket)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// A stored delivery's sequence number in the store (never 0).
+pub type Seq = NonZeroU64;
+
+/// When subscribers may see a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Now,
+    /// Once a store ticket its publisher's connection has not learnt yet is durable.
+    Unknown,
+    After(Ticket),
+}
+
+/// A message's [`Visibility`], shared: its publisher's connection learns the ticket
+/// after the message was queued for subscribers, whose connections read it.
+#[derive(Debug)]
+pub struct DurableAfter(AtomicU64);
+
+impl DurableAfter {
+    const UNKNOWN: u64 = u64::MAX;
+
+    pub fn now() -> DurableAfter {
+        DurableAfter(AtomicU64::new(0))
+    }
+
+    pub fn get(&self) -> Visibility {
+        match self.0.load(Ordering::Acquire) {
+            Self::UNKNOWN => Visibility::Unknown,
+            raw => Ticket::new(raw).map_or(Visibility::Now, Visibility::After),
+        }
+    }
+
+    pub fn set_unknown(&self) {
+        self.0.store(Self::UNKNOWN, Ordering::Release);
+    }
+
+    /// Known at last: after `ticket`, or at once.
+    pub fn set(&self, ticket: Option<Ticket>) {
+        self.0
+            .store(ticket.map_or(0, Ticket::get), Ordering::Release);
+    }
+}
 
 impl Message {
     /// A message with no properties, no expiry and no publisher (the broker's own,
@@ -48,7 +110,7 @@ impl Message {
             expires_at: None,
             origin: None,
             store_id: AtomicU64::new(0),
-            durable_after: AtomicU64::new(0),
+            durable_after: DurableAfter::now(),
         }
     }
 
@@ -62,7 +124,7 @@ impl Message {
             retain: publish.retain,
             origin,
             store_id: AtomicU64::new(0),
-            durable_after: AtomicU64::new(0),
+            durable_after: DurableAfter::now(),
         }
     }
 
@@ -76,7 +138,7 @@ impl Message {
             retain: will.retain,
             origin,
             store_id: AtomicU64::new(0),
-            durable_after: AtomicU64::new(0),
+            durable_after: DurableAfter::now(),
         }
     }
 
@@ -111,8 +173,29 @@ pub struct Delivery {
     /// The shared subscription (`$share/group/filter`) it came through, so that it can
     /// be handed to another member if this session ends before it is acknowledged.
     pub shared: Option<Arc<str>>,
-    /// Its sequence number in the store; 0 when it is not stored.
-    pub seq: u64,
+    /// Its sequence number in the store, while it is stored.
+    pub seq: Option<Seq>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+impl Stage {
+    /// The packet this stage waits for.
+    pub fn acknowledgement(self) -> &'static str {
+        match self {
+            Stage::AwaitingPubAck => "PUBACK",
+            Stage::AwaitingPubRec => "PUBREC",
+            Stage::AwaitingPubComp => "PUBCOMP",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 #[derive(Clone)]
-pub enum SmallStr {
+pub struct SmallStr(Repr);
+
+/// Private, so that an `Inline` is only ever made from a `str` of at most
+/// [`SmallStr::INLINE`] bytes: [`SmallStr::as_str`] relies on it.
+#[derive(Clone)]
+enum Repr {
     Inline {
         len: u8,
         bytes: [u8; SmallStr::INLINE],
@@ -27,21 +32,21 @@ impl SmallStr {
         if s.len() <= SmallStr::INLINE {
             let mut bytes = [0; SmallStr::INLINE];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
-            SmallStr::Inline {
+            SmallStr(Repr::Inline {
                 len: s.len() as u8,
                 bytes,
-            }
+            })
         } else {
-            SmallStr::Shared(s.into())
+            SmallStr(Repr::Shared(s.into()))
         }
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            SmallStr::Inline { len, bytes } => {
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
                 std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str")
             }
-            SmallStr::Shared(s) => s,
+            Repr::Shared(s) => s,
         }
     }
 }
@@ -115,8 +120,8 @@ mod tests {
         assert_eq!(size_of::<Option<SmallStr>>(), 24);
         let short = "s".repeat(SmallStr::INLINE);
         let long = "l".repeat(SmallStr::INLINE + 1);
-        assert!(matches!(SmallStr::new(&short), SmallStr::Inline { .. }));
-        assert!(matches!(SmallStr::new(&long), SmallStr::Shared(_)));
+        assert!(matches!(SmallStr::new(&short).0, Repr::Inline { .. }));
+        assert!(matches!(SmallStr::new(&long).0, Repr::Shared(_)));
         for s in ["", "a", &short, &long, "ünïcödé"] {
             let small = SmallStr::new(s);
             assert_eq!(&*small, s);
