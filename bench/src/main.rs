@@ -3,7 +3,7 @@
 //! one line: `scenario=NAME key=value ...`. `bench/compare.py` drives it against Tern
 //! and Mosquitto side by side.
 
-mod client;
+mod pipelined;
 mod proc;
 mod scenarios;
 
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     proc::raise_open_files();
     if let Some(ca) = &args.tls_ca {
-        if let Err(e) = client::use_tls(ca) {
+        if let Err(e) = pipelined::use_tls(ca) {
             eprintln!("tern-bench: --tls-ca {ca}: {e}");
             return ExitCode::FAILURE;
         }

@@ -12,7 +12,7 @@ use smol::future::FutureExt;
 use smol::{Executor, Timer};
 use tern::protocol::QoS;
 
-use crate::client::{Conn, PUBACK, PUBLISH, puback_packet, publish_packet};
+use crate::pipelined::{Conn, PUBACK, PUBLISH, puback_packet, publish_packet};
 use crate::proc::{CpuWindow, PeakRss, rss_kib, write_bytes};
 
 pub type Line = Vec<(&'static str, String)>;

@@ -7,7 +7,7 @@
 //! link lasts, and reconnects with capped exponential backoff and jitter; each failure
 //! is logged once per change, not once per attempt.
 
-pub mod link;
+pub mod remote;
 pub mod rules;
 pub mod settings;
 pub mod uplink;
@@ -28,9 +28,9 @@ use crate::broker::session::{QueueLimits, Session};
 use crate::message::Message;
 use crate::protocol::{QoS, ReasonCode};
 use crate::transport::admission::Admission;
-use crate::transport::client;
 use crate::transport::connection::{self, ConnectionConfig};
-use link::LinkError;
+use crate::transport::outgoing;
+use remote::RemoteError;
 use settings::BridgeSettings;
 use uplink::Uplink;
 
@@ -119,7 +119,7 @@ fn tls_config(settings: &BridgeSettings) -> Result<Option<Arc<ClientConfig>>, St
         .cert_and_key
         .as_ref()
         .map(|(c, k)| (c.as_path(), k.as_path()));
-    client::tls_config(t.ca.as_deref(), cert_and_key, true)
+    outgoing::tls_config(t.ca.as_deref(), cert_and_key, true)
         .map(Some)
         .map_err(|e| format!("[[bridge]] {}: tls: {e}", settings.name))
 }
@@ -249,22 +249,22 @@ async fn run(
     let mut last_failure = String::new();
     while !broker.is_shutting_down() {
         let remote = &settings.remotes[index];
-        match link::open(&settings, remote, tls.as_ref(), private, inbound_maximum).await {
-            Ok(link) => {
+        match remote::open(&settings, remote, tls.as_ref(), private, inbound_maximum).await {
+            Ok(session) => {
                 log::info!(
                     "bridge {} connected to {} as {} (remote session present: {}, receive maximum {})",
                     settings.name,
                     remote.url,
                     settings.client_id,
-                    link.session_present,
-                    link.receive_maximum
+                    session.session_present,
+                    session.receive_maximum
                 );
                 *status.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote.url.clone();
                 publish_state(&broker, &status, true);
                 last_failure.clear();
                 delay = settings.reconnect_min;
-                let peer = link.peer;
-                let uplink = Uplink::new(&settings, Some(link), status.clone(), max_packet);
+                let peer = session.peer;
+                let uplink = Uplink::new(&settings, Some(session), status.clone(), max_packet);
                 let why = relay(&broker, &settings, uplink, peer).await;
                 publish_state(&broker, &status, false);
                 status.set_error(&why);
@@ -275,7 +275,7 @@ async fn run(
                 // The same remote first: it was good a moment ago.
                 continue;
             }
-            Err(LinkError::Refused(code)) if private && refuses_bridge_flag(code) => {
+            Err(RemoteError::Refused(code)) if private && refuses_bridge_flag(code) => {
                 log::warn!(
                     "bridge {}: {} refused the bridge protocol flag ({code}); connecting as a plain 3.1.1 client",
                     settings.name,
@@ -284,7 +284,7 @@ async fn run(
                 private = false;
                 continue;
             }
-            Err(LinkError::Handshake(why)) if private => {
+            Err(RemoteError::Handshake(why)) if private => {
                 log::warn!(
                     "bridge {}: {} closed the connection to a bridge-flagged CONNECT ({why}); connecting as a plain 3.1.1 client",
                     settings.name,

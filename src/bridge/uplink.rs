@@ -25,7 +25,7 @@ use smol::future::Future;
 use smol::io::{AsyncRead, AsyncWrite};
 
 use super::BridgeStatus;
-use super::link::{Link, SUBSCRIBE_ID};
+use super::remote::{RemoteSession, SUBSCRIBE_ID};
 use super::rules::Rules;
 use super::settings::BridgeSettings;
 use crate::broker::session::NEVER_EXPIRES;
@@ -47,7 +47,7 @@ static REMOTE_REFUSALS: Throttle = Throttle::new();
 
 pub struct Uplink {
     /// `None` while the outbox is only being set up (no remote yet).
-    link: Option<Link>,
+    remote: Option<RemoteSession>,
     rules: Arc<Rules>,
     status: Arc<BridgeStatus>,
     notification_topic: Option<String>,
@@ -120,12 +120,12 @@ impl Uplink {
     /// even when the remote has never been reachable.
     pub fn new(
         settings: &BridgeSettings,
-        link: Option<Link>,
+        remote: Option<RemoteSession>,
         status: Arc<BridgeStatus>,
         max_packet: usize,
     ) -> Uplink {
-        let receive_maximum = link.as_ref().map_or(1, |l| l.receive_maximum.max(1));
-        let keep_alive = link.as_ref().map_or(Duration::ZERO, |l| l.keep_alive);
+        let receive_maximum = remote.as_ref().map_or(1, |l| l.receive_maximum.max(1));
+        let keep_alive = remote.as_ref().map_or(Duration::ZERO, |l| l.keep_alive);
         let mut to_local = BytesMut::new();
         let properties = Properties::from(PropertyValues {
             session_expiry_interval: Some(NEVER_EXPIRES),
@@ -158,7 +158,7 @@ impl Uplink {
             protocol::encode(&Packet::Subscribe(subscribe), LOCAL, &mut to_local);
         }
         let mut uplink = Uplink {
-            link,
+            remote,
             rules: Arc::new(settings.rules.clone()),
             status,
             notification_topic: settings.notification_topic.clone(),
@@ -174,7 +174,7 @@ impl Uplink {
             ended: None,
             cap: settings.max_bytes_per_second.map(RateCap::new),
         };
-        if uplink.link.is_none() && !has_out_rules {
+        if uplink.remote.is_none() && !has_out_rules {
             uplink.end("outbox ready".into());
         }
         uplink
@@ -196,7 +196,7 @@ impl Uplink {
     }
 
     fn remote_version(&self) -> ProtocolVersion {
-        self.link.as_ref().map_or(LOCAL, |l| l.version)
+        self.remote.as_ref().map_or(LOCAL, |l| l.version)
     }
 
     fn send_remote(&mut self, packet: &Packet) {
@@ -225,13 +225,13 @@ impl Uplink {
                         ack.codes
                     );
                 }
-                if self.link.is_none() {
+                if self.remote.is_none() {
                     self.end("outbox ready".into());
                 }
             }
             // Without a link the outbox's messages stay in flight (and stored), to be
             // sent again with DUP once the remote is there.
-            Packet::Publish(_) if self.link.is_none() => {}
+            Packet::Publish(_) if self.remote.is_none() => {}
             Packet::Publish(mut publish) => match self.rules.outbound(publish.topic.as_str()) {
                 Some(remote_topic) => {
                     publish.topic = remote_topic.into();
@@ -257,14 +257,14 @@ impl Uplink {
                 self.send_local(&Packet::PubComp(done));
             }
             Packet::PubRel(_) | Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
-                if self.link.is_some() =>
+                if self.remote.is_some() =>
             {
                 self.send_remote(&packet);
             }
             Packet::Disconnect(d) => {
                 // The local side closes the outbox (shutdown, takeover): a clean goodbye
                 // to the remote, with the notification a will would have given.
-                if self.link.is_some() && self.ended.is_none() {
+                if self.remote.is_some() && self.ended.is_none() {
                     self.say_goodbye();
                 }
                 self.end(format!("the local broker closed the outbox: {}", d.code));
@@ -317,7 +317,7 @@ impl Uplink {
             }
             Packet::PubAck(ref ack) | Packet::PubRec(ref ack) | Packet::PubComp(ref ack) => {
                 if ack.code.is_error() {
-                    let peer = self.link.as_ref().map(|l| l.peer);
+                    let peer = self.remote.as_ref().map(|l| l.peer);
                     REMOTE_REFUSALS.refused(
                         peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                         &format!("bridge:{}", self.status.name),
@@ -360,7 +360,7 @@ impl Uplink {
 
     /// Writes what waits for the remote; `Pending` when the socket is full.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(link) = self.link.as_mut() else {
+        let Some(remote) = self.remote.as_mut() else {
             return Poll::Ready(Ok(()));
         };
         while !self.to_remote.is_empty() {
@@ -371,7 +371,7 @@ impl Uplink {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            match Pin::new(&mut link.stream).poll_write(cx, &self.to_remote[..budget]) {
+            match Pin::new(&mut remote.stream).poll_write(cx, &self.to_remote[..budget]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     let _ = self.to_remote.split_to(n);
@@ -383,7 +383,7 @@ impl Uplink {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Pin::new(&mut link.stream).poll_flush(cx)
+        Pin::new(&mut remote.stream).poll_flush(cx)
     }
 
     /// Sends (a goodbye too, after the end), and ends the relay when the remote
@@ -396,7 +396,7 @@ impl Uplink {
 
     /// Keep-alive: a PINGREQ each interval; silence for 1.5 intervals ends the link.
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) {
-        if self.keep_alive.is_zero() || self.link.is_none() || self.ended.is_some() {
+        if self.keep_alive.is_zero() || self.remote.is_none() || self.ended.is_some() {
             return;
         }
         while Pin::new(&mut self.ping).poll(cx).is_ready() {
@@ -449,11 +449,11 @@ impl AsyncRead for Uplink {
             if this.ended.is_some() || !this.to_local.is_empty() {
                 continue;
             }
-            let Some(link) = this.link.as_mut() else {
+            let Some(remote) = this.remote.as_mut() else {
                 // Setting up the outbox: the local side's answers arrive through writes.
                 return Poll::Pending;
             };
-            match protocol::decode(&mut link.rbuf, link.version, this.max_packet) {
+            match protocol::decode(&mut remote.rbuf, remote.version, this.max_packet) {
                 Ok(Some(packet)) => {
                     this.on_remote_packet(packet);
                     continue;
@@ -465,10 +465,10 @@ impl AsyncRead for Uplink {
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
-            match Pin::new(&mut link.stream).poll_read(cx, &mut chunk) {
+            match Pin::new(&mut remote.stream).poll_read(cx, &mut chunk) {
                 Poll::Ready(Ok(0)) => this.end("the remote closed the connection".into()),
                 Poll::Ready(Ok(n)) => {
-                    link.rbuf.extend_from_slice(&chunk[..n]);
+                    remote.rbuf.extend_from_slice(&chunk[..n]);
                     this.last_received = Instant::now();
                 }
                 Poll::Ready(Err(e)) => this.end(format!("reading from the remote failed: {e}")),
@@ -528,8 +528,8 @@ impl AsyncWrite for Uplink {
         if this.poll_send(cx).is_pending() {
             return Poll::Pending;
         }
-        match this.link.as_mut() {
-            Some(link) => Pin::new(&mut link.stream).poll_close(cx),
+        match this.remote.as_mut() {
+            Some(remote) => Pin::new(&mut remote.stream).poll_close(cx),
             None => Poll::Ready(Ok(())),
         }
     }

@@ -3,9 +3,9 @@
 //! beyond the [`Stream`] trait, so TLS and WebSocket can plug in beside TCP.
 
 pub mod admission;
-pub mod client;
 pub mod connection;
 pub mod lane;
+pub mod outgoing;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -18,7 +18,7 @@ use crate::protocol::{
     self, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, Subscribe,
     Will,
 };
-use crate::transport::client::{self, ClientStream};
+use crate::transport::outgoing::{self, OutgoingStream};
 
 /// How long one connection attempt may take, from DNS to CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ pub const SUBSCRIBE_ID: u16 = u16::MAX;
 
 /// Why an attempt failed, by stage, for one clear log line.
 #[derive(Debug)]
-pub enum LinkError {
+pub enum RemoteError {
     Dns(String),
     Tcp(String),
     Tls(String),
@@ -39,22 +39,22 @@ pub enum LinkError {
     Timeout,
 }
 
-impl fmt::Display for LinkError {
+impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LinkError::Dns(e) => write!(f, "name lookup failed: {e}"),
-            LinkError::Tcp(e) => write!(f, "TCP connect failed: {e}"),
-            LinkError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
-            LinkError::Refused(code) => write!(f, "CONNACK refused: {code}"),
-            LinkError::Handshake(e) => write!(f, "MQTT handshake failed: {e}"),
-            LinkError::Timeout => write!(f, "no CONNACK within {CONNECT_TIMEOUT:?}"),
+            RemoteError::Dns(e) => write!(f, "name lookup failed: {e}"),
+            RemoteError::Tcp(e) => write!(f, "TCP connect failed: {e}"),
+            RemoteError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            RemoteError::Refused(code) => write!(f, "CONNACK refused: {code}"),
+            RemoteError::Handshake(e) => write!(f, "MQTT handshake failed: {e}"),
+            RemoteError::Timeout => write!(f, "no CONNACK within {CONNECT_TIMEOUT:?}"),
         }
     }
 }
 
 /// An open connection to the remote, past its CONNACK.
-pub struct Link {
-    pub stream: ClientStream,
+pub struct RemoteSession {
+    pub stream: OutgoingStream,
     pub version: ProtocolVersion,
     pub peer: SocketAddr,
     /// Bytes that arrived after the CONNACK.
@@ -73,11 +73,11 @@ pub async fn open(
     tls: Option<&Arc<ClientConfig>>,
     private: bool,
     inbound_maximum: u16,
-) -> Result<Link, LinkError> {
+) -> Result<RemoteSession, RemoteError> {
     open_within(settings, remote, tls, private, inbound_maximum)
         .or(async {
             smol::Timer::after(CONNECT_TIMEOUT).await;
-            Err(LinkError::Timeout)
+            Err(RemoteError::Timeout)
         })
         .await
 }
@@ -88,32 +88,32 @@ async fn open_within(
     tls: Option<&Arc<ClientConfig>>,
     private: bool,
     inbound_maximum: u16,
-) -> Result<Link, LinkError> {
+) -> Result<RemoteSession, RemoteError> {
     let target = (remote.host.clone(), remote.port);
     let addrs: Vec<SocketAddr> = smol::unblock(move || target.to_socket_addrs())
         .await
-        .map_err(|e| LinkError::Dns(format!("{}: {e}", remote.host)))?
+        .map_err(|e| RemoteError::Dns(format!("{}: {e}", remote.host)))?
         .collect();
-    let mut last = LinkError::Dns(format!("{}: no address", remote.host));
+    let mut last = RemoteError::Dns(format!("{}: no address", remote.host));
     for addr in addrs {
-        let tcp = match client::connect_tcp(addr).await {
+        let tcp = match outgoing::connect_tcp(addr).await {
             Ok(tcp) => tcp,
             Err(e) => {
-                last = LinkError::Tcp(format!("{addr}: {e}"));
+                last = RemoteError::Tcp(format!("{addr}: {e}"));
                 continue;
             }
         };
         let stream = match (remote.tls, tls) {
-            (false, _) => ClientStream::Tcp(tcp),
+            (false, _) => OutgoingStream::Tcp(tcp),
             (true, Some(config)) => {
                 let name = settings.tls.server_name.as_deref().unwrap_or(&remote.host);
                 let name = ServerName::try_from(name.to_owned())
-                    .map_err(|e| LinkError::Tls(format!("server name {name:?}: {e}")))?;
-                client::start_tls(tcp, config, name)
+                    .map_err(|e| RemoteError::Tls(format!("server name {name:?}: {e}")))?;
+                outgoing::start_tls(tcp, config, name)
                     .await
-                    .map_err(|e| LinkError::Tls(e.to_string()))?
+                    .map_err(|e| RemoteError::Tls(e.to_string()))?
             }
-            (true, None) => return Err(LinkError::Tls("no TLS configuration".into())),
+            (true, None) => return Err(RemoteError::Tls("no TLS configuration".into())),
         };
         return handshake(settings, stream, addr, private, inbound_maximum).await;
     }
@@ -122,11 +122,11 @@ async fn open_within(
 
 async fn handshake(
     settings: &BridgeSettings,
-    mut stream: ClientStream,
+    mut stream: OutgoingStream,
     peer: SocketAddr,
     private: bool,
     inbound_maximum: u16,
-) -> Result<Link, LinkError> {
+) -> Result<RemoteSession, RemoteError> {
     let version = if settings.v5 {
         ProtocolVersion::V5
     } else {
@@ -161,7 +161,7 @@ async fn handshake(
     };
     let mut out = BytesMut::new();
     protocol::encode(&Packet::Connect(Box::new(connect)), version, &mut out);
-    let failed = |e: std::io::Error| LinkError::Handshake(e.to_string());
+    let failed = |e: std::io::Error| RemoteError::Handshake(e.to_string());
     stream.write_all(&out).await.map_err(failed)?;
     stream.flush().await.map_err(failed)?;
     let mut rbuf = BytesMut::with_capacity(4096);
@@ -169,29 +169,29 @@ async fn handshake(
         match protocol::decode(&mut rbuf, version, 1 << 20) {
             Ok(Some(Packet::ConnAck(ack))) => break ack,
             Ok(Some(other)) => {
-                return Err(LinkError::Handshake(format!(
+                return Err(RemoteError::Handshake(format!(
                     "expected CONNACK, got {}",
                     other.kind()
                 )));
             }
             Ok(None) => {}
-            Err(e) => return Err(LinkError::Handshake(e.to_string())),
+            Err(e) => return Err(RemoteError::Handshake(e.to_string())),
         }
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await.map_err(failed)?;
         if n == 0 {
-            return Err(LinkError::Handshake(
+            return Err(RemoteError::Handshake(
                 "the remote closed the connection before CONNACK".into(),
             ));
         }
         rbuf.extend_from_slice(&chunk[..n]);
     };
     if connack.code != ReasonCode::SUCCESS {
-        return Err(LinkError::Refused(connack.code));
+        return Err(RemoteError::Refused(connack.code));
     }
     let p = &connack.properties;
     let keep_alive = p.server_keep_alive.unwrap_or(settings.keep_alive);
-    let mut link = Link {
+    let mut remote = RemoteSession {
         stream,
         version,
         peer,
@@ -204,11 +204,11 @@ async fn handshake(
         },
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
     };
-    link.greet(settings).await.map_err(failed)?;
-    Ok(link)
+    remote.greet(settings).await.map_err(failed)?;
+    Ok(remote)
 }
 
-impl Link {
+impl RemoteSession {
     /// The remote's first packets from us: the `1` of the notification topic and the
     /// subscriptions of the `in` rules (with no-local on v5, so what the bridge sends
     /// out does not come back).

@@ -14,7 +14,7 @@ use tern::protocol::{
     Ack, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions, encode,
 };
-use tern::transport::client::{self, ClientStream};
+use tern::transport::outgoing::{self, OutgoingStream};
 
 const V: ProtocolVersion = ProtocolVersion::V311;
 
@@ -24,13 +24,13 @@ static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 pub fn use_tls(ca_file: &str) -> io::Result<()> {
     let config =
-        client::tls_config(Some(Path::new(ca_file)), None, false).map_err(io::Error::other)?;
+        outgoing::tls_config(Some(Path::new(ca_file)), None, false).map_err(io::Error::other)?;
     let _ = TLS.set(config);
     Ok(())
 }
 
 pub struct Conn {
-    pub stream: ClientStream,
+    pub stream: OutgoingStream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -77,7 +77,7 @@ impl Conn {
         let tls = TLS
             .get()
             .map(|config| (config, ServerName::IpAddress(addr.ip().into())));
-        let stream = client::connect(addr, tls).await?;
+        let stream = outgoing::connect(addr, tls).await?;
         let mut conn = Conn {
             stream,
             buf: vec![0; 64 * 1024],

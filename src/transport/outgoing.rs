@@ -62,10 +62,10 @@ pub fn tls_config(
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<(&Arc<ClientConfig>, ServerName<'static>)>,
-) -> io::Result<ClientStream> {
+) -> io::Result<OutgoingStream> {
     let tcp = connect_tcp(addr).await?;
     match tls {
-        None => Ok(ClientStream::Tcp(tcp)),
+        None => Ok(OutgoingStream::Tcp(tcp)),
         Some((config, name)) => start_tls(tcp, config, name).await,
     }
 }
@@ -81,55 +81,55 @@ pub async fn start_tls(
     tcp: Async<TcpStream>,
     config: &Arc<ClientConfig>,
     name: ServerName<'static>,
-) -> io::Result<ClientStream> {
+) -> io::Result<OutgoingStream> {
     let stream = TlsConnector::from(config.clone())
         .connect(name, tcp)
         .await?;
-    Ok(ClientStream::Tls(Box::new(stream)))
+    Ok(OutgoingStream::Tls(Box::new(stream)))
 }
 
 /// Plain TCP or TLS.
-pub enum ClientStream {
+pub enum OutgoingStream {
     Tcp(Async<TcpStream>),
     Tls(Box<TlsStream<Async<TcpStream>>>),
 }
 
-impl AsyncRead for ClientStream {
+impl AsyncRead for OutgoingStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            OutgoingStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            OutgoingStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl AsyncWrite for OutgoingStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            OutgoingStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            OutgoingStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            OutgoingStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            OutgoingStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_close(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            OutgoingStream::Tcp(s) => Pin::new(s).poll_close(cx),
+            OutgoingStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
