@@ -1,0 +1,365 @@
+//! CONNECT: every reason to refuse one (the transport's limits, the listener's
+//! certificate rule, authentication, the client identifier, a CONNACK too large for the
+//! client), and for an accepted one the session it opens and the CONNACK it is told.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+
+use super::Client;
+use crate::auth::AuthPolicy;
+use crate::broker::link::{Link, LinkInfo, ListenerName};
+use crate::broker::session::OUTBOX_PREFIX;
+use crate::broker::{Broker, count};
+use crate::protocol::*;
+
+/// The result of a CONNECT: an accepted client (its CONNACK already in `out`), or a
+/// refusal with the CONNACK to send before closing.
+pub enum ConnectOutcome {
+    Accepted(Box<Client>),
+    Refused(Refusal),
+}
+
+/// A refused CONNECT: what to log, and what to send and when.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: ReasonCode,
+    pub reason: String,
+    /// The CONNACK to send before closing; empty when none may be sent.
+    pub connack: BytesMut,
+    /// Refusals of this kind come in floods (connection limits): log them throttled.
+    pub flood: bool,
+    /// Answer only after this long: a wrong password waits, which slows guessing
+    /// down at the cost of that one connection.
+    pub delay: Option<Duration>,
+}
+
+/// Where a CONNECT arrived, and what the transport already knows of its client.
+pub struct Arrival<'a> {
+    /// The client's real address (from a PROXY header where there was one).
+    pub peer: SocketAddr,
+    pub listener: &'a ListenerName,
+    pub auth: &'a Arc<AuthPolicy>,
+    /// The transport's own refusal (connection limits), answered in this CONNACK.
+    pub refusal: Option<(ReasonCode, String)>,
+    /// The common name of a client certificate the transport verified.
+    pub identity: Option<&'a str>,
+    /// The listener takes the user name from a verified client certificate
+    /// (`use_identity_as_username`): the CONNECT's user name is replaced and no
+    /// password is checked; a client without one is refused.
+    pub identity_as_username: bool,
+    /// The connection is a bridge's relay: only it may use an outbox's client id.
+    pub bridge_relay: bool,
+    /// The wall clock, for what the management API shows.
+    pub wall: SystemTime,
+    /// Randomness for an assigned client identifier.
+    pub entropy: u64,
+}
+
+impl<'a> Arrival<'a> {
+    /// A plain arrival: nothing refused or verified by the transport, the wall clock
+    /// at its epoch and no randomness (set those where they matter).
+    pub fn new(peer: SocketAddr, listener: &'a ListenerName, auth: &'a Arc<AuthPolicy>) -> Self {
+        Arrival {
+            peer,
+            listener,
+            auth,
+            refusal: None,
+            identity: None,
+            identity_as_username: false,
+            bridge_relay: false,
+            wall: SystemTime::UNIX_EPOCH,
+            entropy: 0,
+        }
+    }
+}
+
+/// How long a client that gave a wrong password waits for its CONNACK.
+const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
+
+/// A refusal's CONNACK, with the reason as a Reason String where the client's Maximum
+/// Packet Size leaves room for it (none at all where it leaves room for nothing).
+fn refuse(
+    (version, limit): (ProtocolVersion, usize),
+    code: ReasonCode,
+    reason: impl Into<String>,
+) -> ConnectOutcome {
+    let reason = reason.into();
+    let mut connack = BytesMut::new();
+    let properties = Properties::from(PropertyValues {
+        reason_string: Some(reason.clone()),
+        ..PropertyValues::default()
+    });
+    let packet = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties,
+    });
+    encode_within(&packet, version, limit, &mut connack);
+    ConnectOutcome::Refused(Refusal {
+        code,
+        reason,
+        connack,
+        flood: false,
+        delay: None,
+    })
+}
+
+/// Mosquitto's rules: no user name needs `allow_anonymous`; a user name is checked
+/// against the password file when there is one, and accepted only where anonymous
+/// clients are when there is none.
+fn authenticate(auth: &AuthPolicy, connect: &Connect) -> Result<(), (ReasonCode, &'static str)> {
+    match (&connect.username, auth.passwords()) {
+        (None, _) if !auth.settings.allow_anonymous => Err((
+            ReasonCode::NOT_AUTHORIZED,
+            "anonymous clients are not allowed on this listener",
+        )),
+        (None, _) => Ok(()),
+        (Some(user), Some(passwords)) => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            if passwords.check(user, password) {
+                Ok(())
+            } else {
+                Err((
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    "bad user name or password",
+                ))
+            }
+        }
+        (Some(_), None) if !auth.settings.allow_anonymous => Err((
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "no password file to check the user name against",
+        )),
+        (Some(_), None) => Ok(()),
+    }
+}
+
+fn assign_client_id(entropy: u64) -> String {
+    format!("auto-{entropy:016x}")
+}
+
+/// The CONNACK that answers a CONNECT the codec could not decode, where the client's
+/// version has one to say ([`ConnectError::answer_in`]); empty otherwise.
+pub fn answer_malformed(e: &ConnectError) -> BytesMut {
+    let mut connack = BytesMut::new();
+    if let Some(version) = e.answer_in {
+        let packet = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: e.error.code,
+            properties: Properties::default(),
+        });
+        encode(&packet, version, &mut connack);
+    }
+    connack
+}
+
+impl Client {
+    /// Handles CONNECT: every reason to refuse it (the transport's, the listener's,
+    /// authentication, the client identifier), the session (new, resumed or taken
+    /// over) and the CONNACK with what the broker grants.
+    pub fn connect(
+        broker: &Arc<Broker>,
+        arrival: Arrival<'_>,
+        mut connect: Connect,
+        now: Instant,
+    ) -> ConnectOutcome {
+        let settings = &broker.settings;
+        let v = connect.protocol;
+        let v5 = v == ProtocolVersion::V5;
+        let peer_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        let answer = (v, peer_max_packet_size as usize);
+        let Arrival {
+            peer,
+            listener,
+            auth,
+            identity,
+            ..
+        } = arrival;
+        let identity = identity.filter(|_| arrival.identity_as_username);
+        let refusal = match arrival.refusal {
+            Some(limit) => Some(limit),
+            None if arrival.identity_as_username && identity.is_none() => Some((
+                ReasonCode::NOT_AUTHORIZED,
+                "no verified client certificate, and this listener takes the user name from \
+                 one (use_identity_as_username)"
+                    .to_owned(),
+            )),
+            // A network client must not take over (and so empty) a bridge's outbox.
+            None if connect.client_id.starts_with(OUTBOX_PREFIX) && !arrival.bridge_relay => {
+                Some((
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    format!("client identifiers starting with {OUTBOX_PREFIX} belong to bridges"),
+                ))
+            }
+            None => None,
+        };
+        if let Some((code, why)) = refusal {
+            let mut outcome = refuse(answer, code, why);
+            if let ConnectOutcome::Refused(r) = &mut outcome {
+                r.flood = true;
+            }
+            return outcome;
+        }
+        if broker.is_shutting_down() {
+            return refuse(
+                answer,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "server is shutting down",
+            );
+        }
+        if let Some(method) = &connect.properties.authentication_method {
+            return refuse(
+                answer,
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                format!("authentication method {method:?} is not supported"),
+            );
+        }
+        match identity {
+            Some(user) => {
+                connect.username = Some(user.to_owned());
+                connect.password = None;
+            }
+            None => {
+                if let Err((code, reason)) = authenticate(auth, &connect) {
+                    let mut outcome = refuse(answer, code, reason);
+                    if let ConnectOutcome::Refused(r) = &mut outcome {
+                        r.delay = (code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                            .then_some(WRONG_PASSWORD_DELAY);
+                    }
+                    return outcome;
+                }
+            }
+        }
+        let mut properties = Properties::default();
+        let client_id = if connect.client_id.is_empty() {
+            let refused = match v {
+                ProtocolVersion::V31 => true,
+                ProtocolVersion::V311 => !connect.clean_start,
+                ProtocolVersion::V5 => false,
+            };
+            if refused {
+                return refuse(
+                    answer,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client identifier needs clean session",
+                );
+            }
+            let id = assign_client_id(arrival.entropy);
+            if v5 {
+                properties.assigned_client_identifier = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        if client_id.len() > settings.max_client_id_len {
+            return refuse(
+                answer,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                format!(
+                    "client identifier longer than max_client_id_len {}",
+                    settings.max_client_id_len
+                ),
+            );
+        }
+        let expiry = match v {
+            ProtocolVersion::V5 => {
+                let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+                let granted = asked.min(settings.max_session_expiry);
+                if granted != asked {
+                    // The server's value goes back in CONNACK (MQTT 5.0 section 3.2.2.3.2).
+                    properties.session_expiry_interval = Some(granted);
+                }
+                granted
+            }
+            _ if connect.clean_start => 0,
+            _ => settings.persistent_client_expiration,
+        };
+        let mut keep_alive = connect.keep_alive;
+        if v5
+            && settings.max_keepalive < u16::MAX
+            && (keep_alive == 0 || keep_alive > settings.max_keepalive)
+        {
+            keep_alive = settings.max_keepalive;
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        if v5 {
+            properties.receive_maximum = Some(settings.receive_maximum);
+            if settings.max_packet_size < u32::MAX {
+                properties.maximum_packet_size = Some(settings.max_packet_size);
+            }
+            properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
+        }
+        let mut connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ReasonCode::SUCCESS,
+            properties,
+        });
+        // Whether the session is present does not change the CONNACK's size: check that
+        // it fits before the session is touched ([MQTT-3.1.2-24]: close without it).
+        let mut encoded = BytesMut::new();
+        if !encode_within(&connack, v, peer_max_packet_size as usize, &mut encoded) {
+            encode(&connack, v, &mut encoded);
+            return ConnectOutcome::Refused(Refusal {
+                code: ReasonCode::PACKET_TOO_LARGE,
+                reason: format!(
+                    "its CONNACK of {} bytes is larger than the client's Maximum Packet Size of {peer_max_packet_size}, so none is sent",
+                    encoded.len()
+                ),
+                connack: BytesMut::new(),
+                flood: false,
+                delay: None,
+            });
+        }
+        let info = LinkInfo {
+            username: connect.username.take(),
+            peer,
+            listener: listener.clone(),
+            protocol: v,
+            keep_alive,
+            clean_start: connect.clean_start,
+        };
+        let link = Arc::new(Link::new(info, broker.clock_ms(now), arrival.wall));
+        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
+        count(&broker.metrics.connections);
+        broker
+            .metrics
+            .clients_connected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let cp = &connect.properties;
+        let mut client = Client {
+            broker: broker.clone(),
+            session: opened.session,
+            link,
+            auth: auth.clone(),
+            acl_refusals: 0,
+            generation: opened.generation,
+            version: v,
+            bridge: connect.bridge,
+            will: connect.will.map(Box::new),
+            peer_receive_maximum: match v {
+                ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
+                _ => settings.max_inflight.max(1),
+            },
+            peer_max_packet_size: cp.maximum_packet_size.unwrap_or(u32::MAX),
+            peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
+            aliases: None,
+            resend_inflight: opened.present,
+            expiry_was_zero: expiry == 0,
+            backpressure: None,
+            batch: None,
+            refusal: None,
+            out: BytesMut::new(),
+            hold: None,
+        };
+        // The CONNACK waits for the session to be stored.
+        client.hold_for(opened.ticket);
+        if let Packet::ConnAck(c) = &mut connack {
+            c.session_present = opened.present;
+        }
+        client.send(&connack);
+        ConnectOutcome::Accepted(Box::new(client))
+    }
+}

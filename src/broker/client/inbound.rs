@@ -1,0 +1,336 @@
+//! What the client publishes: the checks a PUBLISH meets (topic aliases, limits, the
+//! ACL and the broker's own `$` topics, the payload format), QoS 1 and 2 towards the
+//! broker, and the batch that routes several publishes under one lock per subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Client, Close};
+use crate::auth::Access;
+use crate::broker::{Reached, count};
+use crate::message::{Message, Visibility};
+use crate::protocol::*;
+use crate::store::Op;
+
+/// Publishes from one client routed together, at most: small enough that back-pressure
+/// still stops a publisher within a few dozen messages of a subscriber's high-water
+/// mark, and at most a quarter of a session's queue limit, so one batch never
+/// overflows a queue that was below its high-water mark.
+const PUBLISH_BATCH: usize = 32;
+
+/// Publishes into `$SYS` and `$share` refused for lack of an ACL grant: they come from
+/// every client at once when one misbehaves, so the log line is shared and throttled.
+static RESERVED_TOPIC_REFUSALS: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
+/// What the broker itself publishes under `$SYS`, and `$share`, which names a shared
+/// subscription, never a topic. Mosquitto's one exception stays open: a bridge's
+/// connection state (`$SYS/broker/connection/NAME/state`), which a bridge publishes
+/// to the broker it connects to, retained and as its will.
+pub fn reserved_for_the_broker(topic: &str) -> bool {
+    // Prefixes without the slash, as Mosquitto compares them.
+    if topic.starts_with("$share") {
+        return true;
+    }
+    topic.starts_with("$SYS")
+        && !crate::protocol::topic::matches("$SYS/broker/connection/+/state", topic)
+}
+
+impl Client {
+    /// Counts an ACL refusal; only the first on a connection is logged, so a client
+    /// cannot fill an SD card with them.
+    pub(super) fn note_refusal(&mut self, topic: &str, access: Access) {
+        self.acl_refusals += 1;
+        if self.acl_refusals == 1 {
+            let what = match access {
+                Access::Read => "receive from",
+                Access::Write => "publish to",
+            };
+            log::warn!(
+                "client_id={} user={:?} is not authorized to {what} {topic:?} (further refusals on this connection are counted, not logged)",
+                self.session.client_id,
+                self.link.username
+            );
+        }
+    }
+
+    /// Whether this client may publish to `topic`: the ACL's write rules, and
+    /// [`reserved_for_the_broker`] topics only where an ACL rule of the operator's
+    /// grants them (such a grant comes from a rule that starts with `$`: a `#` rule
+    /// never matches a `$` topic).
+    pub(super) fn may_publish(&mut self, topic: &str, now: Instant) -> bool {
+        let acl = self.auth.acl();
+        let allowed = match &acl {
+            Some(acl) => acl.allows(
+                &self.session.client_id,
+                self.link.username.as_deref(),
+                topic,
+                Access::Write,
+            ),
+            None => true,
+        };
+        if reserved_for_the_broker(topic) {
+            let granted = acl.is_some() && allowed;
+            if !granted {
+                self.acl_refusals += 1;
+                if let Some(left_out) = RESERVED_TOPIC_REFUSALS.check(now) {
+                    log::warn!(
+                        "client_id={} user={:?} may not publish to {topic:?}: $SYS and $share belong to the broker{}",
+                        self.session.client_id,
+                        self.link.username,
+                        crate::throttle::left_out(left_out)
+                    );
+                }
+            }
+            return granted;
+        }
+        if !allowed {
+            self.note_refusal(topic, Access::Write);
+        }
+        allowed
+    }
+
+    pub(super) fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
+        self.link.received.fetch_add(1, Ordering::Relaxed);
+        if self.v5() {
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "PUBLISH from a client carries a subscription identifier",
+                ));
+            }
+            let alias = p.properties.get_mut().and_then(|p| p.topic_alias.take());
+            if let Some(alias) = alias {
+                if alias > self.broker.settings.topic_alias_maximum {
+                    return Err(Close::new(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        format!(
+                            "topic alias {alias} exceeds the maximum of {}",
+                            self.broker.settings.topic_alias_maximum
+                        ),
+                    ));
+                }
+                let aliases = self.aliases.get_or_insert_with(Box::default);
+                if p.topic.is_empty() {
+                    p.topic = aliases.inbound.get(&alias).cloned().ok_or_else(|| {
+                        Close::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            format!("topic alias {alias} is not set"),
+                        )
+                    })?;
+                } else {
+                    aliases.inbound.insert(alias, p.topic.clone());
+                }
+            } else if p.topic.is_empty() {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "PUBLISH with neither topic nor topic alias",
+                ));
+            }
+        }
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        if let Some(why) = self.broker.topic_too_big(p.topic.as_str()) {
+            return Err(Close::new(ReasonCode::TOPIC_NAME_INVALID, why));
+        }
+        if !self.may_publish(p.topic.as_str(), now) {
+            // v5 is told 0x87; v3 has no way to say no, so it is acknowledged and the
+            // message discarded ([MQTT-3.3.5-2]).
+            self.flush_publishes(now);
+            let code = if self.v5() {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
+                QoS::ExactlyOnce => {
+                    if !self.v5() {
+                        let mut st = self.session.lock();
+                        if !st.inbound_qos2.contains(&packet_id) {
+                            st.inbound_qos2.push(packet_id);
+                            if st.stored {
+                                let op = Op::AddInbound {
+                                    sid: self.session.sid.get(),
+                                    packet_id,
+                                };
+                                drop(st);
+                                let ticket = self.broker.submit(vec![op]);
+                                self.hold_for(ticket);
+                            }
+                        }
+                    }
+                    self.send(&Packet::PubRec(Ack::new(packet_id, code)));
+                }
+            }
+            return Ok(());
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // Refused, not disconnected: a persistent client would send it again after
+            // every reconnect and be cut off for ever (MQTT 5.0 section 3.3.2.3.2 lets
+            // the receiver answer 0x99 in the PUBACK or PUBREC).
+            self.flush_publishes(now);
+            count(&self.broker.metrics.dropped_payload_format);
+            log::debug!(
+                "client_id={} published to {:?} a payload marked UTF-8 that is not: refused (0x99)",
+                self.session.client_id,
+                p.topic.as_str()
+            );
+            let refusal = Ack::new(packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(refusal)),
+                QoS::ExactlyOnce => self.send(&Packet::PubRec(refusal)),
+            }
+            return Ok(());
+        }
+        let mut exactly_once_stored = false;
+        if qos == QoS::ExactlyOnce {
+            let mut st = self.session.lock();
+            if st.inbound_qos2.contains(&packet_id) {
+                // A resent QoS 2 PUBLISH already routed: acknowledge again, deliver once
+                // (and not before the first one's record is durable).
+                let stored = st.stored;
+                drop(st);
+                self.flush_publishes(now);
+                if stored {
+                    let ticket = self.broker.store().and_then(|s| s.last_ticket());
+                    self.hold_for(ticket);
+                }
+                self.send(&Packet::PubRec(Ack::new(packet_id, ReasonCode::SUCCESS)));
+                return Ok(());
+            }
+            exactly_once_stored = st.stored;
+            // Only a v5 client was told the Receive Maximum; a 3.x client's ids are
+            // bounded by the 65535 packet ids themselves.
+            if self.v5()
+                && st.inbound_qos2.len() >= usize::from(self.broker.settings.receive_maximum)
+            {
+                return Err(Close::new(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    format!(
+                        "more than {} QoS 2 messages unreleased",
+                        self.broker.settings.receive_maximum
+                    ),
+                ));
+            }
+            st.inbound_qos2.push(packet_id);
+        }
+        let message = Arc::new(Message::from_publish(
+            p,
+            Some(self.session.client_id.clone()),
+            now,
+        ));
+        if exactly_once_stored && self.is_strict() {
+            // Subscribers wait until the exactly-once record is durable; see
+            // `Message::durable_after`.
+            message.durable_after.set_unknown();
+        }
+        let batch = self.batch.get_or_insert_with(Box::default);
+        if qos > QoS::AtMostOnce {
+            batch.acks.push((batch.messages.len(), qos, packet_id));
+        }
+        batch.messages.push(message);
+        let most = (self.broker.settings.max_queued_messages / 4).clamp(1, PUBLISH_BATCH);
+        if batch.messages.len() >= most {
+            self.flush_publishes(now);
+        }
+        Ok(())
+    }
+
+    /// Routes the publishes decoded so far and writes the acknowledgements they owe.
+    /// The connection calls it after each read, and [`Client::handle`] before any other
+    /// packet and every `publish_batch` messages.
+    pub fn flush_publishes(&mut self, now: Instant) {
+        let Some(mut batch) = self.batch.take() else {
+            return;
+        };
+        if batch.messages.is_empty() {
+            self.batch = Some(batch);
+            return;
+        }
+        let messages = std::mem::take(&mut batch.messages);
+        let awaiting: Vec<Arc<Message>> = messages
+            .iter()
+            .filter(|m| m.durable_after.get() == Visibility::Unknown)
+            .cloned()
+            .collect();
+        batch.reached.clear();
+        let mut ops = Vec::new();
+        let pressure = self
+            .broker
+            .publish_batch(messages, &mut batch.reached, &mut ops, now);
+        if self.backpressure.is_none() {
+            self.backpressure = pressure;
+        }
+        let acks = &batch.acks;
+        // Only QoS 2 needs the session's store id: no lock for the rest.
+        let exactly_once = acks.iter().any(|(_, qos, _)| *qos == QoS::ExactlyOnce);
+        if let Some(sid) = exactly_once.then(|| self.stored_sid()).flatten() {
+            // After the deliveries they protect: once the id is durable, so are they.
+            ops.extend(
+                acks.iter()
+                    .filter(|(_, qos, _)| *qos == QoS::ExactlyOnce)
+                    .map(|&(_, _, packet_id)| Op::AddInbound { sid, packet_id }),
+            );
+        }
+        let ticket = self.broker.submit(ops);
+        for message in awaiting {
+            message.durable_after.set(ticket);
+        }
+        if !acks.is_empty() {
+            self.hold_for(ticket);
+        }
+        for &(index, qos, packet_id) in acks {
+            let code = match batch.reached[index] {
+                Reached::Refused if !self.v5() => {
+                    // 3.x has no way to say "not kept" in a PUBACK: close instead of
+                    // acknowledging what was not kept.
+                    self.refusal.get_or_insert_with(|| {
+                        Box::new(Close::new(
+                            ReasonCode::QUOTA_EXCEEDED,
+                            "a bridge outbox is full",
+                        ))
+                    });
+                    continue;
+                }
+                Reached::Refused => ReasonCode::QUOTA_EXCEEDED,
+                Reached::Sessions(0) if self.v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                _ => ReasonCode::SUCCESS,
+            };
+            match qos {
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(packet_id, code))),
+                _ => self.send(&Packet::PubRec(Ack::new(packet_id, code))),
+            }
+        }
+        batch.acks.clear();
+        self.batch = Some(batch);
+    }
+
+    pub(super) fn on_pubrel(&mut self, ack: Ack) {
+        let mut st = self.session.lock();
+        let mut op = None;
+        let code = match st.inbound_qos2.iter().position(|id| *id == ack.packet_id) {
+            Some(i) => {
+                st.inbound_qos2.swap_remove(i);
+                st.inbound_qos2.tidy();
+                if st.stored {
+                    op = Some(Op::DeleteInbound {
+                        sid: self.session.sid.get(),
+                        packet_id: ack.packet_id,
+                    });
+                }
+                ReasonCode::SUCCESS
+            }
+            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        drop(st);
+        // PUBCOMP only once the id is forgotten for good: a stored id would make the
+        // client's next message under it look like a duplicate after a crash.
+        let ticket = self.broker.submit(op.into_iter().collect());
+        self.hold_for(ticket);
+        self.send(&Packet::PubComp(Ack::new(ack.packet_id, code)));
+    }
+}
