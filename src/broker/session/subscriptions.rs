@@ -6,7 +6,7 @@
 //! does not allow as an identifier). One subscription takes a 32-byte block where a
 //! list of (String, Subscription) took two blocks and 80 bytes.
 
-use super::session::Subscription;
+use super::Subscription;
 use crate::protocol::SubscriptionOptions;
 
 #[derive(Default)]
