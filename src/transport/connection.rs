@@ -8,14 +8,13 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use smol::Timer;
@@ -24,14 +23,14 @@ use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
 use super::admission::{Slot, Verdict};
-use super::proxy::{self, Cidr};
+use super::handshake::{Start, handshake};
+use super::proxy::Cidr;
 use super::tls::Tls;
 use crate::auth::AuthPolicy;
 use crate::broker::link::ListenerName;
 use crate::broker::session::Session;
-use crate::broker::{self, Arrival, Broker, Client, Close, ConnectOutcome, Held, Refusal};
-use crate::protocol::{self, DecodeError, ReasonCode};
-use crate::throttle::Throttle;
+use crate::broker::{Broker, Client, Close, Held};
+use crate::protocol::{self, ReasonCode};
 use event_listener::EventListener;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -60,117 +59,6 @@ pub struct ConnectionConfig {
     pub ws_path: Option<Arc<str>>,
     /// The connection is a bridge's relay to its outbox session, not a network client.
     pub bridge_relay: bool,
-}
-
-/// PROXY headers from untrusted or broken balancers come in floods: logged throttled.
-static PROXY_REFUSALS: Throttle = Throttle::new();
-
-/// What a PROXY header told about the client behind a balancer.
-pub struct Proxied {
-    pub peer: SocketAddr,
-    /// The client certificate's common name, when the balancer verified one.
-    pub identity: Option<String>,
-    /// What arrived after the header.
-    pub rbuf: BytesMut,
-}
-
-/// Reads the PROXY header on a `proxy_protocol` listener (from a trusted balancer,
-/// within the connect timeout). `None` when the connection is to end here: refused
-/// (logged, throttled), or a balancer's health check (a bare connect-and-close, a v2
-/// LOCAL header), which ends quietly.
-pub async fn read_proxy_preamble<S: Stream>(
-    stream: &mut S,
-    balancer: SocketAddr,
-    config: &ConnectionConfig,
-) -> Option<Proxied> {
-    let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
-    let refuse =
-        |why: String| PROXY_REFUSALS.refused(balancer, &config.listener, format_args!("{why}"));
-    if !trusted.iter().any(|range| range.contains(balancer.ip())) {
-        refuse(format!(
-            "{} is not in proxy_protocol_trusted, so its PROXY header would not be believed",
-            balancer.ip()
-        ));
-        return None;
-    }
-    let mut rbuf = BytesMut::new();
-    let header = read_proxy_header(stream, &mut rbuf).or(async {
-        Timer::after(config.connect_timeout).await;
-        Err(format!(
-            "no complete PROXY header within {:?}",
-            config.connect_timeout
-        ))
-    });
-    let mut identity = None;
-    let peer = match header.await {
-        Ok(Some(proxy::Header::Proxied { source, tls, .. })) => {
-            if let Some(tls) = tls {
-                log::debug!(
-                    "connection from {source} via {balancer}: TLS client certificate verified={} cn={:?}",
-                    tls.client_cert_verified,
-                    tls.common_name
-                );
-                if tls.client_cert_verified {
-                    identity = tls.common_name;
-                }
-            }
-            source
-        }
-        Ok(Some(proxy::Header::Unknown)) => balancer,
-        Ok(Some(proxy::Header::Local)) => {
-            log::debug!("health check from {balancer} (PROXY LOCAL)");
-            return None;
-        }
-        Ok(None) => {
-            log::debug!("health check from {balancer} (connect and close)");
-            return None;
-        }
-        Err(why) => {
-            refuse(why);
-            return None;
-        }
-    };
-    Some(Proxied {
-        peer,
-        identity,
-        rbuf,
-    })
-}
-
-/// Reads the PROXY header; `None` when the connection closed before sending a byte.
-/// What follows the header stays in `rbuf`.
-async fn read_proxy_header<S: Stream>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-) -> Result<Option<proxy::Header>, String> {
-    loop {
-        match proxy::parse(rbuf) {
-            Ok(Some((header, len))) => {
-                let _ = rbuf.split_to(len);
-                return Ok(Some(header));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        match poll_fn(|cx| poll_read_some(stream, cx, rbuf)).await {
-            Ok(0) if rbuf.is_empty() => return Ok(None),
-            Ok(0) => return Err("connection closed in the middle of its PROXY header".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("connection failed before its PROXY header: {e}")),
-        }
-    }
-}
-
-/// What the handshake starts from, boxed so that its inputs are not part of every
-/// idle connection's task; the stream comes back in [`Connected`].
-struct Start<S> {
-    stream: S,
-    peer: SocketAddr,
-    refusal: Option<(ReasonCode, String)>,
-    rbuf: BytesMut,
-    identity: Option<String>,
-    broker: Arc<Broker>,
-    config: Arc<ConnectionConfig>,
 }
 
 /// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
@@ -260,126 +148,6 @@ impl<S: Stream> Future for Serve<S> {
     }
 }
 
-/// Refusals for limits come in floods: their log line is throttled.
-static LIMIT_REFUSALS: Throttle = Throttle::new();
-
-/// Reads and answers CONNECT: the connection with its accepted client and what
-/// arrived after CONNECT, or `None` when it was refused or closed.
-async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connected<S>> {
-    let Start {
-        stream: mut owned_stream,
-        peer,
-        refusal,
-        mut rbuf,
-        identity,
-        broker,
-        config,
-    } = *start;
-    let (broker, stream) = (&broker, &mut owned_stream);
-    let max_packet = broker.settings.max_packet_size as usize;
-    let first = read_frame(stream, &mut rbuf, max_packet).or(async {
-        Timer::after(config.connect_timeout).await;
-        Err(FirstPacketError::Timeout)
-    });
-    let connect = match first.await {
-        Ok(frame) => match protocol::decode_connect_frame(frame) {
-            Ok(connect) => connect,
-            Err(e) => {
-                log::warn!(
-                    "refused connection addr={peer} listener={}: {}",
-                    config.listener,
-                    e.error
-                );
-                let connack = broker::answer_malformed(&e);
-                if !connack.is_empty() {
-                    let _ = flush_with_timeout(stream, &connack).await;
-                }
-                return None;
-            }
-        },
-        Err(FirstPacketError::Timeout) => {
-            log::info!(
-                "closed connection addr={peer}: no CONNECT within {:?}",
-                config.connect_timeout
-            );
-            return None;
-        }
-        Err(FirstPacketError::Closed) => {
-            log::debug!("connection addr={peer} closed before CONNECT");
-            return None;
-        }
-        Err(FirstPacketError::Io(e)) => {
-            log::debug!("connection addr={peer} failed before CONNECT: {e}");
-            return None;
-        }
-        Err(FirstPacketError::Decode(e)) => {
-            log::warn!(
-                "refused connection addr={peer} listener={}: {e}",
-                config.listener
-            );
-            return None;
-        }
-    };
-    let (version, clean_start, keep_alive) =
-        (connect.protocol, connect.clean_start, connect.keep_alive);
-    let requested_id = connect.client_id.clone();
-    let arrival = Arrival {
-        peer,
-        listener: &config.listener,
-        auth: &config.auth,
-        refusal,
-        identity: identity.as_deref(),
-        identity_as_username: config.identity_as_username,
-        bridge_relay: config.bridge_relay,
-        wall: SystemTime::now(),
-        entropy: RandomState::new().hash_one(Instant::now()),
-    };
-    let client = match Client::connect(broker, arrival, connect, Instant::now()) {
-        ConnectOutcome::Accepted(client) => *client,
-        ConnectOutcome::Refused(refusal) => {
-            let Refusal {
-                code,
-                reason,
-                connack,
-                flood,
-                delay,
-            } = refusal;
-            if flood {
-                LIMIT_REFUSALS.refused(peer, &config.listener, format_args!("{reason} ({code})"));
-            } else {
-                log::warn!(
-                    "refused client_id={requested_id:?} proto={} addr={peer} listener={}: {reason} ({code})",
-                    version.name(),
-                    config.listener
-                );
-            }
-            if let Some(delay) = delay {
-                Timer::after(delay).await;
-            }
-            if !connack.is_empty() {
-                let _ = flush_with_timeout(stream, &connack).await;
-            }
-            return None;
-        }
-    };
-    log::info!(
-        "client connected client_id={} proto={}{} addr={peer} listener={} clean_start={clean_start} keep_alive={keep_alive}",
-        client.client_id(),
-        version.name(),
-        if client.is_bridge() { " (bridge)" } else { "" },
-        config.listener
-    );
-    Some(Connected {
-        stream: owned_stream,
-        client,
-        rbuf,
-        waits: None,
-        busy: 0,
-        unflushed: false,
-        fresh: true,
-    })
-}
-
 /// Logs why the connection ended, tells a v5 client, and lets the session go on
 /// without it.
 async fn finish<S: Stream>(mut stream: S, mut client: Client, close: Close) {
@@ -422,52 +190,6 @@ async fn finish<S: Stream>(mut stream: S, mut client: Client, close: Close) {
         .await;
 }
 
-enum FirstPacketError {
-    Timeout,
-    Closed,
-    Io(io::Error),
-    Decode(DecodeError),
-}
-
-/// Reads until one whole packet is buffered and returns it.
-async fn read_frame<S: Stream>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-    max_packet: usize,
-) -> Result<bytes::Bytes, FirstPacketError> {
-    loop {
-        // Refuse on the first byte rather than wait for a whole frame of garbage (but
-        // long enough to name a PROXY header sent to a listener that expects none).
-        if let Some(&first) = rbuf.first() {
-            if proxy::looks_like_header(rbuf) {
-                return Err(FirstPacketError::Decode(DecodeError::protocol(
-                    "a PROXY protocol header, but this listener has proxy_protocol = false",
-                )));
-            }
-            let maybe_proxy = rbuf.len() < proxy::V2_SIGNATURE.len()
-                && (proxy::V2_SIGNATURE.starts_with(rbuf) || b"PROXY ".starts_with(rbuf));
-            if first != 0x10 && !maybe_proxy {
-                return Err(FirstPacketError::Decode(DecodeError::protocol(format!(
-                    "first packet starts with byte {first:#04x}, not CONNECT"
-                ))));
-            }
-        }
-        if let Some(len) =
-            protocol::frame_len(rbuf, max_packet).map_err(FirstPacketError::Decode)?
-        {
-            if rbuf.len() >= len {
-                return Ok(rbuf.split_to(len).freeze());
-            }
-        }
-        let n = poll_fn(|cx| poll_read_some(stream, cx, rbuf))
-            .await
-            .map_err(FirstPacketError::Io)?;
-        if n == 0 {
-            return Err(FirstPacketError::Closed);
-        }
-    }
-}
-
 thread_local! {
     /// Each executor thread reads into one scratch buffer and copies out exactly what
     /// arrived, so a connection holds no read buffer while it waits.
@@ -475,7 +197,7 @@ thread_local! {
 }
 
 /// Reads what is available and appends it to `rbuf`.
-fn poll_read_some<S: Stream>(
+pub(super) fn poll_read_some<S: Stream>(
     stream: &mut S,
     cx: &mut std::task::Context<'_>,
     rbuf: &mut BytesMut,
@@ -575,7 +297,7 @@ impl Pressure {
 /// The connected phase: one loop, polled by hand rather than written as an async fn,
 /// so that an idle connection's task holds these few fields and nothing else. No
 /// timer either: the broker's keep-alive sweep wakes a connection gone silent.
-struct Connected<S> {
+pub(super) struct Connected<S> {
     stream: S,
     client: Client,
     rbuf: BytesMut,
@@ -590,6 +312,19 @@ struct Connected<S> {
 }
 
 impl<S: Stream> Connected<S> {
+    /// A client just accepted; `rbuf` holds what arrived after its CONNECT.
+    pub(super) fn new(stream: S, client: Client, rbuf: BytesMut) -> Connected<S> {
+        Connected {
+            stream,
+            client,
+            rbuf,
+            waits: None,
+            busy: 0,
+            unflushed: false,
+            fresh: true,
+        }
+    }
+
     fn is_pressured(&self) -> bool {
         self.waits.as_ref().is_some_and(|w| w.pressure.is_some())
     }
@@ -785,7 +520,10 @@ impl<S: Stream> Connected<S> {
     }
 }
 
-async fn flush_with_timeout<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+pub(super) async fn flush_with_timeout<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> io::Result<()> {
     async {
         stream.write_all(bytes).await?;
         stream.flush().await

@@ -4,8 +4,10 @@
 
 pub mod admission;
 pub mod connection;
+mod handshake;
 pub mod lane;
 pub mod outgoing;
+mod preamble;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -13,8 +13,9 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncRead, AsyncWrite};
 
 use super::admission::{ListenerAdmission, Verdict};
-use super::connection::{self, ConnectionConfig, Proxied};
+use super::connection::{self, ConnectionConfig};
 use super::lane;
+use super::preamble::{self, Proxied};
 use super::tls::common_name;
 use super::ws::{self, WsStream};
 use super::{Rewind, Stream};
@@ -95,7 +96,7 @@ async fn serve_wrapped(
         identity,
         rbuf,
     } = if config.proxy_trusted.is_some() {
-        let preamble = connection::read_proxy_preamble(&mut stream, socket_peer, &config);
+        let preamble = preamble::read_proxy_preamble(&mut stream, socket_peer, &config);
         match Box::pin(preamble).await {
             Some(proxied) => proxied,
             None => return,
