@@ -116,8 +116,15 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     for listener in &listeners {
         let socket = tcp::bind(listener.bind).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another MQTT broker may hold it: `ss -ltnp` names the process; Debian's \
+                 mosquitto package starts one on 1883, `systemctl disable --now mosquitto` \
+                 stops it)"
+            } else {
+                ""
+            };
             format!(
-                "listener {} cannot bind {}: {e}",
+                "listener {} cannot bind {}: {e}{hint}",
                 listener.name, listener.bind
             )
         })?;

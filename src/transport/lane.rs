@@ -34,8 +34,10 @@ static LANE: LazyLock<Lane> = LazyLock::new(|| Lane {
 
 /// Starts `future` on the lane, detached: it runs until it ends.
 pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
-    // A panic is caught and ends the task alone, as it would under smol's executor,
-    // rather than the loop that runs it and every connection behind it.
+    // Where panics unwind (debug and test builds), one is caught and ends its task
+    // alone, as under smol's executor. The shipped release build aborts on panic
+    // (Cargo.toml): a bug stops the broker and systemd restarts it, with every
+    // persistent session, rather than leaving it half-working.
     let (runnable, task) = Builder::new()
         .propagate_panic(true)
         .spawn(|()| future, schedule);
@@ -78,7 +80,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Tasks run on the lane's loop, wake it from idle and survive a neighbour's panic.
+    /// Tasks run on the lane's loop, wake it from idle and, where panics unwind (this
+    /// test build; the release build aborts), survive a neighbour's panic.
     #[test]
     fn runs_tasks_woken_from_idle() {
         let done = Arc::new(AtomicUsize::new(0));

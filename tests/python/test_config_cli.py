@@ -83,6 +83,22 @@ def test_no_config_starts_on_1883_with_defaults(tmp_path):
         proc.wait(10)
 
 
+def test_a_port_held_by_another_broker_is_named_as_such(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    conf = tmp_path / "tern.toml"
+    conf.write_text(f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n[listeners.ws]\nenabled = false\n'
+                    '[api]\nenabled = false\n[dashboard]\nenabled = false\n')
+    done = subprocess.run([BIN, "--config", str(conf)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=20)
+    holder.close()
+    assert done.returncode != 0
+    assert f"listener tcp cannot bind 127.0.0.1:{port}" in done.stderr
+    assert "another MQTT broker may hold it" in done.stderr, done.stderr
+
+
 def test_extra_listener_from_config(make_broker):
     broker = make_broker('[listeners.second]\ntype = "tcp"\nbind = "127.0.0.1:0"\n')
     m = broker.wait_for_log(r"listening name=second addr=127.0.0.1:(\d+)")
