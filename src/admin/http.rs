@@ -206,70 +206,84 @@ async fn read_request<S: AsyncRead + Unpin>(
     peer: SocketAddr,
 ) -> io::Result<Read> {
     let mut chunk = [0u8; 4096];
-    let (head_len, method, target, headers, close) = loop {
-        let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut slots);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        let value = String::from_utf8_lossy(h.value).into_owned();
-                        (h.name.to_owned(), value)
-                    })
-                    .collect();
-                let close = req.version == Some(0)
-                    || headers.iter().any(|(k, v)| {
-                        k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
-                    });
-                let method = req.method.unwrap_or("GET").to_owned();
-                let target = req.path.unwrap_or("/").to_owned();
-                break (len, method, target, headers, close);
+    loop {
+        match parse_request(buf, peer) {
+            Parsed::Request(request, keep_alive, consumed) => {
+                buf.drain(..consumed);
+                return Ok(Read::Request(request, keep_alive));
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(_) => return Ok(Read::Refuse(400, "malformed HTTP request")),
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(Read::Refuse(431, "request head larger than 16 KiB"));
+            Parsed::Refuse(status, why) => return Ok(Read::Refuse(status, why)),
+            Parsed::Incomplete => {}
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Ok(Read::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// What the bytes received so far on a connection hold.
+pub enum Parsed {
+    /// More bytes are needed: the head, or the body its Content-Length announces.
+    Incomplete,
+    /// A request refused with this status and why.
+    Refuse(u16, &'static str),
+    /// A whole request, whether the connection stays open after it, and the bytes it
+    /// took from the front of the buffer.
+    Request(Request, bool, usize),
+}
+
+/// Parses the request at the front of `buf`, within the limits on its head (16 KiB)
+/// and body (1 MiB, Content-Length only). Pure, so that it is fuzzed on its own.
+pub fn parse_request(buf: &[u8], peer: SocketAddr) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Parsed::Refuse(431, "request head larger than 16 KiB");
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Err(_) => return Parsed::Refuse(400, "malformed HTTP request"),
     };
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            (h.name.to_owned(), value)
+        })
+        .collect();
+    let close = req.version == Some(0)
+        || headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+    let method = req.method.unwrap_or("GET").to_owned();
+    let target = req.path.unwrap_or("/").to_owned();
     let length = match headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
     {
         Some((_, v)) => match v.trim().parse::<usize>() {
             Ok(n) => n,
-            Err(_) => return Ok(Read::Refuse(400, "bad Content-Length")),
+            Err(_) => return Parsed::Refuse(400, "bad Content-Length"),
         },
         None if headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) =>
         {
-            return Ok(Read::Refuse(
-                400,
-                "chunked bodies are not accepted; send Content-Length",
-            ));
+            return Parsed::Refuse(400, "chunked bodies are not accepted; send Content-Length");
         }
         None => 0,
     };
     if length > MAX_BODY {
-        return Ok(Read::Refuse(413, "request body larger than 1 MiB"));
+        return Parsed::Refuse(413, "request body larger than 1 MiB");
     }
-    while buf.len() < head_len + length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Read::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    if buf.len() < head_len + length {
+        return Parsed::Incomplete;
     }
     let body = buf[head_len..head_len + length].to_vec();
-    buf.drain(..head_len + length);
     let (path, query) = parse_target(&target);
     let request = Request {
         method,
@@ -279,7 +293,7 @@ async fn read_request<S: AsyncRead + Unpin>(
         body,
         peer,
     };
-    Ok(Read::Request(request, !close))
+    Parsed::Request(request, !close, head_len + length)
 }
 
 async fn write_response<S: AsyncWrite + Unpin>(
