@@ -27,6 +27,9 @@ mod sessions;
 mod subscribe;
 mod table;
 
+#[cfg(test)]
+mod rules;
+
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
