@@ -9,13 +9,16 @@ use tern::transport::proxy;
 
 fuzz_target!(|data: &[u8]| {
     let _ = proxy::looks_like_header(data);
-    if let Ok(Some((_, len))) = proxy::parse(data) {
-        assert!(len <= data.len(), "a header of {len} bytes in {}", data.len());
+    let whole = proxy::parse(data);
+    if let Ok(Some((_, len))) = &whole {
+        assert!(*len <= data.len(), "a header of {len} bytes in {}", data.len());
     }
-    // Arriving a byte at a time must never decide differently from all at once.
-    for end in 0..data.len().min(64) {
-        if let Ok(Some((_, len))) = proxy::parse(&data[..end]) {
-            assert!(len <= end);
+    // Arriving in pieces must not decide differently from all at once: a header whole
+    // in a prefix is the header of the whole.
+    for end in 0..data.len().min(256) {
+        if let Ok(Some(found)) = proxy::parse(&data[..end]) {
+            assert!(found.1 <= end);
+            assert_eq!(whole.as_ref().ok(), Some(&Some(found)), "prefix of {end} bytes");
         }
     }
 });

@@ -10,6 +10,7 @@
 //!
 //! Beyond Mosquitto, a SUBSCRIBE to a filter the client could never read is refused.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -116,23 +117,24 @@ impl Acl {
         Acl::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The rules that apply to a client, patterns filled in.
+    /// The rules that apply to a client: each with its filter, patterns filled in,
+    /// and the filter as the operator wrote it.
     fn rules_for(
         &self,
         client_id: &str,
         username: Option<&str>,
-    ) -> Vec<(Kind, std::borrow::Cow<'_, str>)> {
+    ) -> Vec<(Kind, Cow<'_, str>, &str)> {
         let own = match username {
             Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or(&[]),
             None => &self.anonymous,
         };
-        let mut rules: Vec<(Kind, std::borrow::Cow<'_, str>)> = own
+        let mut rules: Vec<(Kind, Cow<'_, str>, &str)> = own
             .iter()
-            .map(|r| (r.kind, std::borrow::Cow::Borrowed(r.filter.as_str())))
+            .map(|r| (r.kind, Cow::Borrowed(r.filter.as_str()), r.filter.as_str()))
             .collect();
         for p in &self.patterns {
             if let Some(filter) = substitute(&p.filter, client_id, username) {
-                rules.push((p.kind, filter));
+                rules.push((p.kind, filter, p.filter.as_str()));
             }
         }
         rules
@@ -146,22 +148,45 @@ impl Acl {
         topic: &str,
         access: Access,
     ) -> bool {
+        self.decide(client_id, username, topic, access, |_| true)
+    }
+
+    /// Whether the client may publish to `topic`, which the broker keeps for itself
+    /// (`$SYS`): only a rule the operator wrote with a leading `$` grants it, never a
+    /// pattern that `%c` or `%u` turned into one (a client named `$SYS` under the
+    /// common `pattern readwrite %c/#`). Deny rules apply as ever.
+    pub fn grants_reserved(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.decide(client_id, username, topic, Access::Write, |written| {
+            written.starts_with('$')
+        })
+    }
+
+    /// A matching deny wins; otherwise a matching grant of `access` from a rule whose
+    /// filter as written passes `counts`.
+    fn decide(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        topic: &str,
+        access: Access,
+        counts: impl Fn(&str) -> bool,
+    ) -> bool {
         let mut granted = false;
-        for (kind, filter) in self.rules_for(client_id, username) {
+        for (kind, filter, written) in self.rules_for(client_id, username) {
             if !topic::matches(&filter, topic) {
                 continue;
             }
             if kind == Kind::Deny {
                 return false;
             }
-            granted |= kind.grants(access);
+            granted |= kind.grants(access) && counts(written);
         }
         granted
     }
 
     /// Whether a subscription to `filter` could ever deliver anything: some read grant
     /// overlaps it, and no deny rule covers all of it.
-    pub fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+    pub fn may_ever_read(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
         let filter = match topic::parse_shared(filter) {
             Some(Ok((_, inner))) => inner,
             _ => filter,
@@ -169,13 +194,13 @@ impl Acl {
         let rules = self.rules_for(client_id, username);
         if rules
             .iter()
-            .any(|(k, f)| *k == Kind::Deny && covers(f, filter))
+            .any(|(k, f, _)| *k == Kind::Deny && covers(f, filter))
         {
             return false;
         }
         rules
             .iter()
-            .any(|(k, f)| k.grants(Access::Read) && intersects(f, filter))
+            .any(|(k, f, _)| k.grants(Access::Read) && intersects(f, filter))
     }
 }
 
@@ -184,9 +209,9 @@ fn substitute<'a>(
     pattern: &'a str,
     client_id: &str,
     username: Option<&str>,
-) -> Option<std::borrow::Cow<'a, str>> {
+) -> Option<Cow<'a, str>> {
     if !pattern.contains('%') {
-        return Some(std::borrow::Cow::Borrowed(pattern));
+        return Some(Cow::Borrowed(pattern));
     }
     let unsafe_value = |v: &str| v.contains('+') || v.contains('#');
     let mut levels = Vec::new();
@@ -203,7 +228,7 @@ fn substitute<'a>(
         };
         levels.push(value);
     }
-    Some(std::borrow::Cow::Owned(levels.join("/")))
+    Some(Cow::Owned(levels.join("/")))
 }
 
 /// Whether some topic name matches both filters.
@@ -312,21 +337,21 @@ pattern read users/%u/inbox
     #[test]
     fn subscribe_refused_only_when_nothing_could_be_read() {
         let a = acl();
-        assert!(a.may_subscribe("c", Some("alice"), "alice/#"));
+        assert!(a.may_ever_read("c", Some("alice"), "alice/#"));
         assert!(
-            a.may_subscribe("c", Some("alice"), "#"),
+            a.may_ever_read("c", Some("alice"), "#"),
             "# overlaps alice/#"
         );
         assert!(
-            !a.may_subscribe("c", Some("alice"), "alice/secret"),
+            !a.may_ever_read("c", Some("alice"), "alice/secret"),
             "denied entirely"
         );
         assert!(
-            !a.may_subscribe("c", Some("alice"), "sensors/+/temp"),
+            !a.may_ever_read("c", Some("alice"), "sensors/+/temp"),
             "write only"
         );
-        assert!(a.may_subscribe("c", None, "$share/g/public/+"));
-        assert!(!a.may_subscribe("c", None, "private/#"));
+        assert!(a.may_ever_read("c", None, "$share/g/public/+"));
+        assert!(!a.may_ever_read("c", None, "private/#"));
     }
 
     #[test]
@@ -335,5 +360,20 @@ pattern read users/%u/inbox
         assert!(err.starts_with("line 3"), "{err}");
         let err = Acl::parse("usr a\n").unwrap_err();
         assert!(err.starts_with("line 1") && err.contains("usr"), "{err}");
+    }
+
+    #[test]
+    fn only_a_rule_written_with_a_dollar_grants_a_reserved_topic() {
+        let a =
+            Acl::parse("pattern readwrite %c/#\npattern readwrite %u/#\ntopic write $SYS/site/#\n")
+                .unwrap();
+        // A client named `$SYS` fills the pattern to `$SYS/#`: enough for `allows`,
+        // never for the broker's own topics.
+        assert!(a.allows("$SYS", None, "$SYS/broker/version", Access::Write));
+        assert!(!a.grants_reserved("$SYS", None, "$SYS/broker/version"));
+        assert!(!a.grants_reserved("c", Some("$SYS"), "$SYS/broker/version"));
+        assert!(a.grants_reserved("c", None, "$SYS/site/note"));
+        let denied = Acl::parse("topic write $SYS/#\ntopic deny $SYS/broker/#\n").unwrap();
+        assert!(!denied.grants_reserved("c", None, "$SYS/broker/version"));
     }
 }

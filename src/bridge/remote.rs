@@ -64,6 +64,8 @@ pub struct RemoteSession {
     pub receive_maximum: u16,
     /// The keep-alive the remote holds us to (a v5 server may lower ours).
     pub keep_alive: Duration,
+    /// The largest packet the remote accepts, when it said (v5).
+    pub maximum_packet_size: Option<u32>,
 }
 
 /// Connects to `remote`. `private`: announce a Mosquitto-style bridge (3.1.1 only).
@@ -203,6 +205,7 @@ async fn handshake(
             None => settings.max_inflight,
         },
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        maximum_packet_size: p.maximum_packet_size,
     };
     remote.greet(settings).await.map_err(failed)?;
     Ok(remote)

@@ -62,6 +62,16 @@ impl Rules {
             })
     }
 
+    /// The most bytes [`Rules::outbound`] adds to a topic (a longer remote prefix).
+    pub fn outbound_growth(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|r| r.direction.goes_out())
+            .map(|r| r.remote_prefix.len().saturating_sub(r.local_prefix.len()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The local topic of a remote message, when an in rule covers it.
     pub fn inbound(&self, remote_topic: &str) -> Option<String> {
         self.0

@@ -127,9 +127,19 @@ impl Uplink {
         let receive_maximum = remote.as_ref().map_or(1, |l| l.receive_maximum.max(1));
         let keep_alive = remote.as_ref().map_or(Duration::ZERO, |l| l.keep_alive);
         let mut to_local = BytesMut::new();
+        // The outbox never hands the relay a message the remote would refuse as too
+        // large (it would stall the bridge, resent after every reconnect): the local
+        // broker drops it instead, counted, as for any client with a Maximum Packet
+        // Size. A rule's longer remote prefix is allowed for.
+        let growth = settings.rules.outbound_growth();
+        let maximum_packet_size = remote
+            .as_ref()
+            .and_then(|r| r.maximum_packet_size)
+            .map(|max| (max as usize).saturating_sub(growth).max(1) as u32);
         let properties = Properties::from(PropertyValues {
             session_expiry_interval: Some(NEVER_EXPIRES),
             receive_maximum: Some(receive_maximum),
+            maximum_packet_size,
             ..PropertyValues::default()
         });
         let connect = Connect {

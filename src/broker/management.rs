@@ -9,7 +9,7 @@ use super::Broker;
 use super::link::Link;
 use super::session::{CloseReason, Session, Subscription};
 use crate::message::{Message, SmallStr};
-use crate::protocol::{QoS, ReasonCode, SubscriptionOptions, topic};
+use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
 use crate::store::Op;
 
 /// A connected client as the management API lists it.
@@ -97,14 +97,7 @@ impl Broker {
         let Some(session) = session.filter(|s| s.is_online()) else {
             return Err(SubscribeError::NotConnected);
         };
-        let (code, why) = match topic::validate_filter(filter) {
-            Ok(()) => match self.may_subscribe(&session, filter) {
-                Ok(()) => (ReasonCode::SUCCESS, String::new()),
-                Err(refusal) => refusal,
-            },
-            Err(e) => (ReasonCode::TOPIC_FILTER_INVALID, e.describe().to_owned()),
-        };
-        if code.is_error() {
+        if let Err((code, why)) = self.check_subscription(&session, filter) {
             return Err(SubscribeError::Refused(code, why));
         }
         let options = SubscriptionOptions {

@@ -28,7 +28,7 @@ mod subscribe;
 mod table;
 
 #[cfg(test)]
-mod rules;
+mod spec;
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -7,18 +7,22 @@ use std::time::Instant;
 use super::Broker;
 use super::session::{Session, Subscription};
 use crate::message::{Delivery, Message};
-use crate::protocol::{ReasonCode, RetainHandling};
+use crate::protocol::{ReasonCode, RetainHandling, topic};
 use crate::store::Op;
 
 impl Broker {
-    /// Whether `session` may add a subscription to `filter` (a valid one): the topic
-    /// length and depth limits and `max_subscriptions`, as every subscription meets
-    /// them, a client's own or one made on its behalf.
-    pub fn may_subscribe(
+    /// Whether `session` may add a subscription to `filter`: a valid filter, within
+    /// the topic length and depth limits and `max_subscriptions`, as every subscription
+    /// meets them, a client's own or one made on its behalf. The refusal says why, with
+    /// the SUBACK's v5 code.
+    pub fn check_subscription(
         &self,
         session: &Session,
         filter: &str,
     ) -> Result<(), (ReasonCode, String)> {
+        if let Err(e) = topic::validate_filter(filter) {
+            return Err((ReasonCode::TOPIC_FILTER_INVALID, e.describe().to_owned()));
+        }
         if let Some(why) = self.topic_too_big(filter) {
             return Err((ReasonCode::TOPIC_FILTER_INVALID, why));
         }
@@ -34,7 +38,7 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds (or replaces) a subscription that [`Broker::may_subscribe`] allowed: to the
+    /// Adds (or replaces) a subscription that [`Broker::check_subscription`] allowed: to the
     /// session, the router and, for a stored session, to `ops`. Returns the retained
     /// messages its retain handling sends now, for the caller to queue after it has
     /// answered the SUBSCRIBE.

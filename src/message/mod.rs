@@ -30,8 +30,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for no-local subscriptions.
     pub origin: Option<SmallStr>,
-    /// Its id in the store, given when it is first stored; 0 until then.
-    pub store_id: AtomicU64,
+    /// Its id in the store, given when it is first stored.
+    pub store_id: StoreId,
     /// The store ticket that must be durable before a subscriber may receive it:
     /// set for a QoS 2 message from a stored session under `strict` durability, so that
     /// no client sees a message whose exactly-once record a crash could still lose.
@@ -52,6 +52,37 @@ impl Ticket {
 
     pub fn get(self) -> u64 {
         self.0.get()
+    }
+}
+
+/// A message's id in the store: none until it is first stored, then one for good,
+/// shared by every stored delivery of it.
+#[derive(Debug, Default)]
+pub struct StoreId(AtomicU64);
+
+impl StoreId {
+    pub fn get(&self) -> Option<NonZeroU64> {
+        NonZeroU64::new(self.0.load(Ordering::Acquire))
+    }
+
+    /// The id, given from `fresh` the first time; of two racing, one wins for both.
+    pub fn get_or_give(&self, fresh: impl FnOnce() -> NonZeroU64) -> NonZeroU64 {
+        if let Some(id) = self.get() {
+            return id;
+        }
+        let id = fresh();
+        match self
+            .0
+            .compare_exchange(0, id.get(), Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => id,
+            Err(existing) => NonZeroU64::new(existing).unwrap_or(id),
+        }
+    }
+
+    /// The id a message read back from the store had.
+    pub fn set(&self, id: NonZeroU64) {
+        self.0.store(id.get(), Ordering::Release);
     }
 }
 
@@ -109,7 +140,7 @@ impl Message {
             forwarded_properties: Bytes::new(),
             expires_at: None,
             origin: None,
-            store_id: AtomicU64::new(0),
+            store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
     }
@@ -123,7 +154,7 @@ impl Message {
             qos: publish.qos,
             retain: publish.retain,
             origin,
-            store_id: AtomicU64::new(0),
+            store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
     }
@@ -137,7 +168,7 @@ impl Message {
             qos: will.qos,
             retain: will.retain,
             origin,
-            store_id: AtomicU64::new(0),
+            store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
     }

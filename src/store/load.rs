@@ -4,7 +4,6 @@
 //! stay on disk until their session resumes ([`backlog`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, params};
 
@@ -231,7 +230,10 @@ pub fn backlog(
             None,
             clock,
         );
-        message.store_id.store(row.get(7)?, Ordering::Relaxed);
+        let message_id: u64 = row.get(7)?;
+        if let Some(id) = std::num::NonZeroU64::new(message_id) {
+            message.store_id.set(id);
+        }
         let packet_id: Option<u16> = row.get(5)?;
         let stage: Option<u8> = row.get(6)?;
         let seq: u64 = row.get(0)?;

@@ -307,18 +307,10 @@ impl Store {
 
     /// The message's store id, assigning one the first time it is stored.
     pub fn message_id(&self, message: &Message) -> u64 {
-        let id = message.store_id.load(Ordering::Acquire);
-        if id != 0 {
-            return id;
-        }
-        let fresh = self.next_message_id.fetch_add(1, Ordering::Relaxed);
-        match message
+        message
             .store_id
-            .compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => fresh,
-            Err(existing) => existing,
-        }
+            .get_or_give(|| next_number(&self.next_message_id))
+            .get()
     }
 
     /// Hands ops to the writer, in order and together (they land in one transaction);

@@ -376,7 +376,7 @@ impl Writer {
                         writes -= 1;
                         continue;
                     }
-                    let message_id = message.store_id.load(Ordering::Acquire);
+                    let message_id = message.store_id.get().map_or(0, |id| id.get());
                     if messages_written.insert(message_id) {
                         tx.prepare_cached(
                             "INSERT OR IGNORE INTO message

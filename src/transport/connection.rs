@@ -72,14 +72,14 @@ pub fn serve<S: Stream>(
     rbuf: BytesMut,
     identity: Option<String>,
 ) -> Serve<S> {
-    let (slot, refusal) = match verdict {
+    let (slot, turned_away) = match verdict {
         Verdict::Admit(slot) => (Some(slot), None),
         Verdict::Refuse(code, why) => (None, Some((code, why))),
     };
     let start = Box::new(Start {
         stream,
         peer,
-        refusal,
+        turned_away,
         rbuf,
         identity,
         broker,

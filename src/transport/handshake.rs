@@ -25,7 +25,7 @@ use crate::throttle::Throttle;
 pub(super) struct Start<S> {
     pub(super) stream: S,
     pub(super) peer: SocketAddr,
-    pub(super) refusal: Option<(ReasonCode, String)>,
+    pub(super) turned_away: Option<(ReasonCode, String)>,
     pub(super) rbuf: BytesMut,
     pub(super) identity: Option<String>,
     pub(super) broker: Arc<Broker>,
@@ -41,7 +41,7 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
     let Start {
         stream: mut owned_stream,
         peer,
-        refusal,
+        turned_away,
         mut rbuf,
         identity,
         broker,
@@ -99,7 +99,7 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
         peer,
         listener: &config.listener,
         auth: &config.auth,
-        refusal,
+        turned_away,
         identity: identity.as_deref(),
         identity_as_username: config.identity_as_username,
         bridge_relay: config.bridge_relay,

@@ -78,6 +78,7 @@ def test_sys_topics_cannot_be_forged(broker):
     assert real != b"FORGED"
     v5 = RawClient(broker.host, broker.port)
     v5.connect("forger5")
+    v5.publish("$SYS/broker/version", b"FORGED", qos=0, retain=True)
     v5.publish("$SYS/broker/version", b"FORGED", qos=1, retain=True)
     assert v5.recv_kind(PUBACK).code == 0x87
     v5.publish("$SYS/broker/version", b"FORGED", qos=2, packet_id=2)
@@ -86,6 +87,7 @@ def test_sys_topics_cannot_be_forged(broker):
     assert v5.recv_kind(PUBACK).code == 0x87
     v3 = RawClient(broker.host, broker.port, version=4)
     v3.connect("forger3", version=4)
+    v3.publish("$SYS/broker/version", b"FORGED", qos=0, retain=True)
     v3.publish("$SYS/broker/version", b"FORGED", qos=1, retain=True)
     ack = v3.recv_kind(PUBACK)
     assert ack.code == 0, "3.x is acknowledged and the message discarded"
@@ -111,6 +113,23 @@ def test_a_bridge_may_publish_its_connection_state(broker):
     assert bridge.recv_kind(PUBACK).code == 0
     got = watcher.recv_kind(PUBLISH)
     assert (got.topic, got.payload) == ("$SYS/broker/connection/edge1/state", b"1")
+    # Only that one topic of the tree: its neighbour is the broker's.
+    v5 = RawClient(broker.host, broker.port)
+    v5.connect("edge2")
+    v5.publish("$SYS/broker/connection/edge2/other", b"x", qos=1)
+    assert v5.recv_kind(PUBACK).code == 0x87
+
+
+def test_a_pattern_filled_in_with_a_dollar_client_id_grants_nothing_reserved(make_broker, tmp_path):
+    """`pattern readwrite %c/#` is common; a client that names itself `$SYS` fills it to
+    `$SYS/#`, which must not open the broker's own topics to it."""
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite %c/#\n")
+    broker = make_broker(f'[auth]\nacl_file = "{acl}"\n')
+    c = RawClient(broker.host, broker.port)
+    c.connect("$SYS")
+    c.publish("$SYS/broker/version", b"FORGED", qos=1, retain=True)
+    assert c.recv_kind(PUBACK).code == 0x87
 
 
 def test_an_acl_rule_starting_with_sys_grants_it(make_broker, tmp_path):
@@ -189,8 +208,10 @@ def test_mqtt_3_1_connack_has_no_session_present_flag(broker):
     first.connect("k31", version=3, clean=False)
     first.subscribe("k31/t", qos=1)
     first.close()
+    Paho(broker, "pub31").publish("k31/t", "kept", qos=1)
     again = RawClient(broker.host, broker.port, version=3)
     assert raw_connack(again, "k31", version=3, clean=False) == bytes([0x20, 0x02, 0x00, 0x00])
+    assert again.recv_kind(PUBLISH).payload == b"kept", "the session was resumed all the same"
     v311 = RawClient(broker.host, broker.port, version=4)
     v311.connect("k311", version=4, clean=False)
     v311.close()
@@ -319,7 +340,7 @@ def test_a_suback_that_does_not_fit_closes_with_0x95(broker):
     assert len(ack.body) + 2 <= 16
     c.send(subscribe_packet([(f"f/{i}", 0) for i in range(20)]))
     assert [(p.kind, p.code) for p in c.closed()] == [(DISCONNECT, 0x95)]
-    broker.wait_for_log(r"client_id=narrow .*a SUBACK to send is larger than the client's Maximum Packet Size of 16")
+    broker.wait_for_log(r"client_id=narrow .*the SUBACK it asks for would be larger than the client.s Maximum Packet Size of 16")
 
 
 # 8. A payload marked UTF-8 that is not is refused, not disconnected.

@@ -29,7 +29,8 @@ pub struct Refusal {
     pub reason: String,
     /// The CONNACK to send before closing; empty when none may be sent.
     pub connack: BytesMut,
-    /// Refusals of this kind come in floods (connection limits): log them throttled.
+    /// Refusals of this kind come in floods (the transport's limits, a listener's
+    /// certificate rule, a network client claiming an outbox): log them throttled.
     pub flood: bool,
     /// Answer only after this long: a wrong password waits, which slows guessing
     /// down at the cost of that one connection.
@@ -42,8 +43,9 @@ pub struct Arrival<'a> {
     pub peer: SocketAddr,
     pub listener: &'a ListenerName,
     pub auth: &'a Arc<AuthPolicy>,
-    /// The transport's own refusal (connection limits), answered in this CONNACK.
-    pub refusal: Option<(ReasonCode, String)>,
+    /// The transport turned the connection away (connection counts and rates): the
+    /// reason code and why, answered in this CONNACK.
+    pub turned_away: Option<(ReasonCode, String)>,
     /// The common name of a client certificate the transport verified.
     pub identity: Option<&'a str>,
     /// The listener takes the user name from a verified client certificate
@@ -66,7 +68,7 @@ impl<'a> Arrival<'a> {
             peer,
             listener,
             auth,
-            refusal: None,
+            turned_away: None,
             identity: None,
             identity_as_username: false,
             bridge_relay: false,
@@ -82,7 +84,8 @@ const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 /// A refusal's CONNACK, with the reason as a Reason String where the client's Maximum
 /// Packet Size leaves room for it (none at all where it leaves room for nothing).
 fn refuse(
-    (version, limit): (ProtocolVersion, usize),
+    version: ProtocolVersion,
+    limit: usize,
     code: ReasonCode,
     reason: impl Into<String>,
 ) -> ConnectOutcome {
@@ -169,7 +172,7 @@ impl Client {
         let v = connect.protocol;
         let v5 = v == ProtocolVersion::V5;
         let peer_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-        let answer = (v, peer_max_packet_size as usize);
+        let limit = peer_max_packet_size as usize;
         let Arrival {
             peer,
             listener,
@@ -178,7 +181,7 @@ impl Client {
             ..
         } = arrival;
         let identity = identity.filter(|_| arrival.identity_as_username);
-        let refusal = match arrival.refusal {
+        let refusal = match arrival.turned_away {
             Some(limit) => Some(limit),
             None if arrival.identity_as_username && identity.is_none() => Some((
                 ReasonCode::NOT_AUTHORIZED,
@@ -196,7 +199,7 @@ impl Client {
             None => None,
         };
         if let Some((code, why)) = refusal {
-            let mut outcome = refuse(answer, code, why);
+            let mut outcome = refuse(v, limit, code, why);
             if let ConnectOutcome::Refused(r) = &mut outcome {
                 r.flood = true;
             }
@@ -204,14 +207,16 @@ impl Client {
         }
         if broker.is_shutting_down() {
             return refuse(
-                answer,
+                v,
+                limit,
                 ReasonCode::SERVER_UNAVAILABLE,
                 "server is shutting down",
             );
         }
         if let Some(method) = &connect.properties.authentication_method {
             return refuse(
-                answer,
+                v,
+                limit,
                 ReasonCode::BAD_AUTHENTICATION_METHOD,
                 format!("authentication method {method:?} is not supported"),
             );
@@ -223,7 +228,7 @@ impl Client {
             }
             None => {
                 if let Err((code, reason)) = authenticate(auth, &connect) {
-                    let mut outcome = refuse(answer, code, reason);
+                    let mut outcome = refuse(v, limit, code, reason);
                     if let ConnectOutcome::Refused(r) = &mut outcome {
                         r.delay = (code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
                             .then_some(WRONG_PASSWORD_DELAY);
@@ -241,7 +246,8 @@ impl Client {
             };
             if refused {
                 return refuse(
-                    answer,
+                    v,
+                    limit,
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "empty client identifier needs clean session",
                 );
@@ -256,7 +262,8 @@ impl Client {
         };
         if client_id.len() > settings.max_client_id_len {
             return refuse(
-                answer,
+                v,
+                limit,
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                 format!(
                     "client identifier longer than max_client_id_len {}",
@@ -299,9 +306,10 @@ impl Client {
         });
         // Whether the session is present does not change the CONNACK's size: check that
         // it fits before the session is touched ([MQTT-3.1.2-24]: close without it).
+        // It has nothing the client could do without, so it is measured as it is.
         let mut encoded = BytesMut::new();
-        if !encode_within(&connack, v, peer_max_packet_size as usize, &mut encoded) {
-            encode(&connack, v, &mut encoded);
+        encode(&connack, v, &mut encoded);
+        if encoded.len() > limit {
             return ConnectOutcome::Refused(Refusal {
                 code: ReasonCode::PACKET_TOO_LARGE,
                 reason: format!(
@@ -338,6 +346,7 @@ impl Client {
             generation: opened.generation,
             version: v,
             bridge: connect.bridge,
+            relay: arrival.bridge_relay,
             will: connect.will.map(Box::new),
             peer_receive_maximum: match v {
                 ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
@@ -350,7 +359,7 @@ impl Client {
             expiry_was_zero: expiry == 0,
             backpressure: None,
             batch: None,
-            refusal: None,
+            closing: None,
             out: BytesMut::new(),
             hold: None,
         };

@@ -26,9 +26,9 @@ static RESERVED_TOPIC_REFUSALS: crate::throttle::Throttle = crate::throttle::Thr
 /// What the broker itself publishes under `$SYS`, and `$share`, which names a shared
 /// subscription, never a topic. Mosquitto's one exception stays open: a bridge's
 /// connection state (`$SYS/broker/connection/NAME/state`), which a bridge publishes
-/// to the broker it connects to, retained and as its will.
-pub fn reserved_for_the_broker(topic: &str) -> bool {
-    // Prefixes without the slash, as Mosquitto compares them.
+/// to the broker it connects to, retained and as its will. Compared as prefixes without
+/// the slash, as Mosquitto does: `$SYSTEM/x` and `$shared/x` are refused too.
+fn reserved_for_the_broker(topic: &str) -> bool {
     if topic.starts_with("$share") {
         return true;
     }
@@ -60,30 +60,23 @@ impl Client {
     /// never matches a `$` topic).
     pub(super) fn may_publish(&mut self, topic: &str, now: Instant) -> bool {
         let acl = self.auth.acl();
-        let allowed = match &acl {
-            Some(acl) => acl.allows(
-                &self.session.client_id,
-                self.link.username.as_deref(),
-                topic,
-                Access::Write,
-            ),
-            None => true,
-        };
+        let (client_id, user) = (&self.session.client_id, self.link.username.as_deref());
         if reserved_for_the_broker(topic) {
-            let granted = acl.is_some() && allowed;
+            // A bridge's relay is the broker itself, publishing what its `in` rules map.
+            let granted =
+                self.relay || acl.is_some_and(|acl| acl.grants_reserved(client_id, user, topic));
             if !granted {
                 self.acl_refusals += 1;
                 if let Some(left_out) = RESERVED_TOPIC_REFUSALS.check(now) {
                     log::warn!(
-                        "client_id={} user={:?} may not publish to {topic:?}: $SYS and $share belong to the broker{}",
-                        self.session.client_id,
-                        self.link.username,
+                        "client_id={client_id} user={user:?} may not publish to {topic:?}: $SYS and $share belong to the broker{}",
                         crate::throttle::left_out(left_out)
                     );
                 }
             }
             return granted;
         }
+        let allowed = acl.is_none_or(|acl| acl.allows(client_id, user, topic, Access::Write));
         if !allowed {
             self.note_refusal(topic, Access::Write);
         }
@@ -288,7 +281,7 @@ impl Client {
                 Reached::Refused if !self.v5() => {
                     // 3.x has no way to say "not kept" in a PUBACK: close instead of
                     // acknowledging what was not kept.
-                    self.refusal.get_or_insert_with(|| {
+                    self.closing.get_or_insert_with(|| {
                         Box::new(Close::new(
                             ReasonCode::QUOTA_EXCEEDED,
                             "a bridge outbox is full",

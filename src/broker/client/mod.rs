@@ -65,7 +65,10 @@ pub struct Client {
     acl_refusals: u64,
     generation: u32,
     pub version: ProtocolVersion,
+    /// The client set the bridge bit in CONNECT (a Mosquitto-style bridge).
     bridge: bool,
+    /// The connection is this broker's own bridge relay (the broker itself).
+    relay: bool,
     will: Option<Box<Will>>,
     peer_receive_maximum: u16,
     peer_max_packet_size: u32,
@@ -81,9 +84,9 @@ pub struct Client {
     /// Publishes decoded but not yet routed; made on the first publish, as a client
     /// that only subscribes never needs it.
     batch: Option<Box<PublishBatch>>,
-    /// Why the connection must close after this batch (a 3.x publish nobody may
-    /// acknowledge).
-    refusal: Option<Box<Close>>,
+    /// Why the connection must close once what it is handling is done: a 3.x publish
+    /// nobody may acknowledge, a packet larger than the client's Maximum Packet Size.
+    closing: Option<Box<Close>>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
     /// Packets in `out` from this offset on wait for the store (`strict` durability);
@@ -121,13 +124,36 @@ struct Hold {
 }
 
 impl Client {
+    /// Whether `packet` fits the client's Maximum Packet Size as it is, before the
+    /// changes it would answer are made (a SUBACK's subscriptions).
+    fn fits(&self, packet: &Packet) -> bool {
+        if self.peer_max_packet_size == u32::MAX {
+            return true;
+        }
+        let mut scratch = BytesMut::new();
+        encode(packet, self.version, &mut scratch);
+        scratch.len() <= self.peer_max_packet_size as usize
+    }
+
+    /// Closes the connection with 0x95: the answer to what the client sent would not
+    /// fit its Maximum Packet Size, so nothing it asked for is done.
+    fn too_large_to_answer(&self, kind: &str) -> Close {
+        Close::new(
+            ReasonCode::PACKET_TOO_LARGE,
+            format!(
+                "the {kind} it asks for would be larger than the client's Maximum Packet Size of {}",
+                self.peer_max_packet_size
+            ),
+        )
+    }
+
     /// Writes `packet` to `out`, within the client's Maximum Packet Size; one that does
     /// not fit even without its Reason String and User Properties is not sent, and the
     /// connection closes with 0x95 ([`Client::handle`] and [`Client::pump`] return it).
     fn send(&mut self, packet: &Packet) {
         let limit = self.peer_max_packet_size as usize;
         if !encode_within(packet, self.version, limit, &mut self.out) {
-            self.refusal.get_or_insert_with(|| {
+            self.closing.get_or_insert_with(|| {
                 Box::new(Close::new(
                     ReasonCode::PACKET_TOO_LARGE,
                     format!(
@@ -217,10 +243,7 @@ impl Client {
             }
             Packet::PubComp(a) => self.complete(a.packet_id, Stage::AwaitingPubComp),
             Packet::Subscribe(s) => self.on_subscribe(s, now),
-            Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(u);
-                Ok(())
-            }
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 Ok(())
@@ -241,7 +264,7 @@ impl Client {
         };
         handled?;
         // A packet that did not fit the client's Maximum Packet Size.
-        match self.refusal.take() {
+        match self.closing.take() {
             Some(close) => Err(*close),
             None => Ok(()),
         }

@@ -17,16 +17,15 @@ use crate::store::Op;
 /// in the session queue, where the overload rules apply.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
-/// An acknowledgement of one kind (the one `sent` answers) for a packet id in flight
-/// that awaits another breaks the QoS flow ([MQTT-4.3.2-2], [MQTT-4.3.3-2]): the
-/// connection is closed ([MQTT-4.8.0-1]) and the flight is left as it was, so a
-/// persistent session sends it again on resume.
-fn wrong_acknowledgement(sent: Stage, awaited: Stage, packet_id: u16) -> Close {
+/// An acknowledgement (`received`) for a packet id in flight that awaits another kind
+/// breaks the QoS flow ([MQTT-4.3.2-2], [MQTT-4.3.3-2]): the connection is closed
+/// ([MQTT-4.8.0-1]) and the flight is left as it was, so a persistent session sends it
+/// again on resume.
+fn wrong_acknowledgement(received: &str, awaited: Stage, packet_id: u16) -> Close {
     Close::new(
         ReasonCode::PROTOCOL_ERROR,
         format!(
-            "{} for packet id {packet_id}, which awaits {}",
-            sent.acknowledgement(),
+            "{received} for packet id {packet_id}, which awaits {}",
             awaited.acknowledgement()
         ),
     )
@@ -46,7 +45,11 @@ impl Client {
         };
         let awaited = st.inflight[i].stage;
         if awaited != stage {
-            return Err(wrong_acknowledgement(stage, awaited, packet_id));
+            return Err(wrong_acknowledgement(
+                stage.acknowledgement(),
+                awaited,
+                packet_id,
+            ));
         }
         let done = st
             .remove_inflight(i)
@@ -62,7 +65,7 @@ impl Client {
         let (code, op) = match st.inflight_position(ack.packet_id) {
             Some(i) if st.inflight[i].stage == Stage::AwaitingPubAck => {
                 return Err(wrong_acknowledgement(
-                    Stage::AwaitingPubRec,
+                    "PUBREC",
                     Stage::AwaitingPubAck,
                     ack.packet_id,
                 ));
@@ -104,7 +107,7 @@ impl Client {
     /// write high-water mark allow. Fails when the session must close (taken over,
     /// queue overflow, shutdown).
     pub fn pump(&mut self, now: Instant) -> Result<(), Close> {
-        if let Some(close) = self.refusal.take() {
+        if let Some(close) = self.closing.take() {
             return Err(*close);
         }
         let session = self.session.clone();
@@ -121,24 +124,31 @@ impl Client {
         // PUBLISH packets written, by QoS: added to the shared counters once per pump,
         // not once per message, so fan-out on several cores does not bounce them.
         let mut sent = [0u64; 3];
+        let sid = session.sid.get();
+        let mut ops = Vec::new();
         if self.resend_inflight {
             self.resend_inflight = false;
-            for f in st.inflight.iter() {
+            let mut too_large = Vec::new();
+            for (i, f) in st.inflight.iter().enumerate() {
                 match f.stage {
                     Stage::AwaitingPubComp => {
                         self.send(&Packet::PubRel(Ack::new(f.packet_id, ReasonCode::SUCCESS)))
                     }
-                    _ => {
-                        if self.write_publish(&f.delivery, f.packet_id, true, now) {
-                            sent[f.delivery.qos as usize] += 1;
-                        }
+                    _ if self.write_publish(&f.delivery, f.packet_id, true, now) => {
+                        sent[f.delivery.qos as usize] += 1;
                     }
+                    // Larger than the client accepts since it reconnected: discarded as
+                    // if delivered, so it holds no place in its Receive Maximum.
+                    _ => too_large.push(i),
+                }
+            }
+            for i in too_large.into_iter().rev() {
+                if let Some(f) = st.remove_inflight(i) {
+                    ops.extend(done_op(sid, &f.delivery));
                 }
             }
         }
         let acl = self.auth.acl();
-        let sid = session.sid.get();
-        let mut ops = Vec::new();
         let mut hold_start = None;
         let limits = self.broker.queue_limits();
         while self.out.len() < WRITE_HIGH_WATER {

@@ -9,15 +9,12 @@ use crate::protocol::*;
 use crate::store::Op;
 
 impl Client {
-    /// Whether this client may subscribe to `filter`: a valid filter, within the
-    /// limits every subscription meets, that the ACL lets it read from.
+    /// Whether this client may subscribe to `filter`: what every subscription meets
+    /// ([`Broker::check_subscription`]), and an ACL that lets it read from the filter.
     pub(super) fn may_subscribe(&self, filter: &str) -> Result<(), (ReasonCode, String)> {
-        if let Err(e) = topic::validate_filter(filter) {
-            return Err((ReasonCode::TOPIC_FILTER_INVALID, e.describe().to_owned()));
-        }
-        self.broker.may_subscribe(&self.session, filter)?;
+        self.broker.check_subscription(&self.session, filter)?;
         let readable = match self.auth.acl() {
-            Some(acl) => acl.may_subscribe(
+            Some(acl) => acl.may_ever_read(
                 &self.session.client_id,
                 self.link.username.as_deref(),
                 filter,
@@ -36,6 +33,14 @@ impl Client {
     pub(super) fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
+        let answer = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            codes: vec![ReasonCode::SUCCESS; s.filters.len()],
+        });
+        if !self.fits(&answer) {
+            return Err(self.too_large_to_answer("SUBACK"));
+        }
         let mut retained = Vec::new();
         let mut ops = Vec::new();
         for (filter, mut options) in s.filters {
@@ -84,7 +89,15 @@ impl Client {
         Ok(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let answer = Packet::UnsubAck(SubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes: vec![ReasonCode::SUCCESS; if self.v5() { u.filters.len() } else { 0 }],
+        });
+        if !self.fits(&answer) {
+            return Err(self.too_large_to_answer("UNSUBACK"));
+        }
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut ops = Vec::new();
         let sid = self.stored_sid();
@@ -115,5 +128,6 @@ impl Client {
             properties: Properties::default(),
             codes,
         }));
+        Ok(())
     }
 }

@@ -281,7 +281,8 @@ fn tick_walks_the_sessions_only_once_something_is_due() {
     assert_eq!(next_due(&broker), None, "nothing left to wait for");
 }
 
-fn publish_with(topic: &str, qos: QoS, packet_id: u16, props: PropertyValues) -> Packet {
+/// A PUBLISH whose payload (one byte, 0xFF) is not UTF-8, with `props`.
+fn publish_not_utf8(topic: &str, qos: QoS, packet_id: u16, props: PropertyValues) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos,
@@ -463,18 +464,32 @@ fn clients_cannot_publish_into_sys_or_share() {
     let mut v3 = plain(&broker, "v3", ProtocolVersion::V311);
     drain(&mut v5);
     drain(&mut v3);
-    for topic in ["$SYS/broker/version", "$SYS", "$share/g/t"] {
-        v5.handle(publish(topic, QoS::AtLeastOnce, 1), now).unwrap();
+    let retained = |topic: &str, qos, packet_id| {
+        let Packet::Publish(mut p) = publish(topic, qos, packet_id) else {
+            unreachable!()
+        };
+        p.retain = true;
+        Packet::Publish(p)
+    };
+    for topic in ["$SYS/broker/version", "$SYS", "$SYSTEM/x", "$share/g/t"] {
+        v5.handle(retained(topic, QoS::AtMostOnce, 0), now).unwrap();
+        v5.handle(retained(topic, QoS::AtLeastOnce, 1), now)
+            .unwrap();
         assert!(
             matches!(drain(&mut v5)[..], [Packet::PubAck(ref a)] if a.code == ReasonCode::NOT_AUTHORIZED),
             "{topic}"
         );
-        v3.handle(publish(topic, QoS::AtLeastOnce, 1), now).unwrap();
+        v3.handle(retained(topic, QoS::AtLeastOnce, 1), now)
+            .unwrap();
         assert!(
             matches!(drain(&mut v3)[..], [Packet::PubAck(ref a)] if a.code == ReasonCode::SUCCESS),
             "{topic}: 3.x is acknowledged and the message discarded"
         );
     }
+    // Nothing of them was delivered or kept.
+    watcher.pump(now).unwrap();
+    assert!(drain(&mut watcher).is_empty());
+    assert!(broker.retained_matching("$SYS/#", now).is_empty());
     v5.handle(
         publish("$SYS/broker/connection/edge/state", QoS::AtLeastOnce, 2),
         now,
@@ -490,6 +505,28 @@ fn clients_cannot_publish_into_sys_or_share() {
         })
         .collect();
     assert_eq!(delivered, ["$SYS/broker/connection/edge/state"]);
+}
+
+#[test]
+fn a_will_into_sys_is_not_published() {
+    let broker = Broker::new(Settings::default(), Instant::now());
+    let now = Instant::now();
+    let mut watcher = plain(&broker, "w", ProtocolVersion::V5);
+    watcher
+        .handle(subscribe("$SYS/#", QoS::AtLeastOnce), now)
+        .unwrap();
+    drain(&mut watcher);
+    let mut forger = plain(&broker, "forger", ProtocolVersion::V311);
+    forger.will = Some(Box::new(Will {
+        topic: "$SYS/broker/version".into(),
+        payload: Bytes::from_static(b"FORGED"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+    }));
+    forger.connection_lost(now);
+    watcher.pump(now).unwrap();
+    assert!(drain(&mut watcher).is_empty());
     assert!(broker.retained_matching("$SYS/#", now).is_empty());
 }
 
@@ -541,6 +578,11 @@ fn no_packet_is_larger_than_the_clients_maximum() {
     let close = narrow.handle(subscribe, now).unwrap_err();
     assert_eq!(close.code, ReasonCode::PACKET_TOO_LARGE);
     assert!(narrow.out.is_empty(), "the SUBACK was not sent");
+    assert_eq!(
+        narrow.session.lock().subscriptions.len(),
+        0,
+        "nor was anything done that it would have answered"
+    );
     narrow.write_disconnect(&close);
     assert!(
         matches!(drain(&mut narrow)[..], [Packet::Disconnect(ref d)] if d.code == ReasonCode::PACKET_TOO_LARGE && d.properties.reason_string.is_none()),
@@ -566,7 +608,8 @@ fn a_payload_marked_utf8_that_is_not_is_refused_with_0x99() {
         (QoS::AtLeastOnce, 1),
         (QoS::ExactlyOnce, 2),
     ] {
-        c.handle(publish_with("t", qos, id, marked()), now).unwrap();
+        c.handle(publish_not_utf8("t", qos, id, marked()), now)
+            .unwrap();
     }
     let codes: Vec<ReasonCode> = drain(&mut c)
         .into_iter()

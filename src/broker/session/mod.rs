@@ -2,8 +2,8 @@
 //! (MQTT 5.0 section 4.1): subscriptions, the queue of messages not yet sent, QoS 1/2
 //! messages in flight each way, the will, and when the session expires.
 //!
-//! Everything here is plain data behind one mutex, so the persistence issue can store
-//! and reload it as it is. The connection that currently owns the session is named by
+//! Everything here is plain data behind one mutex, which the store keeps and loads
+//! back as it is. The connection that currently owns the session is named by
 //! `generation`: a takeover bumps it and wakes the old connection, which then leaves.
 //!
 //! `queue.rs` is the queue and its overload rules, `subscriptions.rs` the session's

@@ -1,8 +1,6 @@
 //! What the store keeps of a session: the ops that store it whole when it starts to
 //! outlive its connection, and those that add and remove one delivery.
 
-use std::sync::atomic::Ordering;
-
 use super::SessionState;
 use crate::message::{Delivery, Seq, SmallStr};
 use crate::store::{Op, Store};
@@ -26,7 +24,8 @@ pub fn done_op(sid: u64, d: &Delivery) -> Option<Op> {
     d.seq.map(|seq| Op::DoneDelivery {
         sid,
         seq: seq.get(),
-        message_id: d.message.store_id.load(Ordering::Acquire),
+        // Given by `add_op` before the delivery was stored.
+        message_id: d.message.store_id.get().map_or(0, |id| id.get()),
     })
 }
 
