@@ -111,7 +111,7 @@ class Broker:
 
     def command(self, port, workdir, scenario=""):
         tls = scenario.startswith("tls-")
-        if self.name == "tern":
+        if self.name.startswith("tern"):
             conf = workdir / "tern.toml"
             # The MQTT/TCP listener only, as Mosquitto's and rumqttd's configurations.
             text = ('[listeners.ws]\nenabled = false\n[api]\nenabled = false\nsys_interval = 0\n'
@@ -364,7 +364,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one short round of every scenario")
-    ap.add_argument("--peers", default="mosquitto,rumqttd")
+    ap.add_argument("--peers", default="mosquitto,rumqttd",
+                    help="comma-separated; NAME=PATH adds another Tern build as a peer "
+                         "(tern-before=/tmp/tern: this tree against an older one, same run)")
     ap.add_argument("--only", help="comma-separated scenarios to run (default: all)")
     ap.add_argument("--write-doc", action="store_true", help="replace the table in BENCHMARKS.md")
     args = ap.parse_args()
@@ -378,6 +380,12 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--locked", "--workspace"], cwd=ROOT, check=True)
     brokers = [Broker("tern", TERN)]
     for peer in args.peers.split(","):
+        if "=" in peer:
+            name, path = peer.split("=", 1)
+            if not name.startswith("tern-") or not os.access(path, os.X_OK):
+                sys.exit(f"--peers {peer}: expected tern-NAME=PATH to a tern binary")
+            brokers.append(Broker(name, pathlib.Path(path)))
+            continue
         path = shutil_which(peer, ["/usr/sbin/mosquitto"] if peer == "mosquitto" else [])
         if path:
             brokers.append(Broker(peer, path))
