@@ -14,7 +14,7 @@ use smol::Executor;
 use smol::future::FutureExt;
 
 use crate::auth::AuthPolicy;
-use crate::broker::Broker;
+use crate::broker::{Broker, Role};
 use crate::config::Config;
 use crate::store::Store;
 use crate::systemd;
@@ -160,7 +160,7 @@ pub fn run(config: Config) -> Result<(), String> {
             identity_as_username: listener.identity_as_username,
             tls,
             ws_path: listener.ws_path.as_deref().map(Arc::from),
-            bridge_relay: false,
+            role: Role::Network,
         });
         accept_tasks.push(executor.spawn(tcp::accept_loop(
             socket,

@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 use futures_rustls::rustls::ClientConfig;
 
 use crate::auth::AuthPolicy;
-use crate::broker::Broker;
 use crate::broker::session::{QueueLimits, Session};
+use crate::broker::{Broker, Role};
 use crate::message::Message;
 use crate::protocol::{QoS, ReasonCode};
 use crate::transport::admission::Admission;
@@ -196,7 +196,7 @@ async fn relay(
         identity_as_username: false,
         tls: None,
         ws_path: None,
-        bridge_relay: true,
+        role: Role::BridgeRelay,
     });
     // The outbox is not a network client: no connection limits apply.
     let verdict = Admission::new(usize::MAX, 0)

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::message::Ticket;
 pub use alarms::Alarm;
-pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, answer_malformed};
+pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, Role, answer_malformed};
 use link::Link;
 pub use management::{ClientView, SubscribeError};
 use retained::Retained;

@@ -8,7 +8,7 @@ mod small_str;
 
 pub use small_str::SmallStr;
 
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,12 +30,30 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for no-local subscriptions.
     pub origin: Option<SmallStr>,
+    /// How it reached this broker, which decides where it may go on to.
+    pub via: Via,
     /// Its id in the store, given when it is first stored.
     pub store_id: StoreId,
     /// The store ticket that must be durable before a subscriber may receive it:
     /// set for a QoS 2 message from a stored session under `strict` durability, so that
     /// no client sees a message whose exactly-once record a crash could still lose.
     pub durable_after: DurableAfter,
+}
+
+/// How a message reached this broker. A message goes on to other brokers at most once:
+/// one that came from a cluster peer reaches local sessions only (never a bridge's or
+/// another peer's outbox), and one that came through a bridge never goes to a peer
+/// (every node runs the same bridges, so each peer has its own copy already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From a client of this broker (or the broker itself).
+    Client,
+    /// From a central broker, through one of this broker's bridges.
+    Bridge,
+    /// From a cluster peer. `shared`: the message was sent here for one member of a
+    /// shared subscription this node announced under that identifier, not for its
+    /// plain subscriptions.
+    Peer { shared: Option<NonZeroU32> },
 }
 
 /// A store ticket: the store numbers the changes handed to it in order, and a change
@@ -140,6 +158,7 @@ impl Message {
             forwarded_properties: Bytes::new(),
             expires_at: None,
             origin: None,
+            via: Via::Client,
             store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
@@ -154,6 +173,7 @@ impl Message {
             qos: publish.qos,
             retain: publish.retain,
             origin,
+            via: Via::Client,
             store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
@@ -168,6 +188,7 @@ impl Message {
             qos: will.qos,
             retain: will.retain,
             origin,
+            via: Via::Client,
             store_id: StoreId::default(),
             durable_after: DurableAfter::now(),
         }
@@ -249,5 +270,13 @@ mod tests {
             m.expires_at = Some(now + left);
             assert_eq!(m.remaining_expiry(now), Some(seconds), "{left:?} left");
         }
+    }
+
+    #[test]
+    fn a_message_stays_in_its_allocation_class() {
+        // An Arc'd message is one block: glibc adds 8 bytes and rounds to 16, and 176
+        // bytes (the Arc's two counts included) is the largest of the 192-byte class.
+        let size = std::mem::size_of::<Message>();
+        assert!(size + 16 <= 184, "Message is {size} bytes");
     }
 }

@@ -29,7 +29,7 @@ use super::tls::Tls;
 use crate::auth::AuthPolicy;
 use crate::broker::link::ListenerName;
 use crate::broker::session::Session;
-use crate::broker::{Broker, Client, Close, Held};
+use crate::broker::{Broker, Client, Close, Held, Role};
 use crate::protocol::{self, ReasonCode};
 use event_listener::EventListener;
 
@@ -57,8 +57,9 @@ pub struct ConnectionConfig {
     pub tls: Option<Arc<Tls>>,
     /// Expect a WebSocket upgrade on this path (the ws and wss listeners).
     pub ws_path: Option<Arc<str>>,
-    /// The connection is a bridge's relay to its outbox session, not a network client.
-    pub bridge_relay: bool,
+    /// Who is on the other end: a network client, or one of the broker's relays (a
+    /// bridge's, a cluster peer's link).
+    pub role: Role,
 }
 
 /// Serves one accepted stream until it closes; `rbuf` holds what arrived already,
@@ -560,7 +561,7 @@ mod tests {
             identity_as_username: false,
             tls: None,
             ws_path: None,
-            bridge_relay: false,
+            role: Role::Network,
         });
         let refused = Verdict::Refuse(ReasonCode::SERVER_BUSY, String::new());
         let broker = Broker::new(Default::default(), Instant::now());

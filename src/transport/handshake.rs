@@ -102,7 +102,7 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
         turned_away,
         identity: identity.as_deref(),
         identity_as_username: config.identity_as_username,
-        bridge_relay: config.bridge_relay,
+        role: config.role,
         wall: SystemTime::now(),
         entropy: RandomState::new().hash_one(Instant::now()),
     };

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use super::Client;
 use crate::auth::AuthPolicy;
 use crate::broker::link::{Link, LinkInfo, ListenerName};
-use crate::broker::session::OUTBOX_PREFIX;
+use crate::broker::session::RESERVED_CLIENT_ID_PREFIXES;
 use crate::broker::{Broker, count};
 use crate::protocol::*;
 
@@ -52,12 +52,31 @@ pub struct Arrival<'a> {
     /// (`use_identity_as_username`): the CONNECT's user name is replaced and no
     /// password is checked; a client without one is refused.
     pub identity_as_username: bool,
-    /// The connection is a bridge's relay: only it may use an outbox's client id.
-    pub bridge_relay: bool,
+    /// Who is on the other end: only the broker's own relays may use its reserved
+    /// client ids.
+    pub role: Role,
     /// The wall clock, for what the management API shows.
     pub wall: SystemTime,
     /// Randomness for an assigned client identifier.
     pub entropy: u64,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A client from the network.
+    Network,
+    /// This broker's own bridge relay, serving a bridge's outbox: the broker itself.
+    BridgeRelay,
+    /// A cluster peer's link: what it forwards reaches local sessions only.
+    PeerLink,
+}
+
+/// Whether `client_id` names one of the sessions the broker keeps for itself.
+pub fn is_reserved_client_id(client_id: &str) -> bool {
+    RESERVED_CLIENT_ID_PREFIXES
+        .iter()
+        .any(|prefix| client_id.starts_with(prefix))
 }
 
 impl<'a> Arrival<'a> {
@@ -71,7 +90,7 @@ impl<'a> Arrival<'a> {
             turned_away: None,
             identity: None,
             identity_as_username: false,
-            bridge_relay: false,
+            role: Role::Network,
             wall: SystemTime::UNIX_EPOCH,
             entropy: 0,
         }
@@ -190,10 +209,13 @@ impl Client {
                     .to_owned(),
             )),
             // A network client must not take over (and so empty) a bridge's outbox.
-            None if connect.client_id.starts_with(OUTBOX_PREFIX) && !arrival.bridge_relay => {
+            None if arrival.role == Role::Network && is_reserved_client_id(&connect.client_id) => {
                 Some((
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                    format!("client identifiers starting with {OUTBOX_PREFIX} belong to bridges"),
+                    format!(
+                        "client identifiers starting with {} belong to the broker's bridges and cluster",
+                        RESERVED_CLIENT_ID_PREFIXES.join(" or ")
+                    ),
                 ))
             }
             None => None,
@@ -346,7 +368,7 @@ impl Client {
             generation: opened.generation,
             version: v,
             bridge: connect.bridge,
-            relay: arrival.bridge_relay,
+            role: arrival.role,
             will: connect.will.map(Box::new),
             peer_receive_maximum: match v {
                 ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Client, Close};
+use super::{Client, Close, Role};
 use crate::auth::Access;
 use crate::broker::{Reached, count};
 use crate::message::{Message, Visibility};
@@ -40,7 +40,7 @@ impl Client {
     /// Counts an ACL refusal; only the first on a connection is logged, so a client
     /// cannot fill an SD card with them.
     pub(super) fn note_refusal(&mut self, topic: &str, access: Access) {
-        self.acl_refusals += 1;
+        self.acl_refusals = self.acl_refusals.saturating_add(1);
         if self.acl_refusals == 1 {
             let what = match access {
                 Access::Read => "receive from",
@@ -63,10 +63,10 @@ impl Client {
         let (client_id, user) = (&self.session.client_id, self.link.username.as_deref());
         if reserved_for_the_broker(topic) {
             // A bridge's relay is the broker itself, publishing what its `in` rules map.
-            let granted =
-                self.relay || acl.is_some_and(|acl| acl.grants_reserved(client_id, user, topic));
+            let granted = self.role == Role::BridgeRelay
+                || acl.is_some_and(|acl| acl.grants_reserved(client_id, user, topic));
             if !granted {
-                self.acl_refusals += 1;
+                self.acl_refusals = self.acl_refusals.saturating_add(1);
                 if let Some(left_out) = RESERVED_TOPIC_REFUSALS.check(now) {
                     log::warn!(
                         "client_id={client_id} user={user:?} may not publish to {topic:?}: $SYS and $share belong to the broker{}",

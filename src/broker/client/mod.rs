@@ -17,7 +17,7 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
-pub use connect::{Arrival, ConnectOutcome, Refusal, answer_malformed};
+pub use connect::{Arrival, ConnectOutcome, Refusal, Role, answer_malformed};
 pub use hold::Held;
 
 use std::borrow::Cow;
@@ -62,13 +62,13 @@ pub struct Client {
     link: Arc<Link>,
     auth: Arc<AuthPolicy>,
     /// Refusals by the ACL on this connection; the first is logged, the rest counted.
-    acl_refusals: u64,
+    acl_refusals: u32,
     generation: u32,
     pub version: ProtocolVersion,
     /// The client set the bridge bit in CONNECT (a Mosquitto-style bridge).
     bridge: bool,
-    /// The connection is this broker's own bridge relay (the broker itself).
-    relay: bool,
+    /// Who is on the other end: a network client, or one of the broker's relays.
+    role: Role,
     will: Option<Box<Will>>,
     peer_receive_maximum: u16,
     peer_max_packet_size: u32,

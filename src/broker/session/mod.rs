@@ -17,9 +17,7 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 
-pub use queue::{
-    Delivered, Enqueued, OUTBOX_PREFIX, Outbox, QUEUE_KEPT, QueueLimits, outbox_client_id,
-};
+pub use queue::{Delivered, Enqueued, Outbox, QUEUE_KEPT, QueueLimits};
 pub use sparse::{Collection, Sparse};
 pub use stored::{add_op, done_op};
 use subscriptions::Subscriptions;
@@ -38,6 +36,57 @@ use crate::protocol::{ProtocolVersion, ReasonCode, SubscriptionOptions};
 /// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
+/// Client ids of the sessions the broker keeps for itself: bridges' outboxes
+/// (`$bridge/NAME`) and a cluster's (`$cluster/out/NODE`, `$cluster/in/NODE`). A network
+/// client may not use them, since taking one over would empty it.
+pub const RESERVED_CLIENT_ID_PREFIXES: [&str; 2] = ["$bridge/", "$cluster/"];
+
+/// The client id of bridge `name`'s outbox.
+pub fn outbox_client_id(name: &str) -> String {
+    format!("$bridge/{name}")
+}
+
+/// The client id of the session that keeps what waits for cluster peer `node`.
+pub fn peer_outbox_client_id(node: &str) -> String {
+    format!("$cluster/out/{node}")
+}
+
+/// The client id of the session that keeps the inbound QoS 2 ids of peer `node`.
+pub fn peer_inbound_client_id(node: &str) -> String {
+    format!("$cluster/in/{node}")
+}
+
+/// What a session is for: most serve a client; the broker keeps the others itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Client,
+    /// A bridge's outbox: what waits for a central broker.
+    BridgeOutbox,
+    /// What waits for a cluster peer, subscribed to the routes it announced.
+    PeerOutbox,
+    /// What a cluster peer sends here: it holds the peer's inbound QoS 2 ids.
+    PeerInbound,
+}
+
+impl SessionKind {
+    pub fn of(client_id: &str) -> SessionKind {
+        if client_id.starts_with("$bridge/") {
+            SessionKind::BridgeOutbox
+        } else if client_id.starts_with("$cluster/out/") {
+            SessionKind::PeerOutbox
+        } else if client_id.starts_with("$cluster/in/") {
+            SessionKind::PeerInbound
+        } else {
+            SessionKind::Client
+        }
+    }
+
+    /// Whether what it holds waits for another broker.
+    pub fn is_outbox(self) -> bool {
+        matches!(self, SessionKind::BridgeOutbox | SessionKind::PeerOutbox)
+    }
+}
+
 pub struct Session {
     pub client_id: SmallStr,
     /// Its id, unique per session (a new session under an old client id gets a new
@@ -48,6 +97,7 @@ pub struct Session {
     pub drained: Event,
     /// Mirrors `state.connected` without the lock, for choosing shared-subscription members.
     online: AtomicBool,
+    pub kind: SessionKind,
 }
 
 impl Session {
@@ -58,6 +108,7 @@ impl Session {
         sid: NonZeroU64,
     ) -> Session {
         Session {
+            kind: SessionKind::of(&client_id),
             client_id,
             sid,
             state: Mutex::new(SessionState::new(protocol, expiry)),

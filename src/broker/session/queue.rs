@@ -51,16 +51,8 @@ pub enum Enqueued {
     Refused,
 }
 
-/// Client ids of bridge outboxes (`$bridge/NAME`): a network client may not use them,
-/// since taking one over would empty the outbox.
-pub const OUTBOX_PREFIX: &str = "$bridge/";
-
-/// The client id of bridge `name`'s outbox.
-pub fn outbox_client_id(name: &str) -> String {
-    format!("{OUTBOX_PREFIX}{name}")
-}
-
-/// A bridge's outbox: its own bounds, and what it does when they are reached.
+/// An outbox (a bridge's, or what waits for a cluster peer): its own bounds, and what
+/// it does when they are reached.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox {
     pub limits: QueueLimits,
