@@ -389,7 +389,7 @@ def test_network_clients_cannot_take_an_outbox(tmp_path, stop_all):
     connected(tern)
     intruder = Paho(tern, "$bridge/central", expect_refusal=True)
     assert intruder.reason_code.value == 0x85
-    tern.wait_for_log(r"client identifiers starting with \$bridge/ belong to bridges")
+    tern.wait_for_log(r"client identifiers starting with \$bridge/ or \$cluster/ belong to the broker")
 
 
 def test_a_metered_uplink_is_held_to_its_byte_rate(tmp_path, stop_all):
