@@ -4,6 +4,8 @@
 //! sets itself win.
 
 use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, Deserializer};
 
 const BOARDS: &[(&str, &str)] = &[
     ("rpi-zero2w", include_str!("../../boards/rpi-zero2w.toml")),
@@ -15,16 +17,24 @@ const BOARDS: &[(&str, &str)] = &[
     ("aarch64", include_str!("../../boards/aarch64.toml")),
 ];
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct Profile {
     pub target: String,
     pub target_cpu: String,
     pub memory_mb: u64,
     pub cores: u32,
-    /// Configuration keys, table by table.
-    #[serde(default)]
-    pub defaults: toml::Table,
+    /// Configuration keys, table by table, as parsed (not yet typed).
+    pub defaults: DeTable<'static>,
+}
+
+/// A profile's own keys (its `[defaults]` are laid under a configuration, untyped).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    target: String,
+    target_cpu: String,
+    memory_mb: u64,
+    cores: u32,
 }
 
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -39,40 +49,69 @@ pub fn profile(name: &str) -> Result<Profile, String> {
             known.join(", ")
         ));
     };
-    toml::from_str(text).map_err(|e| format!("board profile {name}: {e}"))
+    let fail = |mut e: toml::de::Error| {
+        e.set_input(Some(text));
+        format!("board profile {name}: {e}")
+    };
+    let mut table = DeTable::parse(text).map_err(fail)?;
+    let defaults = match table.get_mut().remove("defaults").map(Spanned::into_inner) {
+        None => DeTable::new(),
+        Some(DeValue::Table(defaults)) => defaults,
+        Some(_) => return Err(format!("board profile {name}: defaults is not a table")),
+    };
+    let header = Header::deserialize(Deserializer::from(table)).map_err(fail)?;
+    Ok(Profile {
+        target: header.target,
+        target_cpu: header.target_cpu,
+        memory_mb: header.memory_mb,
+        cores: header.cores,
+        defaults,
+    })
 }
 
 /// Lays the board's defaults under `config` (a parsed configuration file): every key
 /// the file does not set itself. The strict commit interval is not laid under a
 /// configuration that chose another durability (its own default fits it better).
-pub fn apply(config: &mut toml::Table, name: &str) -> Result<(), String> {
+pub fn apply(config: &mut DeTable<'_>, name: &str) -> Result<(), String> {
     let profile = profile(name)?;
-    let durability = config
-        .get("storage")
-        .and_then(|s| s.get("durability"))
-        .and_then(|d| d.as_str())
-        .unwrap_or("strict")
-        .to_owned();
+    let durability = match table_of(config, "storage").and_then(|s| s.get("durability")) {
+        Some(value) => match value.get_ref() {
+            DeValue::String(d) => d.to_string(),
+            _ => String::new(),
+        },
+        None => "strict".to_owned(),
+    };
     for (section, defaults) in profile.defaults {
-        let toml::Value::Table(defaults) = defaults else {
+        let DeValue::Table(defaults) = defaults.into_inner() else {
             return Err(format!(
                 "board profile {name}: [defaults.{section}] is not a table"
             ));
         };
         let target = config
             .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(target) = target else {
+            .or_insert_with(|| Spanned::new(0..0, DeValue::Table(DeTable::new())));
+        let DeValue::Table(target) = target.get_mut() else {
             return Err(format!("[{section}] is not a table"));
         };
         for (key, value) in defaults {
-            if section == "storage" && key == "commit_interval_ms" && durability != "strict" {
+            if *section.get_ref() == "storage"
+                && *key.get_ref() == "commit_interval_ms"
+                && durability != "strict"
+            {
                 continue;
             }
             target.entry(key).or_insert(value);
         }
     }
     Ok(())
+}
+
+/// The table `name` of a parsed configuration, when it is one.
+pub fn table_of<'t, 'i>(config: &'t DeTable<'i>, name: &str) -> Option<&'t DeTable<'i>> {
+    match config.get(name)?.get_ref() {
+        DeValue::Table(table) => Some(table),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+use toml::de::DeTable;
 
 use crate::auth::{AuthPolicy, AuthSettings};
 use crate::bridge::settings::{BridgeSettings, BridgeTable};
@@ -440,14 +442,20 @@ impl Config {
     /// profile's runtime defaults fill in every key the text does not set.
     pub fn parse_with_board(text: &str, board: Option<&str>) -> Result<Config, String> {
         // Parsed alone first, so that a mistake in the file is named by its line.
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        // Every parse goes through the one deserializer (toml's spanned document, not
+        // `toml::Value`): each typed table's code is generated once, not twice.
+        let parsed = DeTable::parse(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let typed = |table: Spanned<DeTable<'_>>, input: Option<&str>| {
+            Config::deserialize(toml::de::Deserializer::from(table)).map_err(|mut e| {
+                e.set_input(input);
+                e.to_string().trim_end().to_owned()
+            })
+        };
+        let mut config = typed(parsed.clone(), Some(text))?;
         if let Some(name) = board.map(str::to_owned).or(config.node.board.clone()) {
-            let mut table: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
-            board::apply(&mut table, &name)?;
-            config = table
-                .try_into()
-                .map_err(|e| format!("board {name}: {}", e.to_string().trim_end()))?;
+            let mut table = parsed;
+            board::apply(table.get_mut(), &name)?;
+            config = typed(table, None).map_err(|e| format!("board {name}: {e}"))?;
             config.node.board = Some(name);
         }
         config.validate()?;
