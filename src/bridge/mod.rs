@@ -27,6 +27,7 @@ use crate::broker::session::{QueueLimits, Session};
 use crate::broker::{Broker, Role};
 use crate::message::Message;
 use crate::protocol::{QoS, ReasonCode};
+use crate::transport::RelayStream;
 use crate::transport::admission::Admission;
 use crate::transport::connection::{self, ConnectionConfig};
 use crate::transport::outgoing;
@@ -205,6 +206,7 @@ async fn relay(
     status_of(&uplink).set_error("the outbox session ended");
     let status = status_of(&uplink).clone();
     let rbuf = BytesMut::new();
+    let uplink: RelayStream = Box::new(uplink);
     connection::serve(uplink, peer, broker.clone(), config, verdict, rbuf, None).await;
     status
         .last_error

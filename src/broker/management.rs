@@ -10,7 +10,6 @@ use super::link::Link;
 use super::session::{CloseReason, Session, Subscription};
 use crate::message::{Message, SmallStr};
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
-use crate::store::Op;
 
 /// A connected client as the management API lists it.
 pub struct ClientView {
@@ -118,22 +117,12 @@ impl Broker {
     /// connected, otherwise whether the subscription existed.
     pub fn unsubscribe_for(&self, client_id: &str, filter: &str) -> Option<bool> {
         let session = self.sessions().get(client_id).cloned()?;
-        let (existed, stored) = {
-            let mut st = session.lock();
-            if !st.connected {
-                return None;
-            }
-            (st.remove_subscription(filter), st.stored)
-        };
-        if existed {
-            self.unsubscribe(&session, filter);
-            if stored && self.store.is_some() {
-                self.submit(vec![Op::DeleteSubscription {
-                    sid: session.sid.get(),
-                    filter: filter.to_owned(),
-                }]);
-            }
+        if !session.is_online() {
+            return None;
         }
+        let mut ops = Vec::new();
+        let existed = self.remove_subscription(&session, filter, &mut ops);
+        self.submit(ops);
         Some(existed)
     }
 

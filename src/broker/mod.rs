@@ -21,6 +21,7 @@ mod management;
 mod restore;
 pub mod retained;
 pub mod router;
+pub mod routes;
 mod routing;
 pub mod session;
 mod sessions;
@@ -32,16 +33,17 @@ mod spec;
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::message::Ticket;
+use crate::message::{Message, Ticket};
 pub use alarms::Alarm;
 pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, Role, answer_malformed};
 use link::Link;
 pub use management::{ClientView, SubscribeError};
 use retained::Retained;
 use router::Router;
+use routes::LocalRoutes;
 pub use routing::{Reached, Routed};
 use session::{NEVER_EXPIRES, Session};
 pub use sessions::Opened;
@@ -83,6 +85,11 @@ pub struct Settings {
     /// Retained messages kept, at most, and their bytes (topics and payloads).
     pub max_retained_messages: usize,
     pub max_retained_bytes: usize,
+    /// Keep the distinct filters of client sessions for a cluster to announce.
+    pub track_routes: bool,
+    /// A shared subscription prefers members on this node (`shared_strategy = local`)
+    /// over a cluster peer's.
+    pub shared_prefer_local: bool,
 }
 
 impl Default for Settings {
@@ -106,6 +113,8 @@ impl Default for Settings {
             queue_qos0_offline: false,
             max_retained_messages: 10_000,
             max_retained_bytes: 64 * 1024 * 1024,
+            track_routes: false,
+            shared_prefer_local: false,
         }
     }
 }
@@ -158,6 +167,16 @@ pub struct Broker {
     epoch: Instant,
     /// Session ids without a store (the store numbers them when there is one).
     sessions_made: AtomicU64,
+    /// The filters a cluster announces ([`Settings::track_routes`]).
+    routes: Mutex<LocalRoutes>,
+    /// What a cluster does with the retained messages set here.
+    replicator: OnceLock<Arc<dyn Replicator>>,
+}
+
+/// Told of each retained message set (or deleted) on this node by a client or a
+/// bridge, for a cluster to pass on to its peers.
+pub trait Replicator: Send + Sync {
+    fn retained_changed(&self, message: &Arc<Message>);
 }
 
 impl Broker {
@@ -178,6 +197,8 @@ impl Broker {
             Some((store, loaded)) => (Some(store), Some(loaded)),
             None => (None, None),
         };
+        let mut router = Router::default();
+        router.set_prefer_local(settings.shared_prefer_local);
         let broker = Arc::new(Broker {
             retained: RwLock::new(Retained::new(
                 settings.max_retained_messages,
@@ -186,7 +207,7 @@ impl Broker {
             settings,
             metrics: Metrics::default(),
             sessions: Mutex::new(SessionTable::default()),
-            router: RwLock::new(Router::default()),
+            router: RwLock::new(router),
             shutting_down: AtomicBool::new(false),
             store,
             alarms: Mutex::new(Vec::new()),
@@ -195,6 +216,8 @@ impl Broker {
             grown_queues: Mutex::new(Vec::new()),
             epoch: now,
             sessions_made: AtomicU64::new(0),
+            routes: Mutex::new(LocalRoutes::default()),
+            replicator: OnceLock::new(),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);
@@ -218,6 +241,16 @@ impl Broker {
     fn next_sid(&self) -> NonZeroU64 {
         let made = self.sessions_made.fetch_add(1, Ordering::Relaxed);
         NonZeroU64::MIN.saturating_add(made)
+    }
+
+    /// The routes a cluster announces (kept only with [`Settings::track_routes`]).
+    pub fn local_routes(&self) -> MutexGuard<'_, LocalRoutes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands retained messages set here to a cluster from now on.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
+        let _ = self.replicator.set(replicator);
     }
 
     pub fn store(&self) -> Option<&Store> {

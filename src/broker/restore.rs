@@ -92,7 +92,9 @@ impl Broker {
                     };
                     let subscription = Subscription { options, id };
                     st.add_subscription(&filter, subscription);
-                    router.subscribe(&filter, &session, subscription);
+                    if router.subscribe(&filter, &session, subscription) {
+                        self.route_added(&session, &filter);
+                    }
                 }
             }
             sessions.insert(session);

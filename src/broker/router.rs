@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::session::{Session, Subscription};
+use super::session::{Session, SessionKind, Subscription};
 use crate::message::SmallStr;
 use crate::protocol::{SubscriptionOptions, topic};
 
@@ -80,22 +80,41 @@ struct SharedGroup {
 }
 
 impl SharedGroup {
-    /// The next member round-robin, preferring connected ones; `exclude` skips a
-    /// session that is going away.
-    fn pick(&self, exclude: Option<&str>) -> Option<&Member> {
+    /// The next member round-robin, preferring connected ones (and, with
+    /// `prefer_local`, this node's over a cluster peer's); `exclude` skips a session
+    /// that is going away.
+    fn pick(&self, exclude: Option<&str>, prefer_local: bool) -> Option<&Member> {
+        self.pick_ranked(|session| {
+            if Some(&*session.client_id) == exclude {
+                return None;
+            }
+            let remote = prefer_local && session.kind != SessionKind::Client;
+            Some(u8::from(!session.is_online()) * 2 + u8::from(remote))
+        })
+    }
+
+    /// The next member round-robin among those `rank` ranks best (lowest), leaving
+    /// out those it ranks `None`.
+    fn pick_ranked(&self, rank: impl Fn(&Session) -> Option<u8>) -> Option<&Member> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let candidates = || {
-            (0..n)
-                .map(move |i| &self.members[(start + i) % n])
-                .filter(|m| Some(&*m.session.client_id) != exclude)
-        };
-        candidates()
-            .find(|m| m.session.is_online())
-            .or_else(|| candidates().next())
+        let mut best: Option<(u8, &Member)> = None;
+        for i in 0..n {
+            let member = &self.members[(start + i) % n];
+            let Some(r) = rank(&member.session) else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| r < b) {
+                best = Some((r, member));
+                if r == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, member)| member)
     }
 }
 
@@ -270,26 +289,26 @@ impl Node {
     fn collect<'a>(
         &'a self,
         mut levels: std::str::Split<'_, char>,
-        first: bool,
-        dollar: bool,
+        (first, dollar, prefer_local): (bool, bool, bool),
         out: &mut Vec<Match<'a>>,
     ) {
         let wildcards = !(first && dollar);
         if wildcards {
             push_members(self.hash(), out);
-            push_groups(self.groups(true), out);
+            push_groups(self.groups(true), prefer_local, out);
         }
         let Some(level) = levels.next() else {
             push_members(self.here(), out);
-            push_groups(self.groups(false), out);
+            push_groups(self.groups(false), prefer_local, out);
             return;
         };
         let Some(more) = &self.more else { return };
+        let walk = (false, dollar, prefer_local);
         if let Some(child) = more.children.get(level) {
-            child.collect(levels.clone(), false, dollar, out);
+            child.collect(levels.clone(), walk, out);
         }
         if let (true, Some(plus)) = (wildcards, &more.plus) {
-            plus.collect(levels, false, dollar, out);
+            plus.collect(levels, walk, out);
         }
     }
 }
@@ -298,9 +317,9 @@ fn push_members<'a>(members: &'a [Member], out: &mut Vec<Match<'a>>) {
     out.extend(members.iter().map(|m| m.to_match(None)));
 }
 
-fn push_groups<'a>(groups: &'a [SharedGroup], out: &mut Vec<Match<'a>>) {
+fn push_groups<'a>(groups: &'a [SharedGroup], prefer_local: bool, out: &mut Vec<Match<'a>>) {
     for group in groups {
-        if let Some(m) = group.pick(None) {
+        if let Some(m) = group.pick(None, prefer_local) {
             out.push(m.to_match(Some(&group.key)));
         }
     }
@@ -310,6 +329,8 @@ fn push_groups<'a>(groups: &'a [SharedGroup], out: &mut Vec<Match<'a>>) {
 pub struct Router {
     root: Node,
     count: usize,
+    /// Shared groups pick this node's members before a cluster peer's.
+    prefer_local: bool,
 }
 
 /// Where a filter lives: the plain filter, its shared group if any.
@@ -329,8 +350,14 @@ impl Router {
         self.count == 0
     }
 
-    /// Adds or replaces `session`'s subscription to `filter` (already validated).
-    pub fn subscribe(&mut self, filter: &str, session: &Arc<Session>, subscription: Subscription) {
+    /// Adds or replaces `session`'s subscription to `filter` (already validated);
+    /// whether it is new.
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        session: &Arc<Session>,
+        subscription: Subscription,
+    ) -> bool {
         let (plain, group) = split_filter(filter);
         let (node, is_hash) = node_for(&mut self.root, plain);
         let member = Member::new(session, subscription);
@@ -355,6 +382,7 @@ impl Router {
         if added {
             self.count += 1;
         }
+        added
     }
 
     /// Removes `client_id`'s subscription to `filter`; whether there was one.
@@ -390,16 +418,41 @@ impl Router {
         removed
     }
 
+    /// Shared groups pick members on this node before a cluster peer's.
+    pub fn set_prefer_local(&mut self, prefer_local: bool) {
+        self.prefer_local = prefer_local;
+    }
+
     /// Appends every subscription that `topic` matches to `out`; for shared groups,
     /// the one member chosen to receive it.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<Match<'a>>) {
-        self.root
-            .collect(topic.split('/'), true, topic.starts_with('$'), out);
+        let walk = (true, topic.starts_with('$'), self.prefer_local);
+        self.root.collect(topic.split('/'), walk, out);
     }
 
     /// Another member of the shared group `key` to hand a message to when the member
     /// `leaving` goes away before acknowledging it.
     pub fn pick_shared(&self, key: &str, leaving: &str) -> Option<(Arc<Session>, Subscription)> {
+        let m = self
+            .group(key)?
+            .pick(Some(leaving), self.prefer_local)
+            .filter(|m| &*m.session.client_id != leaving)?;
+        Some((m.session.clone(), m.subscription.unpack()))
+    }
+
+    /// The member of shared group `key` that `rank` ranks best (lowest; `None` leaves
+    /// a member out), round-robin among equals.
+    pub fn pick_in_group<'a>(
+        &'a self,
+        key: &str,
+        rank: impl Fn(&Session) -> Option<u8>,
+    ) -> Option<Match<'a>> {
+        let group = self.group(key)?;
+        let member = group.pick_ranked(rank)?;
+        Some(member.to_match(Some(&group.key)))
+    }
+
+    fn group(&self, key: &str) -> Option<&SharedGroup> {
         let (plain, _) = split_filter(key);
         let mut node = &self.root;
         let mut is_hash = false;
@@ -410,11 +463,7 @@ impl Router {
                 _ => node = node.child(level)?,
             }
         }
-        let group = node.groups(is_hash).iter().find(|g| &*g.key == key)?;
-        let m = group
-            .pick(Some(leaving))
-            .filter(|m| &*m.session.client_id != leaving)?;
-        Some((m.session.clone(), m.subscription.unpack()))
+        node.groups(is_hash).iter().find(|g| &*g.key == key)
     }
 }
 

@@ -3,14 +3,15 @@
 //! limits, and what the store must keep of it.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::router::Match;
-use super::session::{Delivered, Session};
+use super::router::{Match, Router};
+use super::session::{Delivered, Session, SessionKind};
 use super::{Broker, count};
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Message, Via};
 use crate::protocol::QoS;
 use crate::store::Op;
 
@@ -131,7 +132,10 @@ impl Broker {
         keep_retained: Option<Instant>,
     ) -> Option<Arc<Session>> {
         if let Some(now) = keep_retained {
-            for message in messages.iter().filter(|m| m.retain) {
+            // A cluster peer's retained messages are replicated on their own (last
+            // writer wins), not kept from what it forwards.
+            let kept = |m: &&Arc<Message>| m.retain && !matches!(m.via, Via::Peer { .. });
+            for message in messages.iter().filter(kept) {
                 self.set_retained(message, ops, now);
             }
         }
@@ -142,7 +146,17 @@ impl Broker {
             let mut matches = Vec::new();
             for message in &messages {
                 matches.clear();
-                router.matches(message.topic.as_str(), &mut matches);
+                match message.via {
+                    Via::Peer {
+                        shared: Some(group),
+                    } => self.match_shared_from_peer(&router, message, group, &mut matches),
+                    via => {
+                        router.matches(message.topic.as_str(), &mut matches);
+                        if via != Via::Client {
+                            matches.retain(|m| goes_on(via, m));
+                        }
+                    }
+                }
                 // One delivery per session however many of its subscriptions matched
                 // (MQTT 5.0 section 3.3.4): highest QoS, every subscription identifier.
                 matches.sort_unstable_by_key(|m| (m.shared.is_some(), Arc::as_ptr(m.session)));
@@ -220,9 +234,58 @@ impl Broker {
             .push(Arc::downgrade(session));
     }
 
+    /// For a message a cluster peer sent for one member of shared group `group` (an
+    /// identifier this node announced): that member here, or, when none is left here,
+    /// a member on another peer than the one it came from (never dropped for want of
+    /// one while one exists anywhere).
+    fn match_shared_from_peer<'a>(
+        &self,
+        router: &'a Router,
+        message: &Message,
+        group: NonZeroU32,
+        out: &mut Vec<Match<'a>>,
+    ) {
+        let Some(key) = self.local_routes().shared_filter(group) else {
+            return;
+        };
+        let here = router.pick_in_group(&key, |s| {
+            (s.kind == SessionKind::Client).then(|| u8::from(!s.is_online()))
+        });
+        let chosen = here.or_else(|| {
+            let from = message
+                .origin
+                .as_deref()
+                .and_then(|o| o.strip_prefix("$cluster/in/"));
+            router.pick_in_group(&key, |s| {
+                let peer = s.client_id.strip_prefix("$cluster/out/")?;
+                (s.kind == SessionKind::PeerOutbox && Some(peer) != from)
+                    .then(|| u8::from(!s.is_online()))
+            })
+        });
+        out.extend(chosen);
+    }
+
+    /// Keeps a retained message (or its deletion) a cluster peer replicated here:
+    /// within the retained limits and stored, as one set here, but not passed on.
+    pub fn apply_peer_retained(&self, message: Arc<Message>, now: Instant) {
+        let mut ops = Vec::new();
+        self.keep_retained(&message, &mut ops, now);
+        self.submit(ops);
+    }
+
     /// Keeps (or, for an empty payload, deletes) a topic's retained message, within
-    /// the retained limits, and stores it.
+    /// the retained limits, and stores it; tells the cluster when it was kept.
     pub(super) fn set_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>, now: Instant) {
+        if self.keep_retained(message, ops, now) {
+            if let Some(replicator) = self.replicator.get() {
+                replicator.retained_changed(message);
+            }
+        }
+    }
+
+    /// Keeps (or, for an empty payload, deletes) a topic's retained message within the
+    /// limits, with the op that stores it; whether it was kept.
+    fn keep_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>, now: Instant) -> bool {
         let kept = self
             .retained
             .write()
@@ -239,7 +302,7 @@ impl Broker {
                     crate::throttle::left_out(suppressed)
                 );
             }
-            return;
+            return false;
         }
         if self.store.is_some() {
             ops.push(Op::SetRetained {
@@ -247,5 +310,18 @@ impl Broker {
                 message: (!message.payload.is_empty()).then(|| message.clone()),
             });
         }
+        true
+    }
+}
+
+/// Whether a match may receive a message that came `via` another broker: one from a
+/// bridge goes everywhere but to a cluster peer (every node has its own copy); one
+/// from a peer reaches this node's own sessions only, and its plain subscriptions
+/// only (the peer picked the shared groups' members itself).
+fn goes_on(via: Via, m: &Match) -> bool {
+    match via {
+        Via::Client => true,
+        Via::Bridge => m.session.kind != SessionKind::PeerOutbox,
+        Via::Peer { .. } => m.shared.is_none() && m.session.kind == SessionKind::Client,
     }
 }

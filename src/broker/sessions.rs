@@ -9,7 +9,9 @@ use std::time::Instant;
 use super::Broker;
 use super::link::Link;
 use super::restore::restore_backlog;
-use super::session::{self, CloseReason, Outbox, QueueLimits, Session, SessionState};
+use super::session::{
+    self, CloseReason, NEVER_EXPIRES, Outbox, QueueLimits, Session, SessionKind, SessionState,
+};
 use crate::message::{Delivery, Ticket};
 use crate::protocol::{ProtocolVersion, QoS};
 use crate::store::Op;
@@ -202,7 +204,9 @@ impl Broker {
         {
             let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
             for filter in &filters {
-                router.unsubscribe(filter, &session.client_id);
+                if router.unsubscribe(filter, &session.client_id) {
+                    self.route_removed(session, filter);
+                }
             }
         }
         for delivery in held {
@@ -245,5 +249,64 @@ impl Broker {
             drops_oldest,
         }));
         Some(session)
+    }
+
+    /// The session the broker keeps for itself under `client_id` (what waits for a
+    /// cluster peer): made persistent and offline, and stored, when it does not exist
+    /// yet, so that it queues (and keeps) what is meant for the peer from now on,
+    /// whether or not the peer is reachable.
+    pub fn keep_session(&self, client_id: &str, now: Instant) -> Arc<Session> {
+        let mut sessions = self.sessions();
+        if let Some(session) = sessions.get(client_id) {
+            return session.clone();
+        }
+        let sid = match &self.store {
+            Some(store) => store.new_sid(),
+            None => self.next_sid(),
+        };
+        let session = Arc::new(Session::new(
+            client_id.into(),
+            ProtocolVersion::V5,
+            NEVER_EXPIRES,
+            sid,
+        ));
+        {
+            let mut st = session.lock();
+            st.disconnected_at = Some(now);
+            if let Some(store) = &self.store {
+                let ops = st.snapshot(sid.get(), &session.client_id, store);
+                self.submit(ops);
+            }
+        }
+        sessions.insert(session.clone());
+        session
+    }
+
+    /// Ends the session kept under `client_id`, what it held with it (a cluster peer
+    /// gone for longer than its routes are kept).
+    pub fn drop_session(&self, client_id: &str, now: Instant) {
+        let session = self.sessions().get(client_id).cloned();
+        if let Some(session) = session {
+            let held = {
+                let st = session.lock();
+                st.queue.len() + st.inflight.len()
+            };
+            if held > 0 {
+                self.metrics
+                    .dropped_queue_full
+                    .fetch_add(held as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.remove_session(&session, now);
+        }
+    }
+
+    /// The client ids of the sessions of one kind (the outboxes a cluster kept for its
+    /// peers across a restart, say).
+    pub fn client_ids_of(&self, kind: SessionKind) -> Vec<String> {
+        self.sessions()
+            .values()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.client_id.to_string())
+            .collect()
     }
 }

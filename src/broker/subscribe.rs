@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Broker;
-use super::session::{Session, Subscription};
+use super::session::{Session, SessionKind, Subscription};
 use crate::message::{Delivery, Message};
-use crate::protocol::{ReasonCode, RetainHandling, topic};
+use crate::protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
 use crate::store::Op;
 
 impl Broker {
@@ -75,18 +75,120 @@ impl Broker {
         }
     }
 
+    /// Removes a subscription from the session, the router and, for a stored session,
+    /// with an op in `ops`; whether there was one.
+    pub fn remove_subscription(&self, session: &Session, filter: &str, ops: &mut Vec<Op>) -> bool {
+        let (existed, stored) = {
+            let mut st = session.lock();
+            (st.remove_subscription(filter), st.stored)
+        };
+        if existed {
+            self.unsubscribe(session, filter);
+            if stored && self.store.is_some() {
+                ops.push(Op::DeleteSubscription {
+                    sid: session.sid.get(),
+                    filter: filter.to_owned(),
+                });
+            }
+        }
+        existed
+    }
+
+    /// Makes `outbox` (what waits for a cluster peer) subscribe to exactly `routes`,
+    /// the filters the peer announced with their shared-group identifiers: QoS 2, so
+    /// each message keeps its own QoS; retain as published; no retained messages at
+    /// subscribing (those replicate on their own); a shared group's identifier as the
+    /// subscription identifier, which the peer gets back on each message sent for it.
+    pub fn set_peer_routes(
+        &self,
+        outbox: &Arc<Session>,
+        routes: &[(String, Option<u32>)],
+        now: Instant,
+    ) {
+        let mut ops = Vec::new();
+        let held: Vec<String> = outbox
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(filter, _)| filter.to_owned())
+            .collect();
+        for filter in held {
+            if !routes.iter().any(|(f, _)| *f == filter) {
+                self.remove_subscription(outbox, &filter, &mut ops);
+            }
+        }
+        for (filter, shared) in routes {
+            self.add_peer_route(outbox, filter, *shared, &mut ops, now);
+        }
+        self.submit(ops);
+    }
+
+    /// Adds one route a cluster peer announced to its outbox; see
+    /// [`Broker::set_peer_routes`].
+    pub fn add_peer_route(
+        &self,
+        outbox: &Arc<Session>,
+        filter: &str,
+        shared: Option<u32>,
+        ops: &mut Vec<Op>,
+        now: Instant,
+    ) {
+        if topic::validate_filter(filter).is_err() {
+            log::warn!(
+                "{}: a route with the invalid filter {filter:?} was left out",
+                outbox.client_id
+            );
+            return;
+        }
+        let subscription = Subscription {
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                retain_as_published: true,
+                retain_handling: RetainHandling::DoNotSend,
+                ..SubscriptionOptions::default()
+            },
+            id: shared,
+        };
+        let current = outbox.lock().subscriptions.get(filter);
+        if current != Some(subscription) {
+            self.add_subscription(outbox, filter, subscription, ops, now);
+        }
+    }
+
     pub fn subscribe(&self, session: &Arc<Session>, filter: &str, subscription: Subscription) {
-        self.router
+        let added = self
+            .router
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .subscribe(filter, session, subscription);
+        if added {
+            self.route_added(session, filter);
+        }
     }
 
     pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
-        self.router
+        let removed = self
+            .router
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .unsubscribe(filter, &session.client_id)
+            .unsubscribe(filter, &session.client_id);
+        if removed {
+            self.route_removed(session, filter);
+        }
+        removed
+    }
+
+    /// Counts a client session's new filter in the routes a cluster announces.
+    pub(super) fn route_added(&self, session: &Session, filter: &str) {
+        if self.settings.track_routes && session.kind == SessionKind::Client {
+            self.local_routes().add(filter);
+        }
+    }
+
+    pub(super) fn route_removed(&self, session: &Session, filter: &str) {
+        if self.settings.track_routes && session.kind == SessionKind::Client {
+            self.local_routes().remove(filter);
+        }
     }
 
     /// The retained messages a new `subscription` to `filter` is sent, each at most at

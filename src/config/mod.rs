@@ -704,6 +704,8 @@ impl Config {
             queue_qos0_offline: self.storage.queue_qos0,
             max_retained_messages: self.storage.max_retained_messages,
             max_retained_bytes: self.storage.max_retained_bytes,
+            track_routes: false,
+            shared_prefer_local: false,
         }
     }
 }

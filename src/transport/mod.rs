@@ -30,6 +30,17 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
+/// The in-memory relays (a bridge's outbox, a cluster peer's sessions) are served
+/// boxed: one copy of the connection loop for all of them, not one per relay type,
+/// for a few bytes' indirection on streams that are not the broker's hot path.
+pub type RelayStream = Box<dyn Stream>;
+
+impl Stream for RelayStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_readable(cx)
+    }
+}
+
 impl Stream for Async<TcpStream> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Async::poll_readable(self, cx)

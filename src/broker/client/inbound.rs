@@ -2,6 +2,7 @@
 //! ACL and the broker's own `$` topics, the payload format), QoS 1 and 2 towards the
 //! broker, and the batch that routes several publishes under one lock per subscriber.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use super::{Client, Close, Role};
 use crate::auth::Access;
 use crate::broker::{Reached, count};
-use crate::message::{Message, Visibility};
+use crate::message::{Message, Via, Visibility};
 use crate::protocol::*;
 use crate::store::Op;
 
@@ -85,12 +86,18 @@ impl Client {
 
     pub(super) fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
         self.link.received.fetch_add(1, Ordering::Relaxed);
+        let mut shared_group = None;
         if self.v5() {
-            if !p.properties.subscription_identifiers.is_empty() {
-                return Err(Close::new(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "PUBLISH from a client carries a subscription identifier",
-                ));
+            if let Some(&id) = p.properties.subscription_identifiers.first() {
+                if self.role != Role::PeerLink {
+                    return Err(Close::new(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "PUBLISH from a client carries a subscription identifier",
+                    ));
+                }
+                // A cluster peer picked this node for one member of a shared
+                // subscription it announced under this identifier.
+                shared_group = NonZeroU32::new(id);
             }
             let alias = p.properties.get_mut().and_then(|p| p.topic_alias.take());
             if let Some(alias) = alias {
@@ -211,11 +218,15 @@ impl Client {
             }
             st.inbound_qos2.push(packet_id);
         }
-        let message = Arc::new(Message::from_publish(
-            p,
-            Some(self.session.client_id.clone()),
-            now,
-        ));
+        let mut message = Message::from_publish(p, Some(self.session.client_id.clone()), now);
+        message.via = match self.role {
+            Role::Network => Via::Client,
+            Role::BridgeRelay => Via::Bridge,
+            Role::PeerLink => Via::Peer {
+                shared: shared_group,
+            },
+        };
+        let message = Arc::new(message);
         if exactly_once_stored && self.is_strict() {
             // Subscribers wait until the exactly-once record is durable; see
             // `Message::durable_after`.

@@ -43,6 +43,10 @@ impl Subscriptions {
         self.iter().any(|(f, _)| f == filter)
     }
 
+    pub fn get(&self, filter: &str) -> Option<Subscription> {
+        self.iter().find(|(f, _)| *f == filter).map(|(_, s)| s)
+    }
+
     /// Adds or replaces a subscription; whether one to that filter existed.
     pub fn set(&mut self, filter: &str, subscription: Subscription) -> bool {
         let existed = self.remove(filter);
