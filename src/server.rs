@@ -114,6 +114,25 @@ pub fn run(config: Config) -> Result<(), String> {
         let _ = admin.app_secret.set(secret);
         let _ = admin.broker.set(broker.clone());
     }
+    // The cluster is joined, and its routes known, before any client is taken: the
+    // first clients here already reach subscribers on the other nodes.
+    let cluster = match config.cluster_settings()? {
+        Some(settings) => {
+            let data_dir = store_handle.as_ref().map(|_| config.data_dir());
+            let cluster = crate::cluster::Cluster::start(
+                settings,
+                broker.clone(),
+                executor.clone(),
+                data_dir,
+            )?;
+            smol::block_on(cluster.join());
+            if let Some(admin) = &admin {
+                let _ = admin.cluster.set(cluster.clone());
+            }
+            Some(cluster)
+        }
+        None => None,
+    };
     for listener in &listeners {
         let socket = tcp::bind(listener.bind).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -232,11 +251,21 @@ pub fn run(config: Config) -> Result<(), String> {
     if let Some(admin) = &admin {
         admin.serving.store(false, Ordering::SeqCst);
     }
+    if let Some(cluster) = &cluster {
+        // A balancer's health check sees the 503 and sends new clients to another
+        // node before these are closed, so that they reconnect there.
+        let wait = cluster.settings.stop_wait;
+        log::info!("cluster: /status says 503; closing clients in {wait:?}");
+        thread::sleep(wait);
+    }
     drop(accept_tasks);
     broker.shut_down();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while broker.metrics.clients_connected.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(cluster) = &cluster {
+        smol::block_on(cluster.leave());
     }
     drop(bridge_tasks);
     drop(admin_tasks);
@@ -300,6 +329,7 @@ fn start_admin(
         started: Instant::now(),
         serving: std::sync::atomic::AtomicBool::new(false),
         bridges: std::sync::OnceLock::new(),
+        cluster: std::sync::OnceLock::new(),
     });
     let mut certificates = Vec::new();
     for (name, enabled, bind, dashboard) in [

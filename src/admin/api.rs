@@ -16,7 +16,9 @@ use subtle::ConstantTimeEq;
 use super::http::{Request, Response};
 use super::prometheus;
 use crate::bridge::BridgeStatus;
+use crate::broker::session::SessionKind;
 use crate::broker::{Broker, ClientView, SubscribeError};
+use crate::cluster::Cluster;
 use crate::message::Message;
 use crate::protocol::topic::validate_name;
 use crate::protocol::{ProtocolVersion, QoS};
@@ -56,6 +58,8 @@ pub struct Admin {
     pub serving: AtomicBool,
     /// The bridges' states, set once they have started.
     pub bridges: OnceLock<Vec<Arc<BridgeStatus>>>,
+    /// The cluster, when this node is in one.
+    pub cluster: OnceLock<Arc<Cluster>>,
 }
 
 fn ok(data: Value) -> Response {
@@ -195,7 +199,13 @@ impl Admin {
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         match (req.method.as_str(), segments.as_slice()) {
             ("GET", ["brokers"] | ["brokers", _]) => ok(json!([self.broker_info()])),
-            ("GET", ["nodes"] | ["nodes", _]) => ok(json!([self.node_info()])),
+            ("GET", ["nodes"]) => ok(json!(self.nodes())),
+            ("GET", ["nodes", name]) => match self.nodes().into_iter().find(|n| n["node"] == *name)
+            {
+                Some(node) => ok(node),
+                None => error(404, BAD_PARAMETER, format!("no node {name}")),
+            },
+            ("GET", ["cluster"]) => ok(self.cluster_info()),
             ("GET", ["stats"]) => ok(json!([self.stats()])),
             ("GET", ["metrics"]) => ok(json!([{"node": self.node(), "metrics": self.metrics()}])),
             ("GET", ["listeners"]) => {
@@ -434,20 +444,76 @@ impl Admin {
             .collect()
     }
 
+    /// Each filter this node's clients hold, and each a peer announced, with its node.
     fn routes(&self, topic: Option<&str>) -> Vec<Value> {
-        let mut filters: Vec<String> = self
+        let mut routes: Vec<(String, String)> = self
             .broker()
             .subscription_list()
             .into_iter()
-            .map(|(_, f, _)| f)
-            .filter(|f| topic.is_none_or(|t| f == t))
+            .filter(|(client_id, _, _)| SessionKind::of(client_id) == SessionKind::Client)
+            .map(|(_, f, _)| (f, self.node().to_owned()))
             .collect();
-        filters.sort();
-        filters.dedup();
-        filters
+        if let Some(cluster) = self.cluster.get() {
+            routes.extend(cluster.remote_routes());
+        }
+        routes.retain(|(f, _)| topic.is_none_or(|t| f == t));
+        routes.sort();
+        routes.dedup();
+        routes
             .into_iter()
-            .map(|f| json!({"topic": f, "node": self.node()}))
+            .map(|(f, node)| json!({"topic": f, "node": node}))
             .collect()
+    }
+
+    /// This node, and with a cluster every node it knows of.
+    fn nodes(&self) -> Vec<Value> {
+        let Some(cluster) = self.cluster.get() else {
+            return vec![self.node_info()];
+        };
+        let mut out = Vec::new();
+        for node in cluster.nodes() {
+            if node.name == self.node() {
+                let mut mine = self.node_info();
+                mine["cluster_address"] = json!(node.addr.map(|a| a.to_string()));
+                mine["routes"] = json!(node.routes);
+                out.push(mine);
+                continue;
+            }
+            let status = node.status.as_ref();
+            out.push(json!({
+                "node": node.name,
+                "node_status": match node.state {
+                    "running" => "Running",
+                    "connecting" => "Connecting",
+                    _ => "Stopped",
+                },
+                "version": status.map(|s| s.version.clone()),
+                "uptime": status.map(|s| {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    uptime(now.saturating_sub(s.started))
+                }),
+                "connections": status.map(|s| s.connections),
+                "cluster_address": node.addr.map(|a| a.to_string()),
+                "link_since": node.link_since.map(datetime),
+                "last_sync": node.last_sync.map(datetime),
+                "queued": node.queued.0,
+                "queued_bytes": node.queued.1,
+                "routes": node.routes,
+                "last_error": node.last_error,
+            }));
+        }
+        out
+    }
+
+    /// The cluster at a glance: how many nodes this one sees of those it knew.
+    fn cluster_info(&self) -> Value {
+        match self.cluster.get() {
+            None => json!({"enabled": false}),
+            Some(cluster) => {
+                let (seen, known) = cluster.reachable();
+                json!({"enabled": true, "node": self.node(), "nodes_seen": seen, "nodes_known": known})
+            }
+        }
     }
 
     fn retained(&self) -> Vec<Value> {
@@ -607,7 +673,7 @@ impl Admin {
         Response::new(
             200,
             "text/plain; version=0.0.4",
-            prometheus::render(self.broker(), self.bridge_statuses()),
+            prometheus::render(self.broker(), self.bridge_statuses(), self.cluster.get()),
         )
     }
 }

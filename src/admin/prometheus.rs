@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bridge::BridgeStatus;
 use crate::broker::Broker;
+use crate::cluster::Cluster;
 
 /// The process's resident memory, from /proc.
 pub fn resident_bytes() -> u64 {
@@ -38,7 +39,11 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(broker: &Broker, bridges: &[Arc<BridgeStatus>]) -> String {
+pub fn render(
+    broker: &Broker,
+    bridges: &[Arc<BridgeStatus>],
+    cluster: Option<&Arc<Cluster>>,
+) -> String {
     let m = &broker.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let clients = broker.clients();
@@ -201,6 +206,43 @@ pub fn render(broker: &Broker, bridges: &[Arc<BridgeStatus>]) -> String {
             "counter",
             "Messages the bridge's outbox dropped or refused.",
             &dropped,
+        );
+    }
+    if let Some(cluster) = cluster {
+        let nodes = cluster.nodes();
+        let names: Vec<String> = nodes
+            .iter()
+            .skip(1)
+            .map(|n| format!("node=\"{}\"", label(&n.name)))
+            .collect();
+        let peers = nodes.iter().skip(1).zip(&names);
+        let up: Vec<(&str, u64)> = peers
+            .clone()
+            .map(|(n, name)| (name.as_str(), u64::from(n.state == "running")))
+            .collect();
+        let queued: Vec<(&str, u64)> = peers
+            .map(|(n, name)| (name.as_str(), n.queued.0 as u64))
+            .collect();
+        metric(
+            &mut out,
+            "tern_cluster_nodes",
+            "gauge",
+            "Nodes of the cluster this node knows of, itself included.",
+            &[("", nodes.len() as u64)],
+        );
+        metric(
+            &mut out,
+            "tern_cluster_link_up",
+            "gauge",
+            "1 while the link to the node is up.",
+            &up,
+        );
+        metric(
+            &mut out,
+            "tern_cluster_queued_messages",
+            "gauge",
+            "Messages waiting for the node.",
+            &queued,
         );
     }
     metric(

@@ -19,6 +19,7 @@ use crate::auth::{AuthPolicy, AuthSettings};
 use crate::bridge::settings::{BridgeSettings, BridgeTable};
 use crate::broker::Settings;
 use crate::broker::session::NEVER_EXPIRES;
+use crate::cluster::{ClusterSettings, ClusterTable, SharedStrategy};
 use crate::store::{Durability, OnCorrupt, StoreConfig};
 use crate::transport::proxy::{Cidr, DEFAULT_TRUSTED};
 use crate::transport::tls::TlsSettings;
@@ -36,6 +37,8 @@ pub struct Config {
     pub bridges: Vec<BridgeTable>,
     pub api: Api,
     pub dashboard: Dashboard,
+    /// `[cluster]`: present (and not `enabled = false`) turns clustering on.
+    pub cluster: Option<ClusterTable>,
     /// The directory relative paths resolve against: the config file's, or the
     /// working directory when there is no file.
     #[serde(skip)]
@@ -247,6 +250,7 @@ impl Default for Config {
             bridges: Vec::new(),
             api: Api::default(),
             dashboard: Dashboard::default(),
+            cluster: None,
             base_dir: PathBuf::from("."),
         }
     }
@@ -445,6 +449,8 @@ impl Config {
         // Every parse goes through the one deserializer (toml's spanned document, not
         // `toml::Value`): each typed table's code is generated once, not twice.
         let parsed = DeTable::parse(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let named =
+            board::table_of(parsed.get_ref(), "node").is_some_and(|n| n.contains_key("name"));
         let typed = |table: Spanned<DeTable<'_>>, input: Option<&str>| {
             Config::deserialize(toml::de::Deserializer::from(table)).map_err(|mut e| {
                 e.set_input(input);
@@ -458,8 +464,15 @@ impl Config {
             config = typed(table, None).map_err(|e| format!("board {name}: {e}"))?;
             config.node.board = Some(name);
         }
+        if config.cluster_on() && !named {
+            // A cluster needs unique names: the host's, unless the file gives one.
+            config.node.name = crate::cluster::settings::host_name().ok_or(
+                "[cluster] is on and [node] name is not set, and the host name cannot be read: set [node] name",
+            )?;
+        }
         config.validate()?;
         config.bridges()?;
+        config.cluster_settings()?;
         config.http_tls("api")?;
         config.http_tls("dashboard")?;
         Ok(config)
@@ -680,6 +693,20 @@ impl Config {
         Duration::from_secs(self.limits.connect_timeout.max(1))
     }
 
+    pub fn cluster_on(&self) -> bool {
+        self.cluster.as_ref().is_some_and(ClusterTable::is_on)
+    }
+
+    /// The cluster's settings when `[cluster]` turns it on.
+    pub fn cluster_settings(&self) -> Result<Option<ClusterSettings>, String> {
+        match &self.cluster {
+            Some(table) if table.is_on() => {
+                table.settings(&self.node.name, &self.base_dir).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub fn broker_settings(&self) -> Settings {
         let l = &self.limits;
         Settings {
@@ -704,8 +731,11 @@ impl Config {
             queue_qos0_offline: self.storage.queue_qos0,
             max_retained_messages: self.storage.max_retained_messages,
             max_retained_bytes: self.storage.max_retained_bytes,
-            track_routes: false,
-            shared_prefer_local: false,
+            track_routes: self.cluster_on(),
+            shared_prefer_local: self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.is_on() && c.shared_strategy == Some(SharedStrategy::Local)),
         }
     }
 }

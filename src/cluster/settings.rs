@@ -1,0 +1,259 @@
+//! The `[cluster]` table: what it says, its defaults, and the checks that make a
+//! mistake an error at start rather than a node that silently never joins.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The cluster's port, for gossip (UDP) and links (TCP) alike.
+pub const DEFAULT_PORT: u16 = 5370;
+
+/// How a shared subscription with members on several nodes picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Every member in turn, wherever it is.
+    RoundRobin,
+    /// Members on this node first; another node's only when this one has none online.
+    Local,
+}
+
+/// `[cluster]` as written (every key optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTable {
+    pub enabled: Option<bool>,
+    pub bind: Option<String>,
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    pub dns: Option<String>,
+    pub secret: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub max_queued_messages: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
+    pub route_hold: Option<u64>,
+    pub shared_strategy: Option<SharedStrategy>,
+    pub join_wait: Option<u64>,
+    pub stop_wait: Option<u64>,
+}
+
+/// A running cluster's settings, defaults applied and checked.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's name: unique in the cluster.
+    pub name: String,
+    pub bind: SocketAddr,
+    /// The address peers reach this node at (gossip and links).
+    pub advertise: SocketAddr,
+    /// Addresses (or `HOST:PORT` names, resolved again and again) of nodes to join.
+    pub seeds: Vec<String>,
+    /// A name whose every A/AAAA record is a node, resolved again and again.
+    pub dns: Option<String>,
+    /// Keys every datagram's MAC and every link's proof; empty only on loopback.
+    pub secret: Vec<u8>,
+    /// Mutual TLS on the links: certificate, key and the CA both ends are signed by.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// How long a node that went down keeps its routes here, and what waits for it.
+    pub route_hold: Duration,
+    pub shared_strategy: SharedStrategy,
+    /// At start, how long to wait for the cluster's routes before serving MQTT.
+    pub join_wait: Duration,
+    /// At stop, how long `/status` says 503 before clients are closed, so that a
+    /// balancer's health check stops sending new ones here first.
+    pub stop_wait: Duration,
+}
+
+impl ClusterTable {
+    /// Whether the table turns the cluster on: present, and not `enabled = false`.
+    pub fn is_on(&self) -> bool {
+        self.enabled != Some(false)
+    }
+
+    /// The settings, for node `name`, relative paths against `base`.
+    pub fn settings(&self, name: &str, base: &Path) -> Result<ClusterSettings, String> {
+        check_name(name)?;
+        let bind = match &self.bind {
+            Some(text) => resolve_one(text, "bind")?,
+            None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+        };
+        let advertise = match &self.advertise {
+            Some(text) => resolve_one(text, "advertise")?,
+            None if !bind.ip().is_unspecified() => bind,
+            None => {
+                return Err(
+                    "[cluster] bind listens on every address: set advertise to the address \
+                     peers reach this node at (HOST:PORT)"
+                        .into(),
+                );
+            }
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(format!(
+                "[cluster] advertise {advertise} is not an address a peer can reach"
+            ));
+        }
+        let mut seed_ips = Vec::new();
+        for seed in &self.seeds {
+            let addr = resolve_one(seed, "seeds")?;
+            seed_ips.push(addr.ip());
+        }
+        let secret = self.secret.clone().unwrap_or_default().into_bytes();
+        let everything_loopback = advertise.ip().is_loopback()
+            && seed_ips.iter().all(IpAddr::is_loopback)
+            && self.dns.is_none();
+        if secret.is_empty() && !everything_loopback {
+            return Err(
+                "[cluster] secret is required unless every address (advertise, seeds) is \
+                 loopback: it authenticates every datagram and link"
+                    .into(),
+            );
+        }
+        if !secret.is_empty() && secret.len() < 16 {
+            return Err("[cluster] secret must be at least 16 characters".into());
+        }
+        let tls = match (&self.cert, &self.key, &self.ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                Some((base.join(cert), base.join(key), base.join(ca)))
+            }
+            _ => {
+                return Err(
+                    "[cluster] cert, key and ca go together: mutual TLS needs all three".into(),
+                );
+            }
+        };
+        let max_queued_messages = self.max_queued_messages.unwrap_or(100_000);
+        if max_queued_messages == 0 {
+            return Err("[cluster] max_queued_messages must be at least 1".into());
+        }
+        Ok(ClusterSettings {
+            name: name.to_owned(),
+            bind,
+            advertise,
+            seeds: self.seeds.clone(),
+            dns: self.dns.clone(),
+            secret,
+            tls,
+            max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(64 << 20),
+            route_hold: Duration::from_secs(self.route_hold.unwrap_or(3600)),
+            shared_strategy: self.shared_strategy.unwrap_or(SharedStrategy::RoundRobin),
+            join_wait: Duration::from_secs(self.join_wait.unwrap_or(5)),
+            stop_wait: Duration::from_secs(self.stop_wait.unwrap_or(5)),
+        })
+    }
+}
+
+/// Node names travel in gossip, links and client ids (`$cluster/out/NAME`).
+fn check_name(name: &str) -> Result<(), String> {
+    let fine = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "[node] name {name:?}: a cluster node's name is 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// `HOST:PORT` (a name resolved now), the port defaulting to the cluster's.
+fn resolve_one(text: &str, key: &str) -> Result<SocketAddr, String> {
+    resolve(text)
+        .map_err(|e| format!("[cluster] {key} {text:?}: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("[cluster] {key} {text:?} resolves to no address"))
+}
+
+/// Every address of `HOST[:PORT]` (the cluster's port when none is given).
+pub fn resolve(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
+    }
+    let with_port = if text
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        text.to_owned()
+    } else {
+        format!("{text}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| format!("cannot resolve: {e}"))
+}
+
+/// The host name, for a node without `[node] name` in a cluster.
+pub fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> ClusterTable {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn loopback_needs_no_secret_and_everything_else_does() {
+        let t = table("bind = \"127.0.0.2:5370\"\nseeds = [\"127.0.0.3:5370\"]\n");
+        let s = t.settings("a", Path::new("/")).unwrap();
+        assert_eq!(s.advertise, "127.0.0.2:5370".parse().unwrap());
+        assert!(s.secret.is_empty());
+        let t = table("bind = \"10.0.0.2:5370\"\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("secret")
+        );
+        let t = table("bind = \"0.0.0.0:5370\"\nsecret = \"0123456789abcdef\"\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("advertise")
+        );
+    }
+
+    #[test]
+    fn names_and_partial_tls_are_refused() {
+        let t = table("bind = \"127.0.0.2:5370\"\n");
+        assert!(t.settings("a/b", Path::new("/")).is_err());
+        assert!(t.settings("", Path::new("/")).is_err());
+        let t = table("bind = \"127.0.0.2:5370\"\ncert = \"c.pem\"\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("together")
+        );
+        assert!(!table("enabled = false").is_on());
+        assert!(table("").is_on());
+    }
+
+    #[test]
+    fn a_seed_without_a_port_gets_the_clusters() {
+        assert_eq!(
+            resolve("127.0.0.9").unwrap(),
+            ["127.0.0.9:5370".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(resolve("localhost:1").unwrap()[0].port(), 1);
+    }
+}
