@@ -4,8 +4,11 @@
 import base64
 import json
 import os
+import pathlib
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -15,38 +18,45 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from conftest import Broker
-from mqttraw import PUBLISH, RawClient
+from conftest import Broker, free_port
+from mqttraw import PUBACK, PUBLISH, RawClient
 from paho_helpers import V5, V311, Paho
+from test_balancers import Device, in_front_of, serving, start_nginx
+from test_bridge import Mosquitto
 
 SECRET = "cluster-secret-for-tests"
 API_SECRET = "s3cret"
 
 
-def node_config(i, n, extra=""):
+def node_config(i, n, extra="", tcp_extra="", dns=None):
     """Node i (1-based) of n, on 127.0.0.(i+1): MQTT and the API on free ports, the
-    cluster port on 5370 of its own address, the other nodes as seeds."""
+    cluster port on 5370 of its own address, the other nodes as seeds (or, with `dns`,
+    every address that name resolves to)."""
     seeds = ", ".join(f'"127.0.0.{j + 1}:5370"' for j in range(1, n + 1) if j != i)
+    discovery = f'dns = "{dns}"' if dns else f"seeds = [{seeds}]"
+    stop_wait = "" if "stop_wait" in extra else "stop_wait = 1\n"
     return (f'[node]\nname = "n{i}"\n'
-            f'[listeners.tcp]\nbind = "127.0.0.{i + 1}:0"\n'
+            f'[listeners.tcp]\nbind = "127.0.0.{i + 1}:0"\n{tcp_extra}'
             f'[api]\nbind = "127.0.0.{i + 1}:0"\napp_secret = "{API_SECRET}"\nsys_interval = 1\n'
-            f'[cluster]\nbind = "127.0.0.{i + 1}:5370"\nseeds = [{seeds}]\n'
-            f'secret = "{SECRET}"\njoin_wait = 3\nstop_wait = 1\n{extra}')
+            f'[cluster]\nbind = "127.0.0.{i + 1}:5370"\n{discovery}\n'
+            f'secret = "{SECRET}"\njoin_wait = 3\n{stop_wait}{extra}')
 
 
 class Cluster:
-    def __init__(self, tmp_path, n, extra=""):
+    def __init__(self, tmp_path, n, extra="", tcp_extra="", prefix=(), dns=None):
         self.tmp_path = tmp_path
         self.n = n
+        self.extra, self.tcp_extra, self.prefix, self.dns = extra, tcp_extra, prefix, dns
         self.nodes = []
         for i in range(1, n + 1):
-            self.nodes.append(self.start_node(i, extra))
+            self.nodes.append(self.start_node(i))
         self.wait_linked()
 
-    def start_node(self, i, extra=""):
+    def start_node(self, i):
         d = self.tmp_path / f"n{i}"
         d.mkdir(exist_ok=True)
-        return Broker(d, node_config(i, self.n, extra), start_timeout=20)
+        text = node_config(i, self.n, self.extra, self.tcp_extra, self.dns)
+        return Broker(d, text, prefix=self.prefix, start_timeout=20)
 
     def wait_linked(self, timeout=20):
         """Until every node is linked to every other."""
@@ -66,8 +76,8 @@ class Cluster:
 def make_cluster(tmp_path):
     made = []
 
-    def make(n, extra=""):
-        c = Cluster(tmp_path, n, extra)
+    def make(n, extra="", tcp_extra="", prefix=(), dns=None):
+        c = Cluster(tmp_path, n, extra, tcp_extra, prefix, dns)
         made.append(c)
         return c
 
@@ -281,24 +291,25 @@ def test_a_node_with_a_clashing_name_is_refused_on_both_sides(make_cluster, tmp_
         impostor.stop()
 
 
-def test_kill_9_under_qos1_load_loses_nothing_acknowledged(make_cluster):
+@pytest.mark.parametrize("qos", [1, 2])
+def test_kill_9_under_load_loses_nothing_acknowledged(make_cluster, qos):
     """Publishers on every node, a persistent subscriber on two of them; the third node
     is killed mid-load. Every message acknowledged to a publisher on a survivor reaches
     both subscribers; the killed node's publishers' acknowledged messages arrive once it
-    is back."""
+    is back; the survivors never stop serving. QoS 2 arrives exactly once; QoS 1's
+    duplicates are counted and reported."""
     c = make_cluster(3)
     n1, n2, n3 = c.nodes
-    received = {1: [], 2: []}
     subs = {}
     for k, node in ((1, n1), (2, n2)):
         s = Paho(node, f"persist{k}", protocol=V311, clean_start=False)
-        s.subscribe("load/#", qos=1)
+        s.subscribe("load/#", qos=qos)
         subs[k] = s
     for node in (n1, n2, n3):
         for k in (1, 2):
             if node is not c.nodes[k - 1]:
                 wait_route(node, "load/#", f"n{k}")
-    acked = []
+    acked = {}  # payload -> when its publisher had it acknowledged
     stop = threading.Event()
 
     def publish(node, name):
@@ -306,10 +317,10 @@ def test_kill_9_under_qos1_load_loses_nothing_acknowledged(make_cluster):
         i = 0
         while not stop.is_set():
             try:
-                info = p.c.publish(f"load/{name}", f"{name}-{i}", 1)
+                info = p.c.publish(f"load/{name}", f"{name}-{i}", qos)
                 info.wait_for_publish(5)
                 if info.is_published():
-                    acked.append(f"{name}-{i}")
+                    acked[f"{name}-{i}"] = time.monotonic()
                 i += 1
             except Exception:
                 break
@@ -320,21 +331,259 @@ def test_kill_9_under_qos1_load_loses_nothing_acknowledged(make_cluster):
         t.start()
     time.sleep(1.5)
     n3.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
     time.sleep(1.5)
     stop.set()
     for t in threads:
         t.join(10)
+    for name in ("p1", "p2"):
+        assert any(p.startswith(name + "-") and at > killed_at + 0.5 for p, at in acked.items()), \
+            f"{name}'s node stopped serving when n3 died"
     # The killed node comes back with what it held.
     c.nodes[2] = c.start_node(3)
     c.nodes[2].wait_for_log(r"cluster: linked to node n1\b", 20)
     deadline = time.monotonic() + 30
+    want = set(acked)
     for k, s in subs.items():
-        seen = set()
-        while time.monotonic() < deadline and not set(acked) <= seen:
+        counts = {}
+        while time.monotonic() < deadline and not want <= counts.keys():
             try:
-                seen.add(s.expect(timeout=1).payload.decode())
+                payload = s.expect(timeout=1).payload.decode()
+                counts[payload] = counts.get(payload, 0) + 1
             except Exception:
                 pass
-        missing = set(acked) - seen
+        # Whatever else is on its way (unacknowledged messages may arrive too).
+        while True:
+            try:
+                payload = s.expect(timeout=1).payload.decode()
+                counts[payload] = counts.get(payload, 0) + 1
+            except Exception:
+                break
+        missing = want - counts.keys()
         assert not missing, f"subscriber {k} lost {len(missing)} acknowledged messages, e.g. {sorted(missing)[:5]}"
+        duplicates = sum(n - 1 for n in counts.values())
+        print(f"QoS {qos} subscriber {k}: {len(counts)} messages ({len(want)} acknowledged), {duplicates} duplicates")
+        if qos == 2:
+            assert duplicates == 0, f"QoS 2 delivered {duplicates} duplicates"
     assert len(acked) > 100
+
+
+def test_a_node_that_leaves_is_seen_down_and_the_rest_keep_delivering(make_cluster):
+    c = make_cluster(3)
+    n1, n2, n3 = c.nodes
+    sub = Paho(n1, "stayer", protocol=V311)
+    sub.subscribe("rest/#", qos=1)
+    wait_route(n2, "rest/#", "n1")
+    n3.stop()
+    c.nodes.remove(n3)
+    n1.wait_for_log(r"cluster: node n3 at 127\.0\.0\.4:5370 is down", 10)
+    deadline = time.monotonic() + 10
+    while True:
+        states = {n["node"]: n["node_status"] for n in api(n2, "/api/v4/nodes")["data"]}
+        if states.get("n3") == "Stopped":
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.1)
+    assert states["n1"] == states["n2"] == "Running"
+    Paho(n2, "after-leave", protocol=V311).publish("rest/x", "still", qos=1)
+    assert sub.expect().payload == b"still"
+
+
+def test_what_waits_for_a_node_is_bounded_and_never_acknowledged_then_dropped(make_cluster):
+    """Under strict durability, a full queue for a node that is away refuses the
+    publisher (v5 PUBACK 0x97) rather than acknowledging and dropping."""
+    c = make_cluster(2, extra="max_queued_messages = 5\n")
+    n1, n2 = c.nodes
+    Paho(n2, "away", protocol=V311, clean_start=False).subscribe("held/#", qos=1)
+    wait_route(n1, "held/#", "n2")
+    n2.stop()
+    n1.wait_for_log(r"cluster: node n2 at .* is down", 10)
+    v5 = RawClient(n1.host, n1.port, version=5)
+    v5.connect("filler")
+    for k in range(8):
+        v5.publish("held/x", str(k), qos=1, packet_id=k + 1)
+    codes = [v5.recv_kind(PUBACK).code for _ in range(8)]
+    assert codes == [0] * 5 + [0x97] * 3, codes
+    # The first five wait for n2; it gets them once it is back.
+    n2.start()
+    n2.wait_for_log(r"cluster: linked to node n1\b", 20)
+    back = Paho(n2, "away", protocol=V311, clean_start=False)
+    got = sorted(int(back.expect(timeout=10).payload) for _ in range(5))
+    assert got == [0, 1, 2, 3, 4]
+    back.expect_none(1.0)
+
+
+@pytest.fixture
+def netns(tmp_path):
+    """A network namespace of the test's own, with loopback up; its /etc/hosts is
+    /etc/netns/NAME/hosts (which `ip netns exec` mounts over the real one)."""
+    name = f"tern-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    hosts = pathlib.Path("/etc/netns") / name
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        hosts.mkdir(parents=True)
+        yield name, hosts / "hosts"
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+        shutil.rmtree(hosts, ignore_errors=True)
+
+
+def test_nodes_find_each_other_by_dns(make_cluster, netns):
+    """`dns = NAME`: every address the name resolves to is a node, resolved again and
+    again. The three nodes run in a namespace whose /etc/hosts gives the name three
+    addresses; no node has a seed."""
+    ns, hosts = netns
+    hosts.write_text("".join(f"127.0.0.{i} tern.site.test\n" for i in (2, 3, 4)))
+    c = make_cluster(3, prefix=("ip", "netns", "exec", ns), dns="tern.site.test")
+    n1, _, n3 = c.nodes
+    run = ["ip", "netns", "exec", ns]
+    sub = subprocess.Popen(run + ["mosquitto_sub", "-h", n1.host, "-p", str(n1.port), "-t", "dns/#",
+                                  "-q", "1", "-C", "1", "-W", "20"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n3.wait_for_log(r"cluster: node n1 routes at version \d+: [1-9]", 10)
+    subprocess.run(run + ["mosquitto_pub", "-h", n3.host, "-p", str(n3.port), "-t", "dns/found",
+                          "-q", "1", "-m", "by name"], check=True, timeout=10)
+    out, err = sub.communicate(timeout=20)
+    assert out.strip() == "by name", err
+
+
+def find_devices(port, terns, certs, first_source=10):
+    """A subscriber and a publisher that the balancer put on different nodes: devices
+    from new source addresses until one lands elsewhere than the first."""
+    sub = Device(port, f"127.0.0.{first_source}", "dev-sub", certs / "ca.pem")
+    sub_node = serving(terns, "dev-sub", f"127.0.0.{first_source}")
+    for k in range(first_source + 1, first_source + 40):
+        pub = Device(port, f"127.0.0.{k}", f"dev-pub-{k}", certs / "ca.pem")
+        pub_node = serving(terns, f"dev-pub-{k}", f"127.0.0.{k}")
+        if pub_node is not sub_node:
+            return (sub, sub_node), (pub, pub_node)
+        pub.close()
+    raise AssertionError("the balancer put every device on one node")
+
+
+def exchange_both_ways(port, terns, certs):
+    (a, node_a), (b, node_b) = find_devices(port, terns, certs)
+    for receiver, at, sender, topic in ((a, node_a, b, "site/to-a"), (b, node_b, a, "site/to-b")):
+        receiver.c.subscribe(topic, 1)
+        for node in terns:
+            if node is not at:
+                wait_route(node, topic, at.dir.name)
+        sender.c.publish(topic, topic.encode(), 1)
+        assert receiver.messages.get(timeout=5) == topic.encode()
+    a.close()
+    b.close()
+
+
+def haproxy_cluster(tmp_path, terns, port, certs, health="tcp"):
+    """HAProxy terminating TLS, PROXY v2 to the nodes, balance source; health checks by
+    TCP (with a PROXY header) or on the API's /status."""
+    if health == "tcp":
+        check, option = "check check-send-proxy", ""
+    else:
+        check, option = "check port {api}", "  option httpchk GET /status\n  http-check expect status 200\n"
+    servers = "\n".join(
+        f"  server {t.dir.name} {t.host}:{t.port} send-proxy-v2 {check.format(api=t.api_port)}"
+        " inter 200ms fall 1 rise 1" for t in terns)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"""global
+  maxconn 200
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 90s
+  timeout server 90s
+frontend mqtts
+  bind 127.0.0.1:{port} ssl crt {certs / 'server.pem'}
+  default_backend terns
+backend terns
+  balance source
+  option redispatch
+  retries 2
+{option}{servers}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.7)
+    assert haproxy.poll() is None, haproxy.stdout.read()
+    return haproxy
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_behind_haproxy_devices_on_different_nodes_talk_both_ways(make_cluster, tmp_path, certs, n):
+    c = make_cluster(n, tcp_extra="proxy_protocol = true\n")
+    port = free_port()
+    haproxy = haproxy_cluster(tmp_path, c.nodes, port, certs)
+    with in_front_of(haproxy, []):
+        exchange_both_ways(port, c.nodes, certs)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_behind_nginx_devices_on_different_nodes_talk_both_ways(make_cluster, tmp_path, certs, n):
+    c = make_cluster(n, tcp_extra="proxy_protocol = true\n")
+    port = free_port()
+    nginx = start_nginx(tmp_path, [f"{t.host}:{t.port}" for t in c.nodes], port, certs)
+    with in_front_of(nginx, []):
+        exchange_both_ways(port, c.nodes, certs)
+
+
+def test_a_stopping_node_is_taken_out_of_the_balancer_before_its_clients_go(make_cluster, tmp_path, certs):
+    """SIGTERM: /status answers 503 for stop_wait while clients stay connected; HAProxy's
+    health check takes the node out, so a client that connects meanwhile, and the
+    clients it then closes, reach the other node, where messages flow."""
+    c = make_cluster(2, extra="stop_wait = 3\n", tcp_extra="proxy_protocol = true\n")
+    port = free_port()
+    haproxy = haproxy_cluster(tmp_path, c.nodes, port, certs, health="status")
+    with in_front_of(haproxy, []):
+        (a, node_a), (b, node_b) = find_devices(port, c.nodes, certs)
+        mark = len(node_a.lines)
+        os.killpg(node_a.proc.pid, signal.SIGTERM)
+        node_a.wait_for_log(r"cluster: /status says 503", 5, start=mark)
+        time.sleep(1.0)  # HAProxy checks every 200 ms: the node is down for it by now
+        assert node_a.proc.poll() is None, "the node still serves its clients meanwhile"
+        again = Device(port, "127.0.0.10", "dev-sub-again", certs / "ca.pem")
+        assert serving([node_b], "dev-sub-again", "127.0.0.10") is node_b
+        node_a.wait_for_log(r"cluster: left the cluster", 10, start=mark)
+        again.c.subscribe("site/after", 1)
+        time.sleep(0.2)
+        b.c.publish("site/after", b"moved", 1)
+        assert again.messages.get(timeout=5) == b"moved"
+        again.close()
+        b.close()
+        a.c.loop_stop()
+
+
+def test_every_node_bridges_what_was_published_on_it_and_the_centre_gets_it_once(make_cluster, tmp_path):
+    """Every node runs the same [[bridge]]: what was published on a node goes up from
+    that node only; what comes down reaches each node through its own bridge and is
+    not passed to the peers again, so every subscriber gets each message once."""
+    central = Mosquitto(tmp_path)
+    try:
+        bridge = (f'[[bridge]]\nname = "central"\naddresses = ["mqtt://127.0.0.1:{central.port}"]\n'
+                  "reconnect_min_ms = 100\nreconnect_max_ms = 500\n"
+                  '[[bridge.topic]]\npattern = "up/#"\ndirection = "out"\nqos = 1\n'
+                  '[[bridge.topic]]\npattern = "down/#"\ndirection = "in"\nqos = 1\n')
+        c = make_cluster(2, extra=bridge)
+        watcher = Paho(central, "watcher", protocol=V311)
+        watcher.subscribe("up/#", 1)
+        local = {}
+        for node in c.nodes:
+            node.wait_for_log(r"bridge central connected to mqtt://", 10)
+            local[node] = Paho(node, f"local-{node.dir.name}", protocol=V311)
+            local[node].subscribe("up/#", 1)
+            local[node].subscribe("down/#", 1)
+        n1, n2 = c.nodes
+        wait_route(n1, "up/#", "n2")
+        wait_route(n2, "up/#", "n1")
+        Paho(n1, "up-pub", protocol=V311).publish("up/a", "from n1", qos=1)
+        assert watcher.expect().payload == b"from n1"
+        for node in c.nodes:
+            assert local[node].expect().payload == b"from n1"
+        Paho(central, "down-pub", protocol=V311).publish("down/b", "from the centre", qos=1)
+        for node in c.nodes:
+            assert local[node].expect().payload == b"from the centre"
+        watcher.expect_none(1.0)
+        for node in c.nodes:
+            local[node].expect_none(0.5)
+    finally:
+        central.stop()
