@@ -261,7 +261,10 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(accept_tasks);
     broker.shut_down();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while broker.metrics.clients_connected.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    let connected = |m: &crate::broker::Metrics| {
+        m.clients_connected.load(Ordering::SeqCst) + m.relays_connected.load(Ordering::SeqCst)
+    };
+    while connected(&broker.metrics) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     if let Some(cluster) = &cluster {

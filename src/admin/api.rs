@@ -386,9 +386,11 @@ impl Admin {
     fn client_list(&self, keep: impl Fn(&ClientView) -> bool) -> Vec<Value> {
         let mut clients = self.broker().clients();
         clients.sort_by_key(|c| c.info.connected_at());
+        // A bridge's or a cluster peer's relay session is not a client of this node's
+        // (the bridges and the nodes have their own views).
         clients
             .iter()
-            .filter(|c| keep(c))
+            .filter(|c| SessionKind::of(&c.client_id) == SessionKind::Client && keep(c))
             .map(|c| self.client_json(c))
             .collect()
     }
@@ -436,7 +438,9 @@ impl Admin {
         self.broker()
             .subscription_list()
             .into_iter()
-            .filter(|(c, _, _)| client.is_none_or(|id| **c == *id))
+            .filter(|(c, _, _)| {
+                SessionKind::of(c) == SessionKind::Client && client.is_none_or(|id| **c == *id)
+            })
             .map(|(c, filter, s)| {
                 json!({"node": self.node(), "clientid": &*c, "topic": filter,
                        "qos": s.options.qos as u8})

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use crate::bridge::BridgeStatus;
 use crate::broker::Broker;
@@ -221,7 +222,14 @@ pub fn render(
             .map(|(n, name)| (name.as_str(), u64::from(n.state == "running")))
             .collect();
         let queued: Vec<(&str, u64)> = peers
+            .clone()
             .map(|(n, name)| (name.as_str(), n.queued.0 as u64))
+            .collect();
+        let synced: Vec<(&str, u64)> = peers
+            .map(|(n, name)| {
+                let at = n.last_sync.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                (name.as_str(), at.map_or(0, |d| d.as_secs()))
+            })
             .collect();
         metric(
             &mut out,
@@ -243,6 +251,13 @@ pub fn render(
             "gauge",
             "Messages waiting for the node.",
             &queued,
+        );
+        metric(
+            &mut out,
+            "tern_cluster_last_sync_timestamp_seconds",
+            "gauge",
+            "When the node's routes were last brought up to date (0: never).",
+            &synced,
         );
     }
     metric(

@@ -122,7 +122,10 @@ impl Default for Settings {
 /// Counters for logs and, later, `$SYS` and the metrics endpoint.
 #[derive(Default)]
 pub struct Metrics {
+    /// Network clients connected now (a bridge's or a cluster peer's relay sessions
+    /// are counted apart, in `relays_connected`).
     pub clients_connected: std::sync::atomic::AtomicI64,
+    pub relays_connected: std::sync::atomic::AtomicI64,
     pub connections: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -138,6 +141,16 @@ pub struct Metrics {
     /// Messages received from and sent to clients, by QoS 0, 1, 2.
     pub received_by_qos: [AtomicU64; 3],
     pub sent_by_qos: [AtomicU64; 3],
+}
+
+impl Metrics {
+    /// The connected count a connection of `role` is in.
+    pub fn connected(&self, role: Role) -> &std::sync::atomic::AtomicI64 {
+        match role {
+            Role::Network => &self.clients_connected,
+            Role::BridgeRelay | Role::PeerLink => &self.relays_connected,
+        }
+    }
 }
 
 fn count(counter: &AtomicU64) {

@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Broker, free_port
 from mqttraw import PUBACK, PUBLISH, RawClient
@@ -236,6 +237,24 @@ def test_nodes_and_routes_in_the_api_and_sys(make_cluster):
     assert [n["node"] for n in nodes] == ["n1", "n2"]
     assert all(n["node_status"] == "Running" for n in nodes)
     assert nodes[1]["version"] and nodes[1]["uptime"]
+    # The sessions that relay for the peers are not clients of the node.
+    assert nodes[0]["connections"] == 0, nodes
+    deadline = time.monotonic() + 8  # each node's figures cross with the link's heartbeat
+    while api(n1, "/api/v4/nodes/n2")["data"]["connections"] != 1:
+        assert time.monotonic() < deadline, api(n1, "/api/v4/nodes/n2")
+        time.sleep(0.2)
+    assert api(n1, "/api/v4/clients")["data"] == []
+    assert api(n1, "/api/v4/subscriptions")["data"] == []
+    assert nodes[1]["queued"] == 0 and nodes[1]["last_sync"] and nodes[1]["link_since"], nodes[1]
+    with urllib.request.urlopen(f"http://{n1.host}:{n1.api_port}/metrics", timeout=5) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    sample = {f: families[f].samples[0] for f in ("tern_cluster_nodes", "tern_cluster_link_up",
+                                                  "tern_cluster_queued_messages",
+                                                  "tern_cluster_last_sync_timestamp_seconds")}
+    assert sample["tern_cluster_nodes"].value == 2
+    assert sample["tern_cluster_link_up"].labels == {"node": "n2"} and sample["tern_cluster_link_up"].value == 1
+    assert sample["tern_cluster_queued_messages"].value == 0
+    assert abs(sample["tern_cluster_last_sync_timestamp_seconds"].value - time.time()) < 60
     watcher = Paho(n1, "sys-watch", protocol=V311)
     watcher.subscribe("$SYS/tern/cluster/nodes/n2/state", qos=0)
     assert watcher.expect(timeout=5).payload == b"running"
@@ -587,3 +606,17 @@ def test_every_node_bridges_what_was_published_on_it_and_the_centre_gets_it_once
             local[node].expect_none(0.5)
     finally:
         central.stop()
+
+
+def test_the_dashboard_shows_the_nodes(make_cluster, tmp_path):
+    from test_browser import BROWSER_DIR, need_browser
+    need_browser()
+    c = make_cluster(2)
+    n1 = c.nodes[0]
+    port = int(n1.wait_for_log(r"listening name=dashboard addr=[\d.]+:(\d+)").group(1))
+    shot = tmp_path / "cluster.png"
+    out = subprocess.run(["node", str(BROWSER_DIR / "cluster.mjs"), f"http://127.0.0.1:{port}/",
+                          "admin", API_SECRET, "n2", str(shot)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sees 2 of the 2 nodes" in out.stdout, out.stdout
+    print(out.stdout, f"screenshot: {shot}")

@@ -353,10 +353,12 @@ impl Client {
         };
         let link = Arc::new(Link::new(info, broker.clock_ms(now), arrival.wall));
         let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
-        count(&broker.metrics.connections);
+        if arrival.role == Role::Network {
+            count(&broker.metrics.connections);
+        }
         broker
             .metrics
-            .clients_connected
+            .connected(arrival.role)
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let cp = &connect.properties;
         let mut client = Client {

@@ -59,7 +59,7 @@ impl Client {
         let broker = self.broker.clone();
         broker
             .metrics
-            .clients_connected
+            .connected(self.role)
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let taken_over;
         {
