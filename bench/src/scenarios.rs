@@ -350,7 +350,7 @@ pub async fn fan_out(ex: &Executor<'static>, o: &Opts) -> Result<Line> {
     let mut counters = Vec::new();
     let mut subs = Vec::new();
     for i in 0..o.subscribers {
-        let mut conn = Conn::open(o.addr, &format!("fan-sub-{i}"), 60).await?;
+        let mut conn = Conn::open(o.sub_addr, &format!("fan-sub-{i}"), 60).await?;
         conn.subscribe("fan/t", QoS::AtMostOnce).await?;
         let received = counter();
         subs.push(spawn_subscriber(
