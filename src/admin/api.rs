@@ -316,7 +316,8 @@ impl Admin {
         let dropped = get(&m.dropped_queue_full)
             + get(&m.dropped_too_large)
             + get(&m.dropped_expired)
-            + get(&m.dropped_payload_format);
+            + get(&m.dropped_payload_format)
+            + get(&m.dropped_by_peer);
         json!({
             "messages.received": get(&m.messages_received),
             "messages.sent": get(&m.messages_sent),
@@ -331,6 +332,7 @@ impl Admin {
             "messages.dropped.too_large": get(&m.dropped_too_large),
             "messages.dropped.expired": get(&m.dropped_expired),
             "messages.dropped.payload_format_invalid": get(&m.dropped_payload_format),
+            "messages.dropped.refused_by_peer": get(&m.dropped_by_peer),
             "messages.retained": self.broker().retained_count(),
             "bytes.received": get(&m.bytes_received),
             "bytes.sent": get(&m.bytes_sent),

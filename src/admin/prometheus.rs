@@ -128,6 +128,7 @@ pub fn render(
                 "reason=\"payload_format_invalid\"",
                 get(&m.dropped_payload_format),
             ),
+            ("reason=\"refused_by_peer\"", get(&m.dropped_by_peer)),
         ],
     );
     let queued: u64 = clients.iter().map(|c| c.queued as u64).sum();

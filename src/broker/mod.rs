@@ -135,6 +135,8 @@ pub struct Metrics {
     pub dropped_retained_full: AtomicU64,
     /// Publishes refused with 0x99: a payload marked UTF-8 that is not.
     pub dropped_payload_format: AtomicU64,
+    /// Messages a cluster peer refused for good (one it can never take).
+    pub dropped_by_peer: AtomicU64,
     /// Bytes read from and written to client connections.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,

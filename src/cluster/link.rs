@@ -31,6 +31,7 @@ use smol::stream::Stream;
 
 use super::Cluster;
 use super::pipe::{self, End};
+use super::retry::{Retries, Verdict};
 use super::wire::{self, Frame, Hello, LINK_MAGIC, LINK_VERSIONS, Route};
 use crate::auth::AuthPolicy;
 use crate::broker::Role;
@@ -269,6 +270,8 @@ pub async fn run(
         routes_timer: Timer::never(),
         heartbeat: Timer::after(Duration::ZERO),
         last_heard: Instant::now(),
+        retries: Retries::default(),
+        retry_timer: Timer::never(),
         ended: None,
     };
     link.send(&Frame::Status(cluster.status()));
@@ -299,6 +302,9 @@ struct Link {
     routes_timer: Timer,
     heartbeat: Timer,
     last_heard: Instant,
+    /// The outbox's messages the peer has not taken yet, and those it refused for now.
+    retries: Retries,
+    retry_timer: Timer,
     ended: Option<String>,
 }
 
@@ -391,6 +397,7 @@ impl Link {
                 }
             }
             progress |= self.poll_routes(cx);
+            progress |= self.poll_retries(cx);
             if Pin::new(&mut self.heartbeat).poll(cx).is_ready() {
                 if self.last_heard.elapsed() > SILENCE {
                     self.end(format!("nothing from the peer for {SILENCE:?}"));
@@ -498,11 +505,7 @@ impl Link {
                     self.end(format!("inbound session: {e}"));
                 }
             }
-            Frame::Acknowledge(packets) => {
-                if let Err(e) = self.outbox.push(&packets) {
-                    self.end(format!("outbox session: {e}"));
-                }
-            }
+            Frame::Acknowledge(packets) => self.take_acknowledgements(packets),
             Frame::Routes {
                 version,
                 full,
@@ -543,18 +546,80 @@ impl Link {
             match kind {
                 PUBLISH | PUBREL => {
                     batch.extend_from_slice(&packet);
+                    if kind == PUBLISH {
+                        self.retries.sent(packet.freeze());
+                    }
                     if batch.len() >= FORWARD_BATCH {
                         self.send(&Frame::Forward(std::mem::take(&mut batch)));
                     }
                 }
                 CONNACK => check_connack(&packet, &self.peer, "outbox"),
-                DISCONNECT => self.end("the outbox session was closed (another link took it)"),
+                DISCONNECT => self.end(session_closed("outbox", &packet)),
                 _ => {}
             }
         }
         if !batch.is_empty() {
             self.send(&Frame::Forward(batch));
         }
+    }
+
+    /// Passes the peer's acknowledgements to the outbox session, but for refusals a
+    /// retry may overcome (see `retry.rs`).
+    fn take_acknowledgements(&mut self, packets: Vec<u8>) {
+        let now = Instant::now();
+        let mut buf = BytesMut::from(&packets[..]);
+        let mut pass = BytesMut::new();
+        for (_, packet) in whole_packets(&mut buf) {
+            match self.retries.acknowledged(&packet, now) {
+                Verdict::Pass => pass.extend_from_slice(&packet),
+                Verdict::Hold => {}
+                Verdict::Final(code) => {
+                    self.cluster
+                        .broker
+                        .metrics
+                        .dropped_by_peer
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.cluster.bad_input(
+                        &self.peer,
+                        &format!("node {} refused a message for good: {code}", self.peer),
+                    );
+                    pass.extend_from_slice(&packet);
+                }
+            }
+        }
+        if let Some(at) = self.retries.next_due() {
+            self.retry_timer.set_at(at);
+        }
+        if !pass.is_empty() {
+            if let Err(e) = self.outbox.push(&pass) {
+                self.end(format!("outbox session: {e}"));
+            }
+        }
+    }
+
+    /// Offers the peer again what it refused for now, when due.
+    fn poll_retries(&mut self, cx: &mut Context<'_>) -> bool {
+        if Pin::new(&mut self.retry_timer).poll(cx).is_pending() {
+            return false;
+        }
+        let due = self.retries.due(Instant::now());
+        if !due.is_empty() {
+            log::debug!(
+                "cluster: offering node {} {} refused messages again",
+                self.peer,
+                due.len()
+            );
+            let mut batch = Vec::new();
+            for packet in due {
+                batch.extend_from_slice(&packet);
+            }
+            self.send(&Frame::Forward(batch));
+        }
+        match self.retries.next_due() {
+            Some(at) => self.retry_timer.set_at(at),
+            None => self.retry_timer = Timer::never(),
+        }
+        true
     }
 
     /// Passes the inbound session's PUBACK, PUBREC and PUBCOMP packets to the peer.
@@ -564,7 +629,7 @@ impl Link {
             match kind {
                 PUBACK | PUBREC | PUBCOMP => batch.extend_from_slice(&packet),
                 CONNACK => check_connack(&packet, &self.peer, "inbound"),
-                DISCONNECT => self.end("the inbound session was closed (another link took it)"),
+                DISCONNECT => self.end(session_closed("inbound", &packet)),
                 _ => {}
             }
         }
@@ -594,6 +659,20 @@ fn whole_packets(buf: &mut BytesMut) -> Vec<(u8, BytesMut)> {
         out.push((packet[0] >> 4, packet));
     }
     out
+}
+
+/// Why a relay session was closed, from its DISCONNECT.
+fn session_closed(which: &str, packet: &[u8]) -> String {
+    match packet.get(2).copied().map(ReasonCode) {
+        Some(ReasonCode::SERVER_SHUTTING_DOWN) => "this node is stopping".into(),
+        Some(ReasonCode::SESSION_TAKEN_OVER) => {
+            format!("the {which} session was taken over by another link")
+        }
+        code => format!(
+            "the {which} session was closed ({})",
+            code.unwrap_or(ReasonCode::SUCCESS)
+        ),
+    }
 }
 
 fn check_connack(packet: &[u8], peer: &str, which: &str) {

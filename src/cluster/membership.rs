@@ -110,6 +110,7 @@ pub async fn run(
         me,
         events,
         sealed: Vec::with_capacity(MAX_DATAGRAM),
+        leaving: false,
     };
     let mut seeds: Vec<SocketAddr> = Vec::new();
     let mut next_resolve = Instant::now();
@@ -176,6 +177,7 @@ pub async fn run(
                 log::debug!("cluster: gossip socket: {e}");
             }
             Input::Command(Some(Command::Leave(done))) => {
+                driver.leaving = true;
                 if let Err(e) = foca.leave_cluster(&mut driver.runtime) {
                     log::debug!("cluster: leaving: {e}");
                 }
@@ -223,6 +225,8 @@ struct Driver {
     me: NodeId,
     events: Sender<MemberEvent>,
     sealed: Vec<u8>,
+    /// Leaving (SIGTERM): foca then reports this node down, which is no news.
+    leaving: bool,
 }
 
 impl Driver {
@@ -247,6 +251,7 @@ impl Driver {
 
     async fn notify(&mut self, notification: OwnedNotification<NodeId>, foca: &mut Membership) {
         match notification {
+            OwnedNotification::Defunct | OwnedNotification::Rejoin(_) if self.leaving => {}
             OwnedNotification::MemberUp(id) if id.name == self.me.name => {
                 // Both nodes see the other: each says so, and neither links to it.
                 log::error!(

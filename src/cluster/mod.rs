@@ -15,6 +15,7 @@ mod clock;
 pub mod link;
 pub mod membership;
 pub mod pipe;
+mod retry;
 pub mod settings;
 pub mod wire;
 

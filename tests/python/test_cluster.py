@@ -620,3 +620,29 @@ def test_the_dashboard_shows_the_nodes(make_cluster, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sees 2 of the 2 nodes" in out.stdout, out.stdout
     print(out.stdout, f"screenshot: {shot}")
+
+
+def test_a_full_queue_on_the_subscribers_node_acts_as_on_one_node(make_cluster):
+    """Node 2's subscriber is away with room for five messages: of ten published on
+    node 1 (all acknowledged there, each kept for node 2 first), five wait for it and
+    five are dropped and counted on node 2, as a single node does; nothing is lost
+    between the nodes."""
+    c = make_cluster(2, extra="[limits]\nmax_queued_messages = 5\n")
+    n1, n2 = c.nodes
+    away = Paho(n2, "slow", protocol=V311, clean_start=False)
+    away.subscribe("full/#", qos=1)
+    away.disconnect()
+    wait_route(n1, "full/#", "n2")
+    pub = RawClient(n1.host, n1.port, version=5)
+    pub.connect("eager")
+    for k in range(10):
+        pub.publish("full/x", str(k), qos=1, packet_id=k + 1)
+    assert [pub.recv_kind(PUBACK).code for _ in range(10)] == [0] * 10
+    deadline = time.monotonic() + 5
+    while api(n2, "/api/v4/metrics")["data"][0]["metrics"]["messages.dropped.queue_full"] < 5:
+        assert time.monotonic() < deadline, "node 2 never dropped the five that did not fit"
+        time.sleep(0.1)
+    back = Paho(n2, "slow", protocol=V311, clean_start=False)
+    assert sorted(int(back.expect().payload) for _ in range(5)) == [0, 1, 2, 3, 4]
+    back.expect_none(1.0)
+    assert api(n1, "/api/v4/nodes/n2")["data"]["queued"] == 0, "node 1 holds nothing for node 2"
