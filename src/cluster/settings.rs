@@ -99,19 +99,22 @@ impl ClusterTable {
                 "[cluster] advertise {advertise} is not an address a peer can reach"
             ));
         }
-        let mut seed_ips = Vec::new();
+        // Seeds are names resolved again and again while the node runs: here only
+        // their form is checked, and a name counts as a remote address, never loopback.
+        let mut seeds_loopback = true;
         for seed in &self.seeds {
-            let addr = resolve_one(seed, "seeds")?;
-            seed_ips.push(addr.ip());
+            let ip = seed_ip(seed).map_err(|e| format!("[cluster] seeds {seed:?}: {e}"))?;
+            seeds_loopback &= ip.is_some_and(|ip| ip.is_loopback());
         }
         let secret = self.secret.clone().unwrap_or_default().into_bytes();
-        let everything_loopback = advertise.ip().is_loopback()
-            && seed_ips.iter().all(IpAddr::is_loopback)
+        let everything_loopback = bind.ip().is_loopback()
+            && advertise.ip().is_loopback()
+            && seeds_loopback
             && self.dns.is_none();
         if secret.is_empty() && !everything_loopback {
             return Err(
-                "[cluster] secret is required unless every address (advertise, seeds) is \
-                 loopback: it authenticates every datagram and link"
+                "[cluster] secret is required unless every address (bind, advertise, seeds) \
+                 is a loopback address: it authenticates every datagram and link"
                     .into(),
             );
         }
@@ -164,6 +167,35 @@ fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "[node] name {name:?}: a cluster node's name is 1 to 64 letters, digits, '-', '_' or '.'"
         ))
+    }
+}
+
+/// A seed's address if it is written as one; `None` for a host name, whose form
+/// (letters, digits, '-', '.', an optional port) is checked without resolving it.
+fn seed_ip(text: &str) -> Result<Option<IpAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Some(addr.ip()));
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(Some(ip));
+    }
+    let host = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>()
+                .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+            host
+        }
+        None => text,
+    };
+    let host_name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if host_name {
+        Ok(None)
+    } else {
+        Err("not an address or a host name (HOST[:PORT])".into())
     }
 }
 
@@ -224,6 +256,25 @@ mod tests {
             t.settings("a", Path::new("/"))
                 .unwrap_err()
                 .contains("secret")
+        );
+        // Listening beyond loopback, or a seed named rather than numbered, needs one.
+        let t = table("bind = \"0.0.0.0:5370\"\nadvertise = \"127.0.0.2:5370\"\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("secret")
+        );
+        let t = table("bind = \"127.0.0.2:5370\"\nseeds = [\"localhost:5370\"]\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("secret")
+        );
+        let t = table("bind = \"127.0.0.2:5370\"\nseeds = [\"no such host!\"]\n");
+        assert!(
+            t.settings("a", Path::new("/"))
+                .unwrap_err()
+                .contains("host name")
         );
         let t = table("bind = \"0.0.0.0:5370\"\nsecret = \"0123456789abcdef\"\n");
         assert!(
