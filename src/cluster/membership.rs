@@ -112,16 +112,18 @@ pub async fn run(
         sealed: Vec::with_capacity(MAX_DATAGRAM),
         leaving: false,
     };
+    // Names are resolved beside the gossip, not in its turn: a slow DNS server must
+    // not hold up the datagrams that tell the others this node is alive.
+    let (answers, resolved) = smol::channel::bounded(1);
+    let mut resolver = std::pin::pin!(resolve_again_and_again(settings, answers));
     let mut seeds: Vec<SocketAddr> = Vec::new();
-    let mut next_resolve = Instant::now();
     let mut next_reseed = Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM + 64];
     loop {
+        // Timers first: a stream of datagrams must not keep them from firing.
+        driver.fire_due_timers(&mut foca);
+        driver.drain(&mut foca).await;
         let now = Instant::now();
-        if now >= next_resolve {
-            seeds = resolve_seeds(&settings).await;
-            next_resolve = now + RESOLVE_EVERY;
-        }
         if now >= next_reseed {
             // Announce to every seed that is not a member (yet, or any more): a node
             // started first, or cut off, finds the others as they appear.
@@ -143,13 +145,19 @@ pub async fn run(
             next_reseed = now + RESEED_EVERY;
         }
         let next_timer = driver.timers.peek().map(|Reverse((at, _, _))| *at);
-        let wake_at = [Some(next_resolve), Some(next_reseed), next_timer]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + RESEED_EVERY);
+        let wake_at = next_timer.map_or(next_reseed, |t| t.min(next_reseed));
         let input = async { Input::Datagram(driver.socket.recv_from(&mut buf).await) }
             .or(async { Input::Command(commands.recv().await.ok()) })
+            .or(async {
+                match resolved.recv().await {
+                    Ok(addrs) => Input::Seeds(addrs),
+                    Err(_) => std::future::pending().await,
+                }
+            })
+            .or(async {
+                resolver.as_mut().await;
+                Input::Tick
+            })
             .or(async {
                 smol::Timer::at(wake_at).await;
                 Input::Tick
@@ -187,20 +195,13 @@ pub async fn run(
                 return;
             }
             Input::Command(None) => return,
-            Input::Tick => {
-                let now = Instant::now();
-                while let Some(Reverse((at, _, _))) = driver.timers.peek() {
-                    if *at > now {
-                        break;
-                    }
-                    let Some(Reverse((_, _, timer))) = driver.timers.pop() else {
-                        break;
-                    };
-                    if let Err(e) = foca.handle_timer(timer, &mut driver.runtime) {
-                        log::debug!("cluster: gossip timer: {e}");
-                    }
+            Input::Seeds(addrs) => {
+                if seeds.is_empty() && !addrs.is_empty() {
+                    next_reseed = Instant::now();
                 }
+                seeds = addrs;
             }
+            Input::Tick => {}
         }
         driver.drain(&mut foca).await;
     }
@@ -209,6 +210,8 @@ pub async fn run(
 enum Input {
     Datagram(std::io::Result<(usize, SocketAddr)>),
     Command(Option<Command>),
+    /// The seeds' and the DNS name's addresses, resolved again.
+    Seeds(Vec<SocketAddr>),
     Tick,
 }
 
@@ -230,6 +233,23 @@ struct Driver {
 }
 
 impl Driver {
+    /// Hands foca the timers that are due, in the order it asked for them.
+    fn fire_due_timers(&mut self, foca: &mut Membership) {
+        let now = Instant::now();
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else {
+                break;
+            };
+            if let Err(e) = foca.handle_timer(timer, &mut self.runtime) {
+                log::debug!("cluster: gossip timer: {e}");
+            }
+        }
+    }
+
     async fn drain(&mut self, foca: &mut Membership) {
         while let Some((to, data)) = self.runtime.to_send() {
             wire::seal_datagram(&self.secret, &data, &mut self.sealed);
@@ -302,24 +322,32 @@ impl Driver {
     }
 }
 
-/// The addresses of the seeds and of every record of the DNS name, resolved now (a
-/// name that does not resolve is left out until the next time).
-async fn resolve_seeds(settings: &ClusterSettings) -> Vec<SocketAddr> {
+/// Resolves the seeds and every record of the DNS name every [`RESOLVE_EVERY`] and
+/// sends the addresses (a name that does not resolve is left out until the next time).
+async fn resolve_again_and_again(settings: ClusterSettings, answers: Sender<Vec<SocketAddr>>) {
     let mut names = settings.seeds.clone();
     names.extend(settings.dns.clone());
-    smol::unblock(move || {
-        let mut out = Vec::new();
-        for name in &names {
-            match settings::resolve(name) {
-                Ok(addrs) => out.extend(addrs),
-                Err(e) => log::debug!("cluster: seed {name}: {e}"),
+    loop {
+        let asked = names.clone();
+        let addrs = smol::unblock(move || {
+            let mut out = Vec::new();
+            for name in &asked {
+                match settings::resolve(name) {
+                    Ok(addrs) => out.extend(addrs),
+                    Err(e) => log::debug!("cluster: seed {name}: {e}"),
+                }
             }
+            out.sort();
+            out.dedup();
+            out
+        })
+        .await;
+        if answers.send(addrs).await.is_err() {
+            // Nobody listens any more; never finishing keeps the race above simple.
+            std::future::pending::<()>().await;
         }
-        out.sort();
-        out.dedup();
-        out
-    })
-    .await
+        smol::Timer::after(RESOLVE_EVERY).await;
+    }
 }
 
 #[cfg(test)]
