@@ -189,7 +189,8 @@ pub struct Broker {
 }
 
 /// Told of each retained message set (or deleted) on this node by a client or a
-/// bridge, for a cluster to pass on to its peers.
+/// bridge, for a cluster to pass on to its peers. Called with the retained messages
+/// locked, so that two writes to one topic are stamped in the order they were kept.
 pub trait Replicator: Send + Sync {
     fn retained_changed(&self, message: &Arc<Message>);
 }

@@ -3,10 +3,11 @@
 //! whatever number of sessions here it reaches. Kept only while a cluster is on
 //! ([`super::Settings::track_routes`]), so a lone broker pays nothing for it.
 //!
-//! A shared subscription's filter (`$share/GROUP/FILTER`) gets an identifier: a peer
-//! that picks this node for one of the group's messages sends it with that identifier,
-//! so it goes to one member here and not to every plain subscriber. Filters of `$`
-//! topics are never announced: `$SYS` is each node's own.
+//! A shared subscription's filter (`$share/GROUP/FILTER`) gets an identifier, a hash
+//! of the filter (the same on every node and across restarts): a peer that picks this
+//! node for one of the group's messages sends it with that identifier, so it goes to
+//! one member here and not to every plain subscriber. Filters of `$` topics are never
+//! announced: `$SYS` is each node's own.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -29,12 +30,26 @@ pub struct LocalRoute {
 #[derive(Default)]
 pub struct LocalRoutes {
     filters: HashMap<Arc<str>, LocalRoute>,
-    by_shared: HashMap<NonZeroU32, Arc<str>>,
-    next_shared: u32,
     /// Bumped by every change that adds or removes a filter, or changes a count.
     version: u64,
     changed: Event,
 }
+
+/// The identifier of the shared subscription `filter` (`$share/GROUP/FILTER`): FNV-1a
+/// folded to 28 bits, never zero, because it travels as a v5 Subscription Identifier
+/// (a variable byte integer of at most 268,435,455). Two groups whose identifiers
+/// collide (about one pair in 268 million) are told apart by the topic: see
+/// `Broker::match_shared_from_peer`.
+pub fn shared_id(filter: &str) -> NonZeroU32 {
+    let h = filter.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let folded = (h ^ (h >> 32)) as u32 & MAX_SUBSCRIPTION_ID;
+    NonZeroU32::new(folded).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The largest Subscription Identifier MQTT 5.0 can carry ([MQTT-3.8.2.1.2]).
+const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
 
 /// Whether a filter is a peer's business: not one of `$` topics (a shared one's inner
 /// filter included), which each node keeps to itself.
@@ -57,12 +72,7 @@ impl LocalRoutes {
             route.sessions += 1;
         } else {
             let filter: Arc<str> = filter.into();
-            let shared = topic::parse_shared(&filter).map(|_| {
-                self.next_shared += 1;
-                let id = NonZeroU32::new(self.next_shared).unwrap_or(NonZeroU32::MIN);
-                self.by_shared.insert(id, filter.clone());
-                id
-            });
+            let shared = topic::parse_shared(&filter).map(|_| shared_id(&filter));
             self.filters.insert(
                 filter.clone(),
                 LocalRoute {
@@ -82,9 +92,6 @@ impl LocalRoutes {
         };
         route.sessions -= 1;
         if route.sessions == 0 {
-            if let Some(id) = route.shared {
-                self.by_shared.remove(&id);
-            }
             self.filters.remove(filter);
         }
         self.bump();
@@ -107,11 +114,6 @@ impl LocalRoutes {
     /// Notified after every change: listen, then read the version.
     pub fn listen(&self) -> EventListener {
         self.changed.listen()
-    }
-
-    /// The shared subscription a peer sent a message for.
-    pub fn shared_filter(&self, id: NonZeroU32) -> Option<Arc<str>> {
-        self.by_shared.get(&id).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -139,16 +141,15 @@ mod tests {
         assert_eq!(version, 3);
         assert_eq!(all.len(), 2);
         let shared = all.iter().find(|r| r.shared.is_some()).unwrap();
-        assert_eq!(
-            &*routes.shared_filter(shared.shared.unwrap()).unwrap(),
-            "$share/g/b"
-        );
+        assert_eq!(shared.shared, Some(shared_id("$share/g/b")));
+        assert_ne!(shared_id("$share/g/b"), shared_id("$share/h/b"));
+        let long = "$share/workers/jobs/".repeat(50);
+        assert!(shared_id(&long).get() <= MAX_SUBSCRIPTION_ID);
         routes.remove("a/#");
         assert_eq!(routes.len(), 2, "one session still holds a/#");
         routes.remove("a/#");
         routes.remove("$share/g/b");
         assert!(routes.is_empty());
-        assert_eq!(routes.shared_filter(shared.shared.unwrap()), None);
         routes.remove("never/added");
         assert_eq!(routes.version(), 6);
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::router::{Match, Router};
+use super::routes::shared_id;
 use super::session::{Delivered, Session, SessionKind};
 use super::{Broker, count};
 use crate::message::{Delivery, Message, Via};
@@ -234,10 +235,10 @@ impl Broker {
             .push(Arc::downgrade(session));
     }
 
-    /// For a message a cluster peer sent for one member of shared group `group` (an
-    /// identifier this node announced): that member here, or, when none is left here,
-    /// a member on another peer than the one it came from (never dropped for want of
-    /// one while one exists anywhere).
+    /// For a message a cluster peer sent for one member of the shared group whose
+    /// identifier is `group` (see `routes::shared_id`): a member here, or, when none is
+    /// left here, a member on another peer than the one it came from, so that it is not
+    /// dropped while the group has a member anywhere this node can reach.
     fn match_shared_from_peer<'a>(
         &self,
         router: &'a Router,
@@ -245,10 +246,19 @@ impl Broker {
         group: NonZeroU32,
         out: &mut Vec<Match<'a>>,
     ) {
-        let Some(key) = self.local_routes().shared_filter(group) else {
+        let mut all = Vec::new();
+        router.matches(message.topic.as_str(), &mut all);
+        let Some(key) = all
+            .iter()
+            .find_map(|m| m.shared.filter(|key| shared_id(key) == group))
+        else {
+            log::debug!(
+                "a message on {} for a shared group with no member left: dropped",
+                message.topic
+            );
             return;
         };
-        let here = router.pick_in_group(&key, |s| {
+        let here = router.pick_in_group(key, |s| {
             (s.kind == SessionKind::Client).then(|| u8::from(!s.is_online()))
         });
         let chosen = here.or_else(|| {
@@ -256,7 +266,7 @@ impl Broker {
                 .origin
                 .as_deref()
                 .and_then(|o| o.strip_prefix("$cluster/in/"));
-            router.pick_in_group(&key, |s| {
+            router.pick_in_group(key, |s| {
                 let peer = s.client_id.strip_prefix("$cluster/out/")?;
                 (s.kind == SessionKind::PeerOutbox && Some(peer) != from)
                     .then(|| u8::from(!s.is_online()))
@@ -265,32 +275,54 @@ impl Broker {
         out.extend(chosen);
     }
 
-    /// Keeps a retained message (or its deletion) a cluster peer replicated here:
+    /// Keeps a retained message (or its deletion) a cluster peer replicated here,
+    /// when `newer` (asked with the retained messages locked, so that no write here
+    /// comes between its answer and this one) says it wins over what this node has:
     /// within the retained limits and stored, as one set here, but not passed on.
-    pub fn apply_peer_retained(&self, message: Arc<Message>, now: Instant) {
+    pub fn apply_peer_retained(
+        &self,
+        message: Arc<Message>,
+        now: Instant,
+        newer: impl FnOnce() -> bool,
+    ) {
         let mut ops = Vec::new();
-        self.keep_retained(&message, &mut ops, now);
+        self.keep_retained(&message, &mut ops, now, Kept::FromPeer(newer));
         self.submit(ops);
     }
 
     /// Keeps (or, for an empty payload, deletes) a topic's retained message, within
     /// the retained limits, and stores it; tells the cluster when it was kept.
     pub(super) fn set_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>, now: Instant) {
-        if self.keep_retained(message, ops, now) {
-            if let Some(replicator) = self.replicator.get() {
-                replicator.retained_changed(message);
-            }
-        }
+        self.keep_retained(message, ops, now, Kept::Here::<fn() -> bool>);
     }
 
     /// Keeps (or, for an empty payload, deletes) a topic's retained message within the
-    /// limits, with the op that stores it; whether it was kept.
-    fn keep_retained(&self, message: &Arc<Message>, ops: &mut Vec<Op>, now: Instant) -> bool {
-        let kept = self
-            .retained
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(message);
+    /// limits, with the op that stores it.
+    fn keep_retained<F: FnOnce() -> bool>(
+        &self,
+        message: &Arc<Message>,
+        ops: &mut Vec<Op>,
+        now: Instant,
+        from: Kept<F>,
+    ) {
+        let kept = {
+            let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+            match from {
+                Kept::FromPeer(newer) => {
+                    if !newer() {
+                        return;
+                    }
+                    retained.set(message)
+                }
+                Kept::Here => {
+                    let kept = retained.set(message);
+                    if let (true, Some(replicator)) = (kept, self.replicator.get()) {
+                        replicator.retained_changed(message);
+                    }
+                    kept
+                }
+            }
+        };
         if !kept {
             count(&self.metrics.dropped_retained_full);
             if let Some(suppressed) = RETAINED_FULL.check(now) {
@@ -302,7 +334,7 @@ impl Broker {
                     crate::throttle::left_out(suppressed)
                 );
             }
-            return false;
+            return;
         }
         if self.store.is_some() {
             ops.push(Op::SetRetained {
@@ -310,8 +342,14 @@ impl Broker {
                 message: (!message.payload.is_empty()).then(|| message.clone()),
             });
         }
-        true
     }
+}
+
+/// Where a retained message comes from: set here (the cluster is told), or from a
+/// cluster peer, kept only when newer than this node's.
+enum Kept<F> {
+    Here,
+    FromPeer(F),
 }
 
 /// Whether a match may receive a message that came `via` another broker: one from a

@@ -222,12 +222,15 @@ impl Broker {
                 .unwrap_or_else(|p| p.into_inner())
                 .pick_shared(key, &session.client_id);
             if let Some((session, subscription)) = next {
+                // The new member's own subscription identifier: a cluster peer's
+                // outbox reads it as the group the message is for.
                 let qos = delivery.message.qos.min(subscription.options.qos);
                 self.enqueue(
                     &session,
                     Delivery {
                         qos,
                         seq: None,
+                        subscription_ids: subscription.id.into_iter().collect(),
                         ..delivery
                     },
                 );

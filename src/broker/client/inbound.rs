@@ -270,13 +270,32 @@ impl Client {
             self.backpressure = pressure;
         }
         let acks = &batch.acks;
+        let reached = &batch.reached;
+        // A refused QoS 2 message ends its flow (PUBREC with an error code): its packet
+        // id is free again, so that the publisher's retry is routed, not taken for a
+        // duplicate of something that was never kept.
+        let refused_qos2: Vec<u16> = acks
+            .iter()
+            .filter(|&&(i, qos, _)| qos == QoS::ExactlyOnce && reached[i] == Reached::Refused)
+            .map(|&(_, _, packet_id)| packet_id)
+            .collect();
+        if !refused_qos2.is_empty() {
+            self.session
+                .lock()
+                .inbound_qos2
+                .retain(|id| !refused_qos2.contains(id));
+        }
         // Only QoS 2 needs the session's store id: no lock for the rest.
-        let exactly_once = acks.iter().any(|(_, qos, _)| *qos == QoS::ExactlyOnce);
+        let exactly_once = acks
+            .iter()
+            .any(|&(i, qos, _)| qos == QoS::ExactlyOnce && reached[i] != Reached::Refused);
         if let Some(sid) = exactly_once.then(|| self.stored_sid()).flatten() {
             // After the deliveries they protect: once the id is durable, so are they.
             ops.extend(
                 acks.iter()
-                    .filter(|(_, qos, _)| *qos == QoS::ExactlyOnce)
+                    .filter(|&&(i, qos, _)| {
+                        qos == QoS::ExactlyOnce && reached[i] != Reached::Refused
+                    })
                     .map(|&(_, _, packet_id)| Op::AddInbound { sid, packet_id }),
             );
         }
