@@ -257,6 +257,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let wait = cluster.settings.stop_wait;
         log::info!("cluster: /status says 503; closing clients in {wait:?}");
         thread::sleep(wait);
+        cluster.begin_stop();
     }
     drop(accept_tasks);
     broker.shut_down();

@@ -1,13 +1,19 @@
 //! A hybrid logical clock for the retained messages' last-writer-wins: wall-clock
 //! milliseconds where the wall clock moves forward, a counter where it does not, and
 //! never behind anything it has seen, its own past included. A Raspberry Pi without a
-//! real-time clock may boot in 1970 and jump when NTP syncs: the high-water mark is
-//! kept on disk (`cluster.state`) so a reboot into the past does not go backwards.
+//! real-time clock may boot in 1970 and jump when NTP syncs: a mark ahead of the
+//! high-water mark is kept on disk (`cluster.state`, see [`Hlc::reservation`]) so
+//! that a reboot into the past, or a crash, does not go backwards.
 
 use std::sync::Mutex;
 
 /// Bits of the counter below the milliseconds.
 const COUNTER_BITS: u32 = 16;
+
+/// How far ahead of the high-water mark a kept reservation reaches: a node that
+/// crashes starts again past anything it gave out, as long as the reservation was
+/// renewed before the clock caught up with it (the cluster renews it at half-way).
+const RESERVE_AHEAD_MS: u64 = 60_000;
 
 pub struct Hlc {
     last: Mutex<u64>,
@@ -28,7 +34,7 @@ impl Hlc {
         *last = if physical > *last {
             physical
         } else {
-            *last + 1
+            last.saturating_add(1)
         };
         *last
     }
@@ -39,10 +45,28 @@ impl Hlc {
         *last = (*last).max(remote);
     }
 
-    /// The latest time given or seen: what is kept across a restart.
+    /// The latest time given or seen.
     pub fn high_water(&self) -> u64 {
         *self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// What to keep across a restart: a time past every one given so far and past
+    /// those given in the next [`RESERVE_AHEAD_MS`] of wall time.
+    pub fn reservation(&self, wall_ms: u64) -> u64 {
+        let from = self.high_water().max(wall_ms << COUNTER_BITS);
+        from.saturating_add(RESERVE_AHEAD_MS << COUNTER_BITS)
+    }
+
+    /// Whether a kept `reservation` should be renewed: the clock is half-way to it.
+    pub fn needs_reservation(&self, reservation: u64, wall_ms: u64) -> bool {
+        let from = self.high_water().max(wall_ms << COUNTER_BITS);
+        from.saturating_add((RESERVE_AHEAD_MS / 2) << COUNTER_BITS) >= reservation
+    }
+}
+
+/// The wall-clock milliseconds of time `t`.
+pub fn wall_ms_of(t: u64) -> u64 {
+    t >> COUNTER_BITS
 }
 
 #[cfg(test)]
@@ -63,5 +87,20 @@ mod tests {
             rebooted.tick(0) > c,
             "a board booting in 1970 keeps going forward"
         );
+        rebooted.observe(u64::MAX);
+        assert_eq!(rebooted.tick(0), u64::MAX, "a peer's absurd time saturates");
+    }
+
+    #[test]
+    fn a_crash_restarts_past_everything_given_within_the_reservation() {
+        let clock = Hlc::new(0);
+        let kept = clock.reservation(1_000);
+        assert!(!clock.needs_reservation(kept, 1_000));
+        let given = clock.tick(1_000 + RESERVE_AHEAD_MS / 2 - 1);
+        assert!(!clock.needs_reservation(kept, 1_000 + RESERVE_AHEAD_MS / 2 - 1));
+        assert!(clock.needs_reservation(kept, 1_000 + RESERVE_AHEAD_MS / 2));
+        // Crashed before renewing: it starts from the reservation.
+        assert!(Hlc::new(kept).tick(0) > given);
+        assert_eq!(wall_ms_of(Hlc::new(0).tick(5_000)), 5_000);
     }
 }

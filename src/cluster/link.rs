@@ -14,11 +14,10 @@
 //! stages, QoS 1 at least once.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use smol::stream::Stream;
 use super::Cluster;
 use super::pipe::{self, End};
 use super::retry::{Retries, Verdict};
-use super::wire::{self, Frame, Hello, LINK_MAGIC, LINK_VERSIONS, Route};
+use super::wire::{self, Frame, Hello, LINK_MAGIC, LINK_VERSIONS, Proof, Route, Side, Transcript};
 use crate::auth::AuthPolicy;
 use crate::broker::Role;
 use crate::broker::session::{NEVER_EXPIRES, peer_inbound_client_id, peer_outbox_client_id};
@@ -49,7 +48,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> LinkIo for T {}
 pub type LinkStream = Box<dyn LinkIo>;
 
 /// How long the handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a link says something (status, digests) when nothing else crosses.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A link that has heard nothing for this long is dead.
@@ -67,26 +66,21 @@ pub struct Greeting {
     pub version: u16,
     /// QoS 1 and 2 messages the peer takes in flight at once.
     pub receive_maximum: u16,
+    /// The peer's outbox for this node has nothing in flight: this node's session for
+    /// the peer starts afresh.
+    pub peer_outbox_idle: bool,
     /// Bytes that arrived after the handshake.
     rbuf: Vec<u8>,
 }
 
-fn nonce() -> [u8; 16] {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let a = RandomState::new().hash_one((n, Instant::now()));
-    let b = RandomState::new().hash_one((a, n));
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&a.to_le_bytes());
-    out[8..].copy_from_slice(&b.to_le_bytes());
-    out
-}
+/// The largest frame a link takes before the other end has proved it holds the secret.
+const HANDSHAKE_FRAME: usize = 4096;
 
-/// Reads the next whole frame.
+/// Reads the next whole handshake frame.
 async fn read_frame(stream: &mut LinkStream, rbuf: &mut Vec<u8>) -> Result<Frame, String> {
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 1024];
     loop {
-        match wire::decode_frame(rbuf) {
+        match wire::decode_frame_within(rbuf, HANDSHAKE_FRAME) {
             Ok(Some(frame)) => return Ok(frame),
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
@@ -106,61 +100,88 @@ async fn send_frame(stream: &mut LinkStream, frame: &Frame) -> Result<(), String
     stream.flush().await.map_err(|e| e.to_string())
 }
 
-/// Both ends' hellos and proofs. `expect`: the name the dialling end expects.
+/// Both ends' hellos and proofs. `expect`: the name of the node this end dialled
+/// (`None` on the accepting end). The dialler proves first; the acceptor answers with
+/// its own proof only once the dialler's holds.
 pub async fn handshake(
     stream: &mut LinkStream,
     cluster: &Cluster,
     expect: Option<&str>,
 ) -> Result<Greeting, String> {
     let work = async {
-        let mine = nonce();
         let me = &cluster.settings.name;
-        send_frame(
-            stream,
-            &Frame::Hello(Hello {
-                magic: LINK_MAGIC,
-                versions: LINK_VERSIONS.to_vec(),
-                node: me.clone(),
-                nonce: mine,
-                receive_maximum: cluster.broker.settings.receive_maximum,
-            }),
-        )
-        .await?;
+        let mine = Hello {
+            magic: LINK_MAGIC,
+            versions: LINK_VERSIONS.to_vec(),
+            node: me.clone(),
+            nonce: wire::nonce(),
+            receive_maximum: cluster.broker.settings.receive_maximum,
+        };
+        send_frame(stream, &Frame::Hello(mine.clone())).await?;
         let mut rbuf = Vec::new();
-        let hello = match read_frame(stream, &mut rbuf).await? {
+        let theirs = match read_frame(stream, &mut rbuf).await? {
             Frame::Hello(hello) if hello.magic == LINK_MAGIC => hello,
             _ => return Err("the other end is not a Tern cluster node".into()),
         };
-        let version = wire::common_version(&hello.versions).ok_or_else(|| {
+        let version = wire::common_version(&theirs.versions).ok_or_else(|| {
             format!(
                 "node {} speaks link versions {:?}, this node {LINK_VERSIONS:?}",
-                hello.node, hello.versions
+                theirs.node, theirs.versions
             )
         })?;
-        if hello.node == *me {
+        if theirs.node == *me {
             return Err(format!(
                 "the node at the other end is named {me} too: node names must be unique"
             ));
         }
-        if let Some(expect) = expect.filter(|e| *e != hello.node) {
-            return Err(format!("expected node {expect}, found {}", hello.node));
+        if let Some(expect) = expect.filter(|e| *e != theirs.node) {
+            return Err(format!("expected node {expect}, found {}", theirs.node));
         }
         let secret = &cluster.settings.secret;
-        send_frame(stream, &Frame::Proof(wire::proof(secret, &hello.nonce, me))).await?;
-        match read_frame(stream, &mut rbuf).await? {
-            Frame::Proof(given) if wire::check_proof(secret, &mine, &hello.node, &given) => {}
+        let (side, their_side, t) = match expect {
+            Some(_) => (
+                Side::Dialler,
+                Side::Acceptor,
+                Transcript {
+                    dialler: &mine,
+                    acceptor: &theirs,
+                },
+            ),
+            None => (
+                Side::Acceptor,
+                Side::Dialler,
+                Transcript {
+                    dialler: &theirs,
+                    acceptor: &mine,
+                },
+            ),
+        };
+        let outbox_idle = cluster.outbox_idle(&theirs.node);
+        let my_proof = Frame::Proof(Proof {
+            mac: wire::proof(secret, side, &t, outbox_idle),
+            outbox_idle,
+        });
+        if side == Side::Dialler {
+            send_frame(stream, &my_proof).await?;
+        }
+        let their_proof = match read_frame(stream, &mut rbuf).await? {
+            Frame::Proof(given) if wire::check_proof(secret, their_side, &t, &given) => given,
             Frame::Proof(_) => {
                 return Err(format!(
                     "node {} does not hold this cluster's secret",
-                    hello.node
+                    theirs.node
                 ));
             }
             _ => return Err("no proof after the hello".into()),
+        };
+        if side == Side::Acceptor {
+            send_frame(stream, &my_proof).await?;
         }
         Ok(Greeting {
-            peer: hello.node,
+            peer: theirs.node,
             version,
-            receive_maximum: hello.receive_maximum.max(1),
+            receive_maximum: theirs.receive_maximum.max(1),
+            peer_outbox_idle: their_proof.outbox_idle,
             rbuf,
         })
     };
@@ -172,11 +193,11 @@ pub async fn handshake(
 }
 
 /// The CONNECT a relay session starts with.
-fn connect_packet(client_id: String, receive_maximum: u16) -> BytesMut {
+fn connect_packet(client_id: String, receive_maximum: u16, clean_start: bool) -> BytesMut {
     let connect = Connect {
         protocol: ProtocolVersion::V5,
         bridge: false,
-        clean_start: false,
+        clean_start,
         keep_alive: 0,
         client_id,
         will: None,
@@ -240,11 +261,12 @@ pub async fn run(
     // The sessions read their CONNECT first; their CONNACKs come back through the pipes.
     let window = greeting.receive_maximum;
     let pushed = outbox
-        .push(&connect_packet(peer_outbox_client_id(&peer), window))
+        .push(&connect_packet(peer_outbox_client_id(&peer), window, false))
         .and_then(|()| {
             inbound.push(&connect_packet(
                 peer_inbound_client_id(&peer),
                 cluster.broker.settings.receive_maximum,
+                greeting.peer_outbox_idle,
             ))
         });
     if let Err(e) = pushed {
@@ -272,10 +294,10 @@ pub async fn run(
         last_heard: Instant::now(),
         retries: Retries::default(),
         retry_timer: Timer::never(),
+        retained_digests: RetainedDigests::First,
         ended: None,
     };
     link.send(&Frame::Status(cluster.status()));
-    link.send(&cluster.retained_digest());
     std::future::poll_fn(|cx| link.poll_run(cx)).await
 }
 
@@ -305,12 +327,30 @@ struct Link {
     /// The outbox's messages the peer has not taken yet, and those it refused for now.
     retries: Retries,
     retry_timer: Timer,
+    retained_digests: RetainedDigests,
     ended: Option<String>,
+}
+
+/// How the peer's retained digests compared with this node's: the first, at the
+/// link's start, differing is acted on at once; a heartbeat's only when the one before
+/// differed too, since a change crossing on the wire makes them differ for a moment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RetainedDigests {
+    First,
+    Matched,
+    DifferedOnce,
 }
 
 impl Link {
     fn send(&mut self, frame: &Frame) {
         wire::encode_frame(frame, &mut self.wbuf);
+    }
+
+    /// Every retained message and tombstone, in frames of a bounded size.
+    fn send_retained(&mut self) {
+        for frame in wire::retained_frames(self.cluster.retained_entries()) {
+            self.send(&frame);
+        }
     }
 
     fn end(&mut self, why: impl Into<String>) {
@@ -345,18 +385,39 @@ impl Link {
             if self.wbuf.is_empty() {
                 let _ = Pin::new(&mut self.stream).poll_flush(cx);
             }
-            // What the peer sent.
-            let mut chunk = [0u8; 16 * 1024];
-            match Pin::new(&mut self.stream).poll_read(cx, &mut chunk) {
-                Poll::Ready(Ok(0)) => self.end("the peer closed the link"),
-                Poll::Ready(Ok(n)) => {
-                    self.last_heard = Instant::now();
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    self.take_frames();
-                    progress = true;
+            // What the peer sent, while the inbound session keeps up with it: a peer
+            // that sends faster than this node stores waits in its socket.
+            let room = self.inbound.poll_room(cx).is_ready();
+            if room {
+                let mut chunk = [0u8; 16 * 1024];
+                match Pin::new(&mut self.stream).poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(0)) => self.end("the peer closed the link"),
+                    Poll::Ready(Ok(n)) => {
+                        self.last_heard = Instant::now();
+                        self.rbuf.extend_from_slice(&chunk[..n]);
+                        self.take_frames();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => self.end(format!("reading from the peer: {e}")),
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Err(e)) => self.end(format!("reading from the peer: {e}")),
-                Poll::Pending => {}
+            } else {
+                // Not reading is not the peer's silence.
+                self.last_heard = Instant::now();
+            }
+            // The inbound session's acknowledgements, whatever the write buffer holds:
+            // there is one at most per message the peer has in flight (its receive
+            // maximum), and holding them back could stall both links at once.
+            if let Poll::Ready(r) = self.inbound.poll_take(cx) {
+                match r {
+                    Ok(bytes) if bytes.is_empty() => self.end("the inbound session ended"),
+                    Ok(bytes) => {
+                        self.from_inbound.extend_from_slice(&bytes);
+                        self.relay_inbound();
+                        progress = true;
+                    }
+                    Err(e) => self.end(format!("inbound session: {e}")),
+                }
             }
             if self.wbuf.len() < WRITE_HIGH {
                 // What this node's sessions have for the peer.
@@ -371,17 +432,6 @@ impl Link {
                         Err(e) => self.end(format!("outbox session: {e}")),
                     }
                 }
-                if let Poll::Ready(r) = self.inbound.poll_take(cx) {
-                    match r {
-                        Ok(bytes) if bytes.is_empty() => self.end("the inbound session ended"),
-                        Ok(bytes) => {
-                            self.from_inbound.extend_from_slice(&bytes);
-                            self.relay_inbound();
-                            progress = true;
-                        }
-                        Err(e) => self.end(format!("inbound session: {e}")),
-                    }
-                }
                 loop {
                     match self.frames.as_mut().poll_next(cx) {
                         Poll::Ready(Some(frame)) => {
@@ -389,7 +439,7 @@ impl Link {
                             progress = true;
                         }
                         Poll::Ready(None) => {
-                            self.end("the cluster is stopping");
+                            self.end("a newer link took over, or this node is stopping");
                             break;
                         }
                         Poll::Pending => break,
@@ -407,6 +457,9 @@ impl Link {
                     version: self.routes_version.unwrap_or(0),
                     digest: routes_digest(self.sent_routes.values()),
                 });
+                // Retained messages sent while the link's queue was full, or lost with
+                // a crash before `cluster.state` kept them, are found here.
+                self.send(&self.cluster.retained_digest());
                 self.heartbeat.set_after(HEARTBEAT);
                 progress = true;
             }
@@ -501,9 +554,16 @@ impl Link {
         let cluster = self.cluster.clone();
         match frame {
             Frame::Forward(packets) => {
-                if let Err(e) = self.inbound.push(&packets) {
+                if !only_whole(&packets, &[PUBLISH, PUBREL]) {
+                    self.refuse("a forward frame with other than whole PUBLISH and PUBREL packets");
+                } else if let Err(e) = self.inbound.push(&packets) {
                     self.end(format!("inbound session: {e}"));
                 }
+            }
+            Frame::Acknowledge(packets) if !only_whole(&packets, &[PUBACK, PUBREC, PUBCOMP]) => {
+                self.refuse(
+                    "an acknowledge frame with other than whole PUBACK, PUBREC and PUBCOMP packets",
+                );
             }
             Frame::Acknowledge(packets) => self.take_acknowledgements(packets),
             Frame::Routes {
@@ -524,19 +584,32 @@ impl Link {
             Frame::RoutesRequest => self.send_routes(true),
             Frame::Retained(entries) => cluster.apply_retained(entries),
             Frame::RetainedDigest { digest, .. } => {
-                if digest != cluster.retained_digest_value() {
-                    self.send(&Frame::Retained(cluster.retained_entries()));
+                let differs = digest != cluster.retained_digest_value();
+                let before = self.retained_digests;
+                self.retained_digests = if differs {
+                    RetainedDigests::DifferedOnce
+                } else {
+                    RetainedDigests::Matched
+                };
+                if differs && before != RetainedDigests::Matched {
+                    self.send_retained();
+                    self.retained_digests = RetainedDigests::Matched;
                 }
             }
-            Frame::RetainedRequest => self.send(&Frame::Retained(cluster.retained_entries())),
+            Frame::RetainedRequest => self.send_retained(),
             Frame::Status(status) => cluster.peer_status(&self.peer, status),
             Frame::Ping => self.send(&Frame::Pong),
             Frame::Pong => {}
             Frame::Hello(_) | Frame::Proof(_) => {
-                cluster.bad_input(&self.peer, "a handshake frame after the handshake");
-                self.end("a handshake frame after the handshake");
+                self.refuse("a handshake frame after the handshake")
             }
         }
+    }
+
+    /// Ends the link over a frame no Tern node sends, and logs it.
+    fn refuse(&mut self, what: &str) {
+        self.cluster.bad_input(&self.peer, what);
+        self.end(format!("the peer sent {what}"));
     }
 
     /// Passes the outbox session's PUBLISH and PUBREL packets to the peer.
@@ -661,6 +734,21 @@ fn whole_packets(buf: &mut BytesMut) -> Vec<(u8, BytesMut)> {
     out
 }
 
+/// Whether `packets` is whole MQTT packets of the `kinds` only: what a relay session
+/// may be handed (a peer's SUBSCRIBE or a half packet would change what it does).
+fn only_whole(packets: &[u8], kinds: &[u8]) -> bool {
+    let mut rest = packets;
+    while !rest.is_empty() {
+        match protocol::frame_len(rest, usize::MAX) {
+            Ok(Some(len)) if len <= rest.len() && kinds.contains(&(rest[0] >> 4)) => {
+                rest = &rest[len..];
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Why a relay session was closed, from its DISCONNECT.
 fn session_closed(which: &str, packet: &[u8]) -> String {
     match packet.get(2).copied().map(ReasonCode) {
@@ -691,4 +779,23 @@ pub fn routes_digest<'a>(routes: impl Iterator<Item = &'a Route>) -> u64 {
         .map(|r| format!("{}\0{:?}\0{}", r.filter, r.shared, r.members).into_bytes())
         .collect();
     wire::digest(items.iter().map(Vec::as_slice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_sessions_are_handed_whole_packets_of_their_kinds_only() {
+        let publish = [0x30, 0x03, 0x00, 0x01, b'a'];
+        let pubrel = [0x62, 0x02, 0x00, 0x01];
+        let subscribe = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x00];
+        let both: Vec<u8> = [&publish[..], &pubrel[..]].concat();
+        assert!(only_whole(&both, &[PUBLISH, PUBREL]));
+        assert!(!only_whole(&both[..6], &[PUBLISH, PUBREL]), "half a PUBREL");
+        let sneaked: Vec<u8> = [&publish[..], &subscribe[..]].concat();
+        assert!(!only_whole(&sneaked, &[PUBLISH, PUBREL]));
+        assert!(!only_whole(&publish, &[PUBACK, PUBREC, PUBCOMP]));
+        assert!(only_whole(&[], &[PUBACK]));
+    }
 }

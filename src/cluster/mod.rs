@@ -20,9 +20,10 @@ pub mod settings;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,13 +47,25 @@ use membership::{Command, MemberEvent, NodeId};
 pub use settings::{ClusterSettings, ClusterTable, SharedStrategy};
 use wire::{Frame, NodeStatus, RetainedEntry, RetainedMessage, Route, Stamp};
 
-/// How long a deleted retained message's tombstone is kept, so that the deletion wins
-/// over an older copy a node that was away still holds.
-const TOMBSTONE_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// How long a deleted retained message's tombstone is kept (from its stamp, so every
+/// node forgets it at about the same time), so that the deletion wins over an older
+/// copy a node that was away still holds.
+const TOMBSTONE_KEEP_MS: u64 = 24 * 3600 * 1000;
+/// How often changed stamps are written to `cluster.state` (an SD card's writes are
+/// counted); what a crash loses of them a peer's digest brings back.
+const SAVE_EVERY: Duration = Duration::from_secs(60);
 /// A dialling node's wait before it tries a failed link again.
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
 /// Frames queued for one link (retained messages set here, ...) before new ones wait.
 const LINK_QUEUE: usize = 4096;
+/// Accepted links still in their handshake, at most.
+const PENDING_HANDSHAKES: usize = 16;
+
+/// Mutual TLS on the links, loaded once at start.
+struct LinkTls {
+    acceptor: futures_rustls::TlsAcceptor,
+    connector: Arc<futures_rustls::rustls::ClientConfig>,
+}
 
 /// Bad input from peers (wrong MAC, garbage, a clash): logged throttled.
 static BAD_PEER_INPUT: Throttle = Throttle::new();
@@ -97,9 +110,11 @@ pub struct Cluster {
     me: NodeId,
     started: SystemTime,
     peers: Mutex<BTreeMap<String, Peer>>,
-    /// Each retained topic's stamp; a deletion's with when it was deleted.
-    stamps: Mutex<HashMap<String, (Stamp, Option<Instant>)>>,
+    /// Each retained topic's stamp, and whether it is a deletion's (a tombstone).
+    stamps: Mutex<HashMap<String, (Stamp, bool)>>,
     clock: Hlc,
+    /// The clock's reservation last kept in `cluster.state` (see `Hlc::reservation`).
+    reserved: AtomicU64,
     /// Where the state is kept (none without a store).
     state_path: Option<PathBuf>,
     state_dirty: AtomicBool,
@@ -108,6 +123,7 @@ pub struct Cluster {
     synced: Event,
     stopping: AtomicBool,
     tasks: Mutex<Vec<Task<()>>>,
+    tls: Option<LinkTls>,
 }
 
 /// A node as the management API lists it.
@@ -140,6 +156,28 @@ impl Cluster {
         executor: Arc<Executor<'static>>,
         data_dir: Option<PathBuf>,
     ) -> Result<Arc<Cluster>, String> {
+        let tls = match &settings.tls {
+            None => None,
+            Some((cert, key, ca)) => {
+                let server = crate::transport::tls::Tls::load(crate::transport::tls::TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: Some(ca.clone()),
+                    require_client_cert: true,
+                })
+                .map_err(|e| format!("[cluster] TLS: {e}"))?;
+                let connector = crate::transport::outgoing::tls_config(
+                    Some(ca),
+                    Some((cert.as_path(), key.as_path())),
+                    true,
+                )
+                .map_err(|e| format!("[cluster] TLS: {e}"))?;
+                Some(LinkTls {
+                    acceptor: server.acceptor(),
+                    connector,
+                })
+            }
+        };
         let socket = membership::bind(&settings)?;
         let listener = Async::<TcpListener>::bind(settings.bind)
             .map_err(|e| format!("[cluster] cannot bind {} (TCP): {e}", settings.bind))?;
@@ -159,10 +197,10 @@ impl Cluster {
         };
         let (commands, command_rx) = bounded(4);
         let (events, event_rx) = bounded(64);
-        let mut stamps: HashMap<String, (Stamp, Option<Instant>)> = state
+        let mut stamps: HashMap<String, (Stamp, bool)> = state
             .stamps
             .into_iter()
-            .map(|(topic, stamp, deleted)| (topic, (stamp, deleted.then(Instant::now))))
+            .map(|(topic, stamp, deleted)| (topic, (stamp, deleted)))
             .collect();
         // Retained messages the stamps do not know of (kept before the cluster was on)
         // get the oldest stamp: any node's newer write wins over them.
@@ -173,11 +211,12 @@ impl Cluster {
                     clock: 0,
                     node: origin,
                 },
-                None,
+                false,
             ));
         }
         let cluster = Arc::new(Cluster {
             clock: Hlc::new(state.clock),
+            reserved: AtomicU64::new(state.clock),
             settings: settings.clone(),
             broker: broker.clone(),
             executor: executor.clone(),
@@ -191,6 +230,7 @@ impl Cluster {
             synced: Event::new(),
             stopping: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            tls,
         });
         cluster.save_state();
         broker.set_replicator(cluster.clone());
@@ -228,7 +268,7 @@ impl Cluster {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stamps(&self) -> MutexGuard<'_, HashMap<String, (Stamp, Option<Instant>)>> {
+    fn stamps(&self) -> MutexGuard<'_, HashMap<String, (Stamp, bool)>> {
         self.stamps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -270,10 +310,17 @@ impl Cluster {
         }
     }
 
+    /// The first step of stopping, before the broker closes its connections: no link
+    /// is accepted or dialled from here on, so a peer whose relay the broker closes
+    /// does not link again and find nobody serving.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// Leaves the cluster (SIGTERM): the others hear of it at once, not after failing
     /// to reach this node; links close; the state is kept.
     pub async fn leave(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.begin_stop();
         let (done, left) = bounded(1);
         if self.commands.send(Command::Leave(done)).await.is_ok() {
             let _ = left
@@ -361,8 +408,11 @@ impl Cluster {
         }
     }
 
-    /// Takes links from peers whose names sort before this node's (they dial).
+    /// Takes links from peers whose names sort before this node's (they dial). At most
+    /// [`PENDING_HANDSHAKES`] at once, each within the handshake's time, TLS included:
+    /// strangers cannot make a node hold sockets or buffers.
     async fn accept_links(self: Arc<Self>, listener: Async<TcpListener>) {
+        let pending = Arc::new(AtomicUsize::new(0));
         loop {
             let (tcp, addr) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -372,73 +422,71 @@ impl Cluster {
                     continue;
                 }
             };
+            if self.stopping.load(Ordering::SeqCst) {
+                continue;
+            }
+            if pending.fetch_add(1, Ordering::SeqCst) >= PENDING_HANDSHAKES {
+                pending.fetch_sub(1, Ordering::SeqCst);
+                self.bad_input(
+                    &addr.to_string(),
+                    "too many link handshakes at once: closed",
+                );
+                continue;
+            }
             let _ = tcp.get_ref().set_nodelay(true);
-            let cluster = self.clone();
+            let (cluster, pending) = (self.clone(), pending.clone());
             self.executor
                 .spawn(async move {
-                    let stream = match cluster.accept_tls(tcp).await {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            cluster.bad_input(&addr.to_string(), &e);
-                            return;
-                        }
+                    let stream = match &cluster.tls {
+                        None => Ok(Box::new(tcp) as LinkStream),
+                        Some(tls) => tls
+                            .acceptor
+                            .accept(tcp)
+                            .or(async {
+                                smol::Timer::after(link::HANDSHAKE_TIMEOUT).await;
+                                Err(std::io::ErrorKind::TimedOut.into())
+                            })
+                            .await
+                            .map(|s| Box::new(s) as LinkStream)
+                            .map_err(|e| format!("TLS handshake: {e}")),
                     };
-                    cluster.establish(stream, addr, None).await;
+                    match stream {
+                        Ok(stream) => {
+                            cluster.establish(stream, addr, None, Some(pending)).await;
+                        }
+                        Err(e) => {
+                            pending.fetch_sub(1, Ordering::SeqCst);
+                            cluster.bad_input(&addr.to_string(), &e);
+                        }
+                    }
                 })
                 .detach();
-        }
-    }
-
-    async fn accept_tls(&self, tcp: Async<std::net::TcpStream>) -> Result<LinkStream, String> {
-        match &self.settings.tls {
-            None => Ok(Box::new(tcp)),
-            Some((cert, key, ca)) => {
-                let tls = crate::transport::tls::Tls::load(crate::transport::tls::TlsSettings {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    ca: Some(ca.clone()),
-                    require_client_cert: true,
-                })?;
-                let stream = tls
-                    .acceptor()
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
-                Ok(Box::new(stream))
-            }
         }
     }
 
     /// Dials `name` at `addr` (this node's name sorts first).
     async fn dial(self: Arc<Self>, name: String, addr: SocketAddr) {
         let connected = async {
-            let name = match &self.settings.tls {
+            let tls = match &self.tls {
                 None => None,
-                Some(_) => Some(
+                Some(tls) => Some((
+                    &tls.connector,
                     rustls_pki_types::ServerName::try_from(name.clone())
                         .map_err(|e| format!("node name {name:?} as a TLS server name: {e}"))?,
-                ),
+                )),
             };
-            let tls = match (&self.settings.tls, name) {
-                (Some((cert, key, ca)), Some(server)) => {
-                    let config = crate::transport::outgoing::tls_config(
-                        Some(ca),
-                        Some((cert.as_path(), key.as_path())),
-                        true,
-                    )?;
-                    Some((config, server))
-                }
-                _ => None,
-            };
-            let tls = tls.as_ref().map(|(c, n)| (c, n.clone()));
             let stream = crate::transport::outgoing::connect(addr, tls)
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
             Ok::<LinkStream, String>(Box::new(stream))
         };
         match connected.await {
-            Ok(stream) => self.clone().establish(stream, addr, Some(&name)).await,
-            Err(e) => self.link_ended(&name, &e),
+            Ok(stream) => {
+                self.clone()
+                    .establish(stream, addr, Some(&name), None)
+                    .await
+            }
+            Err(e) => self.link_ended(&name, &e, None),
         }
         if let Some(peer) = self.peers().get_mut(&name) {
             peer.dialing = false;
@@ -451,12 +499,17 @@ impl Cluster {
         mut stream: LinkStream,
         addr: SocketAddr,
         dialled: Option<&str>,
+        pending: Option<Arc<AtomicUsize>>,
     ) {
-        let greeting: Greeting = match link::handshake(&mut stream, &self, dialled).await {
+        let shook = link::handshake(&mut stream, &self, dialled).await;
+        if let Some(pending) = pending {
+            pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        let greeting: Greeting = match shook {
             Ok(greeting) => greeting,
             Err(e) => {
                 match dialled {
-                    Some(name) => self.link_ended(name, &e),
+                    Some(name) => self.link_ended(name, &e, None),
                     None => self.bad_input(&addr.to_string(), &e),
                 }
                 return;
@@ -471,11 +524,12 @@ impl Cluster {
         {
             let mut peers = self.peers();
             let entry = self.peer_entry(&mut peers, &peer);
-            if entry.link.as_ref().is_some_and(|l| !l.is_closed()) {
-                log::debug!("cluster: a second link to node {peer}: closed");
-                return;
+            // The newer link wins: an older one still there is most likely half-open
+            // (the peer restarted). Closing its channel ends it; the new link's
+            // sessions take over the old one's.
+            if let Some(old) = entry.link.replace(frames.clone()) {
+                old.close();
             }
-            entry.link = Some(frames);
             entry.link_since = Some(SystemTime::now());
         }
         log::info!(
@@ -483,20 +537,37 @@ impl Cluster {
             greeting.version
         );
         let why = link::run(self.clone(), stream, greeting, addr, frame_rx).await;
-        self.link_ended(&peer, &why);
+        self.link_ended(&peer, &why, Some(&frames));
     }
 
-    fn link_ended(&self, name: &str, why: &str) {
+    /// A link to `name` ended (`link`: its channel), or could not be made: logged at
+    /// warning level when it was up or the reason is new, so that a node that cannot
+    /// link says why once, not every second.
+    fn link_ended(&self, name: &str, why: &str, link: Option<&Sender<Frame>>) {
         let mut peers = self.peers();
         let Some(peer) = peers.get_mut(name) else {
             return;
         };
-        if peer.link.take().is_some() && !self.stopping.load(Ordering::SeqCst) {
-            log::warn!("cluster: link to node {name} ended: {why}");
+        let was_up = link.is_some_and(|mine| {
+            peer.link
+                .as_ref()
+                .is_some_and(|current| current.same_channel(mine))
+        });
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        if was_up {
+            peer.link = None;
+            peer.link_since = None;
+            if !stopping {
+                log::warn!("cluster: link to node {name} ended: {why}");
+            }
+        } else if link.is_some() {
+            log::debug!("cluster: a replaced link to node {name} ended: {why}");
+            return;
+        } else if peer.last_error != why && !stopping {
+            log::warn!("cluster: cannot link to node {name}: {why}");
         } else {
-            log::debug!("cluster: no link to node {name}: {why}");
+            log::debug!("cluster: cannot link to node {name}: {why}");
         }
-        peer.link_since = None;
         peer.last_error = why.to_owned();
         peer.redial_at = Instant::now() + REDIAL_AFTER;
     }
@@ -554,8 +625,16 @@ impl Cluster {
                 self.broker
                     .drop_session(&peer_inbound_client_id(&name), now);
             }
-            self.expire_tombstones(now);
-            if now.duration_since(last_save) >= Duration::from_secs(10) {
+            let wall = wall_ms(SystemTime::now());
+            self.expire_tombstones(wall);
+            if self
+                .clock
+                .needs_reservation(self.reserved.load(Ordering::Relaxed), wall)
+            {
+                self.state_dirty.store(true, Ordering::Relaxed);
+                self.save_state();
+                last_save = now;
+            } else if now.duration_since(last_save) >= SAVE_EVERY {
                 self.save_state();
                 last_save = now;
             }
@@ -589,6 +668,17 @@ impl Cluster {
             self.broker.publish_internal(message);
         }
         figures
+    }
+
+    /// Whether this node's outbox for `peer` has nothing in flight (or there is none).
+    pub fn outbox_idle(&self, peer: &str) -> bool {
+        self.peers()
+            .get(peer)
+            .is_none_or(|p| {
+                // After a restart what was in flight is still on disk, not in memory.
+                let outbox = p.outbox.lock();
+                outbox.inflight.is_empty() && outbox.backlog().is_none_or(|(n, _)| n == 0)
+            })
     }
 
     /// What this node tells its peers about itself.
@@ -673,7 +763,7 @@ impl Cluster {
         let stamps: Vec<(String, Stamp, bool)> = self
             .stamps()
             .iter()
-            .map(|(topic, (stamp, deleted))| (topic.clone(), *stamp, deleted.is_some()))
+            .map(|(topic, (stamp, deleted))| (topic.clone(), *stamp, *deleted))
             .collect();
         let mut out = Vec::with_capacity(stamps.len());
         for (topic, stamp, deleted) in stamps {
@@ -704,13 +794,7 @@ impl Cluster {
             .stamps()
             .iter()
             .map(|(topic, (stamp, deleted))| {
-                format!(
-                    "{topic}\0{}\0{}\0{}",
-                    stamp.clock,
-                    stamp.node,
-                    deleted.is_some()
-                )
-                .into_bytes()
+                format!("{topic}\0{}\0{}\0{deleted}", stamp.clock, stamp.node).into_bytes()
             })
             .collect();
         wire::digest(items.iter().map(Vec::as_slice))
@@ -723,26 +807,14 @@ impl Cluster {
         }
     }
 
-    /// Takes retained messages a peer set or deleted: the later stamp wins.
+    /// Takes retained messages a peer set or deleted: the later stamp wins, decided
+    /// with the retained messages locked (see `Broker::apply_peer_retained`).
     fn apply_retained(&self, entries: Vec<RetainedEntry>) {
         let now = Instant::now();
         for entry in entries {
             self.clock.observe(entry.stamp.clock);
-            {
-                let mut stamps = self.stamps();
-                if stamps
-                    .get(&entry.topic)
-                    .is_some_and(|(s, _)| *s >= entry.stamp)
-                {
-                    continue;
-                }
-                stamps.insert(
-                    entry.topic.clone(),
-                    (entry.stamp, entry.message.is_none().then_some(now)),
-                );
-            }
-            self.state_dirty.store(true, Ordering::Relaxed);
             let topic = Topic::from(entry.topic.as_str());
+            let deleted = entry.message.is_none();
             let message = match entry.message {
                 Some(m) => {
                     let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtMostOnce);
@@ -755,22 +827,37 @@ impl Cluster {
                 }
                 None => Message::new(topic, Bytes::new(), QoS::AtMostOnce, true),
             };
-            self.broker.apply_peer_retained(Arc::new(message), now);
+            let newer = || {
+                let mut stamps = self.stamps();
+                if stamps
+                    .get(&entry.topic)
+                    .is_some_and(|(s, _)| *s >= entry.stamp)
+                {
+                    return false;
+                }
+                stamps.insert(entry.topic.clone(), (entry.stamp, deleted));
+                self.state_dirty.store(true, Ordering::Relaxed);
+                true
+            };
+            self.broker
+                .apply_peer_retained(Arc::new(message), now, newer);
         }
     }
 
-    fn expire_tombstones(&self, now: Instant) {
+    /// Forgets the tombstones older than [`TOMBSTONE_KEEP_MS`] at wall time `wall_ms`.
+    fn expire_tombstones(&self, wall_ms: u64) {
         let mut stamps = self.stamps();
         let before = stamps.len();
-        stamps.retain(|_, (_, deleted)| {
-            deleted.is_none_or(|at| now.duration_since(at) < TOMBSTONE_KEEP)
+        stamps.retain(|_, (stamp, deleted)| {
+            !*deleted || clock::wall_ms_of(stamp.clock).saturating_add(TOMBSTONE_KEEP_MS) > wall_ms
         });
         if stamps.len() != before {
             self.state_dirty.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Writes `cluster.state` (aside, then renamed) when something changed.
+    /// Writes `cluster.state` (aside, flushed to the disk, then renamed) when something
+    /// changed, with a new reservation of the clock.
     fn save_state(&self) {
         let Some(path) = &self.state_path else {
             return;
@@ -778,21 +865,30 @@ impl Cluster {
         if !self.state_dirty.swap(false, Ordering::Relaxed) {
             return;
         }
+        let reservation = self.clock.reservation(wall_ms(SystemTime::now()));
         let state = State {
             incarnation: self.me.incarnation,
-            clock: self.clock.high_water(),
+            clock: reservation,
             stamps: self
                 .stamps()
                 .iter()
-                .map(|(t, (s, deleted))| (t.clone(), *s, deleted.is_some()))
+                .map(|(t, (s, deleted))| (t.clone(), *s, *deleted))
                 .collect(),
         };
         let bytes = postcard::to_allocvec(&state).unwrap_or_default();
         let aside = path.with_extension("state.new");
-        let written = std::fs::write(&aside, bytes).and_then(|()| std::fs::rename(&aside, path));
-        if let Err(e) = written {
-            self.state_dirty.store(true, Ordering::Relaxed);
-            log::warn!("cluster: cannot keep {}: {e}", path.display());
+        let written = std::fs::File::create(&aside)
+            .and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&aside, path));
+        match written {
+            Ok(()) => self.reserved.store(reservation, Ordering::Relaxed),
+            Err(e) => {
+                self.state_dirty.store(true, Ordering::Relaxed);
+                log::warn!("cluster: cannot keep {}: {e}", path.display());
+            }
         }
     }
 
@@ -872,8 +968,7 @@ impl Replicator for Cluster {
         };
         let deleted = message.payload.is_empty();
         let now = Instant::now();
-        self.stamps()
-            .insert(topic.clone(), (stamp, deleted.then_some(now)));
+        self.stamps().insert(topic.clone(), (stamp, deleted));
         self.state_dirty.store(true, Ordering::Relaxed);
         let entry = RetainedEntry {
             topic,

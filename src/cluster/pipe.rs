@@ -1,7 +1,9 @@
 //! An in-memory byte pipe with two ends, each a [`Stream`]: the connection loop serves
 //! a cluster relay session over one end as if it were a client's socket, and the link
-//! to the peer reads and writes the other. Bounded both ways, so a peer that does not
-//! keep up holds the relay session back instead of growing a buffer.
+//! to the peer reads and writes the other. The session's side is bounded (its writes
+//! wait for room); the link's side takes whole frames with [`End::push`] and asks
+//! [`End::poll_room`] before it reads more from the peer, so a session that does not
+//! keep up holds the peer back instead of growing a buffer.
 
 use std::io;
 use std::pin::Pin;
@@ -88,6 +90,17 @@ impl End {
             reader.wake();
         }
         Ok(())
+    }
+
+    /// Ready while what this end wrote and the other has not read yet is under the
+    /// pipe's capacity (or the other end is gone); otherwise woken when it reads.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut d = self.direction(self.writes);
+        if d.bytes.len() < CAPACITY || d.closed {
+            return Poll::Ready(());
+        }
+        d.writer = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Closes this end's direction: the other end reads what is left, then the end.
@@ -218,6 +231,21 @@ mod tests {
             let taken = std::future::poll_fn(|cx| b.poll_take(cx)).await.unwrap();
             assert_eq!(taken.len(), CAPACITY);
             assert!(Pin::new(&mut a).poll_write(&mut cx, &big).is_ready());
+        });
+    }
+
+    #[test]
+    fn a_pushing_end_is_told_when_there_is_room_again() {
+        smol::block_on(async {
+            let (a, mut b) = pair();
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            assert!(a.poll_room(&mut cx).is_ready());
+            a.push(&vec![1u8; CAPACITY + 10]).unwrap();
+            assert!(a.poll_room(&mut cx).is_pending());
+            let mut got = vec![0u8; 100];
+            b.read_exact(&mut got).await.unwrap();
+            assert!(a.poll_room(&mut cx).is_ready());
         });
     }
 }

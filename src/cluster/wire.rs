@@ -20,9 +20,12 @@ pub const LINK_MAGIC: [u8; 8] = *b"TERN-CL1";
 const DATAGRAM_VERSION: u8 = 1;
 /// Bytes of HMAC-SHA256 kept on a datagram: enough against forgery on a site's network.
 pub const DATAGRAM_MAC_LEN: usize = 16;
-/// The largest frame a link accepts: an MQTT packet of the largest size a node accepts
-/// in one frame, with room for the frame's own fields.
-pub const MAX_FRAME: usize = (16 << 20) + 4096;
+/// The largest frame a link accepts once both ends proved they hold the secret: the
+/// largest MQTT packet (256 MiB), with room for the frame's own fields. Frames of many
+/// items (retained messages, packets) are cut at [`BATCH_BYTES`].
+pub const MAX_FRAME: usize = (256 << 20) + 65536;
+/// Where a frame of many items is cut.
+pub const BATCH_BYTES: usize = 1 << 20;
 
 /// HMAC-SHA256 over `parts`, with ring's implementation (rustls links it already).
 fn mac(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -92,6 +95,17 @@ pub struct Hello {
     pub receive_maximum: u16,
 }
 
+/// The second frame of each end: its proof, and whether its session for the other end
+/// (its outbox) has nothing in flight. When it has not, the other end starts its
+/// session for this one afresh: QoS 2 packet ids it still holds from an older outbox
+/// (one dropped after `route_hold`, or kept in memory only) would otherwise take new
+/// messages that reuse them for duplicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proof {
+    pub mac: [u8; 32],
+    pub outbox_idle: bool,
+}
+
 /// One route a node announces: a filter its sessions hold. For a shared subscription
 /// (`$share/GROUP/FILTER`), `shared` is the identifier messages sent for one of its
 /// members carry back, and `members` how many it has on that node.
@@ -143,8 +157,8 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     Hello(Hello),
-    /// HMAC(secret, the other end's nonce, this end's name).
-    Proof([u8; 32]),
+    /// This end's proof that it holds the secret (see [`proof`]).
+    Proof(Proof),
     /// MQTT 5 packets (PUBLISH, PUBREL) from this node's session for the peer (its
     /// outbox) to the peer's session for this node: the peer's broker takes them as
     /// from a client. Several packets, whole, one after the other.
@@ -177,6 +191,29 @@ pub enum Frame {
     Pong,
 }
 
+/// `entries` as frames of about [`BATCH_BYTES`] each.
+pub fn retained_frames(entries: Vec<RetainedEntry>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for entry in entries {
+        bytes += entry.topic.len()
+            + entry
+                .message
+                .as_ref()
+                .map_or(0, |m| m.payload.len() + m.properties.len())
+            + 32;
+        batch.push(entry);
+        if bytes >= BATCH_BYTES {
+            frames.push(Frame::Retained(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() || frames.is_empty() {
+        frames.push(Frame::Retained(batch));
+    }
+    frames
+}
+
 /// Why a link's bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -207,11 +244,17 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
 
 /// Takes one whole frame off the front of `buf`; `Ok(None)` while it is incomplete.
 pub fn decode_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    decode_frame_within(buf, MAX_FRAME)
+}
+
+/// As [`decode_frame`], for frames of at most `max` bytes (a handshake's are small:
+/// a stranger may not make a node hold a large buffer before it proved anything).
+pub fn decode_frame_within(buf: &mut Vec<u8>, max: usize) -> Result<Option<Frame>, FrameError> {
     let Some(head) = buf.get(..4) else {
         return Ok(None);
     };
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     if buf.len() < 4 + len {
@@ -232,14 +275,56 @@ pub fn common_version(theirs: &[u16]) -> Option<u16> {
         .copied()
 }
 
-/// The proof an end named `node` gives over the other end's `nonce`.
-pub fn proof(secret: &[u8], nonce: &[u8; 16], node: &str) -> [u8; 32] {
-    mac(secret, &[b"tern-cluster-link", nonce, node.as_bytes()])
+/// Which end of a link gives a proof. The dialler proves first and the acceptor only
+/// once it has checked that; the two proofs are over different inputs, so neither end
+/// can be made to produce a proof that a stranger could pass on as the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Dialler = 1,
+    Acceptor = 2,
 }
 
-/// Whether `given` is `node`'s proof over our `nonce`.
-pub fn check_proof(secret: &[u8], nonce: &[u8; 16], node: &str, given: &[u8; 32]) -> bool {
-    proof(secret, nonce, node).ct_eq(given).into()
+/// Both ends' hellos as a proof covers them.
+pub struct Transcript<'a> {
+    pub dialler: &'a Hello,
+    pub acceptor: &'a Hello,
+}
+
+/// The proof `side` gives that it holds the secret: over both ends' names and nonces,
+/// and what it says of its outbox.
+pub fn proof(secret: &[u8], side: Side, t: &Transcript<'_>, outbox_idle: bool) -> [u8; 32] {
+    let len = |s: &str| (s.len() as u32).to_le_bytes();
+    let (d, a) = (&t.dialler.node, &t.acceptor.node);
+    mac(
+        secret,
+        &[
+            b"tern-cluster-link",
+            &[side as u8, u8::from(outbox_idle)],
+            &t.dialler.nonce,
+            &t.acceptor.nonce,
+            &len(d),
+            d.as_bytes(),
+            &len(a),
+            a.as_bytes(),
+        ],
+    )
+}
+
+/// Whether `given` is `side`'s proof for this transcript.
+pub fn check_proof(secret: &[u8], side: Side, t: &Transcript<'_>, given: &Proof) -> bool {
+    proof(secret, side, t, given.outbox_idle)
+        .ct_eq(&given.mac)
+        .into()
+}
+
+/// A fresh nonce from the operating system's generator.
+pub fn nonce() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; 16];
+    // The system generator does not fail on Linux once booted; a zero nonce would
+    // still only let an old proof be replayed, which the other end's nonce prevents.
+    let _ = ring::rand::SystemRandom::new().fill(&mut out);
+    out
 }
 
 /// A 64-bit digest of items in any order (each hashed with FNV-1a, then added), so
@@ -337,13 +422,64 @@ mod tests {
         ));
     }
 
+    fn hello(node: &str, nonce: u8) -> Hello {
+        Hello {
+            magic: LINK_MAGIC,
+            versions: LINK_VERSIONS.to_vec(),
+            node: node.into(),
+            nonce: [nonce; 16],
+            receive_maximum: 32,
+        }
+    }
+
     #[test]
-    fn proofs_bind_the_nonce_and_the_name() {
-        let p = proof(b"s", &[1; 16], "a");
-        assert!(check_proof(b"s", &[1; 16], "a", &p));
-        assert!(!check_proof(b"s", &[2; 16], "a", &p));
-        assert!(!check_proof(b"s", &[1; 16], "b", &p));
-        assert!(!check_proof(b"t", &[1; 16], "a", &p));
+    fn proofs_bind_the_side_both_nonces_and_both_names() {
+        let (a, b) = (hello("a", 1), hello("b", 2));
+        let t = Transcript {
+            dialler: &a,
+            acceptor: &b,
+        };
+        let given = |side, idle| Proof {
+            mac: proof(b"s", side, &t, idle),
+            outbox_idle: idle,
+        };
+        let p = given(Side::Dialler, true);
+        assert!(check_proof(b"s", Side::Dialler, &t, &p));
+        // Reflected as the other side's, or its outbox claim flipped: refused.
+        assert!(!check_proof(b"s", Side::Acceptor, &t, &p));
+        let flipped = Proof {
+            outbox_idle: false,
+            ..p.clone()
+        };
+        assert!(!check_proof(b"s", Side::Dialler, &t, &flipped));
+        assert!(!check_proof(b"t", Side::Dialler, &t, &p));
+        // The same proof for another pair of nonces or names: refused.
+        for (d, acc) in [
+            (hello("a", 3), hello("b", 2)),
+            (hello("a", 1), hello("c", 2)),
+        ] {
+            let other = Transcript {
+                dialler: &d,
+                acceptor: &acc,
+            };
+            assert!(!check_proof(b"s", Side::Dialler, &other, &p));
+        }
+        // Names are length-prefixed: "ab" + "c" is not "a" + "bc".
+        let (ab, c) = (hello("ab", 1), hello("c", 2));
+        let (a2, bc) = (hello("a", 1), hello("bc", 2));
+        let t1 = Transcript {
+            dialler: &ab,
+            acceptor: &c,
+        };
+        let t2 = Transcript {
+            dialler: &a2,
+            acceptor: &bc,
+        };
+        assert_ne!(
+            proof(b"s", Side::Dialler, &t1, true),
+            proof(b"s", Side::Dialler, &t2, true)
+        );
+        assert_ne!(nonce(), nonce());
         assert_eq!(common_version(&[1, 2]), Some(1));
         assert_eq!(common_version(&[7]), None);
     }
