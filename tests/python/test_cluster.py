@@ -20,7 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Broker, free_port
-from mqttraw import PUBACK, PUBLISH, RawClient
+from mqttraw import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, RawClient, ack_packet
 from paho_helpers import V5, V311, Paho
 from test_balancers import Device, in_front_of, serving, start_nginx
 from test_bridge import Mosquitto
@@ -423,6 +423,9 @@ def test_what_waits_for_a_node_is_bounded_and_never_acknowledged_then_dropped(ma
         v5.publish("held/x", str(k), qos=1, packet_id=k + 1)
     codes = [v5.recv_kind(PUBACK).code for _ in range(8)]
     assert codes == [0] * 5 + [0x97] * 3, codes
+    # QoS 2 too: PUBREC 0x97 ends that flow, so the same packet id is free for a retry.
+    v5.publish("held/x", "8", qos=2, packet_id=9)
+    assert v5.recv_kind(PUBREC).code == 0x97
     # The first five wait for n2; it gets them once it is back.
     n2.start()
     n2.wait_for_log(r"cluster: linked to node n1\b", 20)
@@ -430,6 +433,12 @@ def test_what_waits_for_a_node_is_bounded_and_never_acknowledged_then_dropped(ma
     got = sorted(int(back.expect(timeout=10).payload) for _ in range(5))
     assert got == [0, 1, 2, 3, 4]
     back.expect_none(1.0)
+    # The refused QoS 2 message, sent again with its packet id now that there is room.
+    v5.publish("held/x", "8", qos=2, packet_id=9)
+    assert v5.recv_kind(PUBREC).code == 0
+    v5.send(ack_packet(PUBREL, 9))
+    assert v5.recv_kind(PUBCOMP).code in (None, 0)
+    assert back.expect().payload == b"8"
 
 
 @pytest.fixture
@@ -646,3 +655,51 @@ def test_a_full_queue_on_the_subscribers_node_acts_as_on_one_node(make_cluster):
     assert sorted(int(back.expect().payload) for _ in range(5)) == [0, 1, 2, 3, 4]
     back.expect_none(1.0)
     assert api(n1, "/api/v4/nodes/n2")["data"]["queued"] == 0, "node 1 holds nothing for node 2"
+
+
+def node_cert(d, name, certs, ca="ca"):
+    """`d`/node.crt and node.key: `name`'s certificate (its DNS name is the node's name,
+    for both ends of a link), signed by `certs`/`ca`.pem; `d`/ca.pem the CA."""
+    d.mkdir(exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", f"/CN={name}")
+    (d / "node.ext").write_text(f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                                f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:{name}\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", str(certs / f"{ca}.pem"), "-CAkey", str(certs / f"{ca}.key"),
+        "-CAcreateserial", "-out", "node.crt", "-days", "2", "-extfile", "node.ext")
+    shutil.copy(certs / f"{ca}.pem", d / "ca.pem")
+
+
+def test_links_over_mutual_tls(make_cluster, tmp_path, certs):
+    """`cert`, `key`, `ca`: the links are mutual TLS, each end checking the other's
+    certificate against the CA and the node's name; a node with a certificate from
+    another CA is refused."""
+    for i in (1, 2):
+        node_cert(tmp_path / f"n{i}", f"n{i}", certs)
+    tls = 'cert = "node.crt"\nkey = "node.key"\nca = "ca.pem"\n'
+    c = make_cluster(2, extra=tls)
+    n1, n2 = c.nodes
+    sub = Paho(n2, "tls-sub", protocol=V5)
+    sub.subscribe("sealed/#", qos=2)
+    wait_route(n1, "sealed/#", "n2")
+    Paho(n1, "tls-pub", protocol=V5).publish("sealed/x", "over TLS", qos=2)
+    assert sub.expect().payload == b"over TLS"
+    # A third node whose certificate another CA signed.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key",
+                    "-out", "other.pem", "-days", "2", "-subj", "/CN=Other CA"], cwd=certs, check=True,
+                   capture_output=True)
+    node_cert(tmp_path / "n3", "n3", certs, ca="other")
+    d = tmp_path / "n3"
+    stranger = Broker(d, node_config(3, 3, tls), start_timeout=20)
+    c.nodes.append(stranger)
+    # n1 dials n3 (its name sorts first) and refuses the certificate, once in the log.
+    n1.wait_for_log(r"WARN .*cluster: cannot link to node n3: cannot connect: invalid peer certificate", 20)
+    time.sleep(3)
+    warned = [line for line in n1.log_text().splitlines() if "WARN" in line and "cannot link to node n3" in line]
+    assert len(warned) == 1, warned
+    assert "linked to node n3" not in n1.log_text()
+    # n2 dials n3 too: n3 refuses n2's certificate in its handshake, or n2 refuses n3's.
+    assert "linked to node n2" not in stranger.log_text()
