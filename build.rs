@@ -8,9 +8,32 @@
 //! functions sit in their own output section, and valgrind reads symbols only in `.text`.
 
 use std::env;
+use std::io::Write;
 use std::path::Path;
 
+/// The dashboard's files, served gzipped as they are compressed here.
+const DASHBOARD: &[&str] = &["dashboard.html", "dashboard.js"];
+
 fn main() {
+    compress_dashboard();
+    link_hot_text();
+}
+
+fn compress_dashboard() {
+    let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    for name in DASHBOARD {
+        let source = Path::new("src/admin").join(name);
+        println!("cargo::rerun-if-changed={}", source.display());
+        let text = std::fs::read(&source).expect("the dashboard's files are in src/admin");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&text).expect("compressing into memory");
+        let packed = gz.finish().expect("compressing into memory");
+        std::fs::write(Path::new(&out).join(format!("{name}.gz")), packed)
+            .expect("OUT_DIR is writable");
+    }
+}
+
+fn link_hot_text() {
     let script = Path::new("link/hot-text.ld");
     println!("cargo::rerun-if-changed={}", script.display());
     println!("cargo::rerun-if-env-changed=TERN_HOT_TEXT");

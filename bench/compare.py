@@ -53,6 +53,13 @@ TLS = [
     ("tls-connections", "rss_per_conn_bytes", "B RSS per idle TLS connection", False),
 ]
 TLS_BENCH = {"tls-handshakes": "handshakes", "tls-fanin-qos0": "fanin-qos0", "tls-connections": "connections"}
+# Tern with its dashboard on (API and dashboard ports open, nobody looking): every
+# publish updates the topic tree, the difference from fanin-* is that cost. Tern only.
+DASHBOARD = [
+    ("fanin-qos0-dashboard", "rate", "msg/s, the dashboard on (its topic tree recording)", True),
+    ("fanin-qos1-dashboard", "rate", "msg/s, the dashboard on (its topic tree recording)", True),
+]
+DASHBOARD_BENCH = {"fanin-qos0-dashboard": "fanin-qos0", "fanin-qos1-dashboard": "fanin-qos1"}
 # Tern always sets TCP_NODELAY; Mosquitto does only when told. Where Nagle's algorithm
 # only adds delay (a handshake, one message at a time) Mosquitto is told, or its figure
 # would measure the 40 ms delayed-ACK timer; where it batches small writes (the
@@ -117,6 +124,9 @@ class Broker:
             text = ('[listeners.ws]\nenabled = false\n[api]\nenabled = false\nsys_interval = 0\n'
                     '[dashboard]\nenabled = false\n')
             text += f'[listeners.tcp]\nbind = "127.0.0.1:{port}"\n'
+            if scenario in DASHBOARD_BENCH:
+                text = text.replace('[api]\nenabled = false', '[api]\nbind = "127.0.0.1:0"\napp_secret = "bench"')
+                text = text.replace('[dashboard]\nenabled = false', '[dashboard]\nbind = "127.0.0.1:0"')
             if scenario == "central":
                 text += "[limits]\nmax_queued_messages = 10000000\nmax_queued_bytes = 17179869184\n"
             if scenario.startswith("bridge-"):
@@ -229,7 +239,7 @@ def run_scenario(broker, scenario, args, workdir):
         if scenario in TLS_BENCH:
             extra += ["--tls-ca", f"{CERTS}/ca.pem"]
         bench_scenario = "persist-qos1" if scenario.startswith("persist-") else scenario
-        bench_scenario = TLS_BENCH.get(scenario, bench_scenario)
+        bench_scenario = TLS_BENCH.get(scenario, DASHBOARD_BENCH.get(scenario, bench_scenario))
         duration = args.sweep_duration if scenario == "qos1-sweep" else args.duration
         cmd = [str(BENCH), bench_scenario, "--addr", f"127.0.0.1:{port}", "--pid", str(proc.pid),
                "--duration", str(duration), *extra]
@@ -414,7 +424,7 @@ def main():
         for r in range(args.rounds):
             order = brokers if r % 2 == 0 else list(reversed(brokers))
             for broker in order:
-                for scenario, *_ in SCENARIOS + [("startup",)] + DURABLE + TLS + BRIDGE:
+                for scenario, *_ in SCENARIOS + [("startup",)] + DURABLE + TLS + BRIDGE + DASHBOARD:
                     if args.only and scenario not in args.only.split(","):
                         continue
                     if scenario in PERSISTENT and broker.name == "rumqttd":
@@ -423,6 +433,8 @@ def main():
                         continue  # its TLS listener needs a config of its own; not compared
                     if scenario.startswith("bridge-") and broker.name == "rumqttd":
                         continue  # no bridge to a plain MQTT broker
+                    if scenario in DASHBOARD_BENCH and not broker.name.startswith("tern"):
+                        continue  # Tern's own dashboard
                     # Every run starts with an empty data directory.
                     rundir = workdir / f"{r}-{broker.name}-{scenario}"
                     rundir.mkdir()
@@ -491,7 +503,7 @@ def render(brokers, results, args, nofile):
             f"(for latency, loss and memory the peer's figure is divided by Tern's).")
     cols = ["scenario", "metric"] + names + [f"tern vs {p}" for p in peers] + ["limit"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS + DURABLE + TLS + BRIDGE]
+    rows = [(s, m, u, hb) for s, m, u, hb in SCENARIOS + DURABLE + TLS + BRIDGE + DASHBOARD]
     rows += [(s, m, u, hb) for s, m, u, hb in EXTRA]
     rows += [("startup", "startup_ms", "ms to first CONNACK", False),
              ("startup", "first_start_ms", "ms to first CONNACK, empty data dir", False),
@@ -499,7 +511,7 @@ def render(brokers, results, args, nofile):
              ("startup", "binary_kb", "KiB binary", False)]
     rows += [(s, "peak_rss_kb", "KiB peak RSS", False) for s, *_ in SCENARIOS]
     rows += [("tls-connections", "rate", "TLS connects/s (with SUBSCRIBE, 64 at a time)", True)]
-    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)] + DURABLE + TLS + BRIDGE)}
+    order = {s: i for i, (s, *_) in enumerate(SCENARIOS + [("startup",)] + DURABLE + TLS + BRIDGE + DASHBOARD)}
     rows.sort(key=lambda r: order[r[0]])
     for scenario, metric, unit, higher in rows:
         cells, medians = [], {}

@@ -206,6 +206,9 @@ pub fn run(config: Config) -> Result<(), String> {
             Instant::now(),
         ))
     });
+    let history_task = admin
+        .clone()
+        .map(|admin| executor.spawn(crate::admin::record_history(admin)));
     let ticker = executor.spawn({
         let broker = broker.clone();
         async move {
@@ -274,6 +277,7 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(bridge_tasks);
     drop(admin_tasks);
     drop(sys_task);
+    drop(history_task);
     drop(ticker);
     for _ in &workers {
         let _ = stop.try_send(());
@@ -325,6 +329,8 @@ fn start_admin(
                 protocol: format!("mqtt:{}", l.kind),
                 bind: l.bind.to_string(),
                 max_connections: l.max_connections,
+                proxy_protocol: l.proxy_trusted.is_some(),
+                tls: l.tls.is_some(),
             })
             .collect(),
         app_id: config.api.app_id.clone(),
@@ -334,6 +340,8 @@ fn start_admin(
         serving: std::sync::atomic::AtomicBool::new(false),
         bridges: std::sync::OnceLock::new(),
         cluster: std::sync::OnceLock::new(),
+        history: Default::default(),
+        logins: Default::default(),
     });
     let mut certificates = Vec::new();
     for (name, enabled, bind, dashboard) in [
@@ -406,6 +414,10 @@ fn raise_open_file_limit() {
                 return;
             }
             let before = limit.rlim_cur;
+            if before == limit.rlim_max {
+                log::info!("open-file limit is {before}");
+                return;
+            }
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 log::warn!(

@@ -6,18 +6,20 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::history::{History, Sample};
 use super::http::{Request, Response};
-use super::prometheus;
+use super::login::LoginGuard;
+use super::{prometheus, topics};
 use crate::bridge::BridgeStatus;
 use crate::broker::session::SessionKind;
-use crate::broker::{Broker, ClientView, SubscribeError};
+use crate::broker::{Broker, ClientView, MAX_TAPS, SubscribeError, TapRefused};
 use crate::cluster::Cluster;
 use crate::message::Message;
 use crate::protocol::topic::validate_name;
@@ -42,6 +44,9 @@ pub struct ListenerView {
     pub protocol: String,
     pub bind: String,
     pub max_connections: Option<usize>,
+    /// Whether it takes a PROXY header, and terminates TLS itself.
+    pub proxy_protocol: bool,
+    pub tls: bool,
 }
 
 pub struct Admin {
@@ -60,6 +65,9 @@ pub struct Admin {
     pub bridges: OnceLock<Vec<Arc<BridgeStatus>>>,
     /// The cluster, when this node is in one.
     pub cluster: OnceLock<Arc<Cluster>>,
+    /// The dashboard's charts: the last hour, sampled every 10 s.
+    pub history: History,
+    pub logins: LoginGuard,
 }
 
 fn ok(data: Value) -> Response {
@@ -70,15 +78,23 @@ fn error(status: u16, code: u32, message: impl Into<String>) -> Response {
     Response::json(status, &json!({"code": code, "message": message.into()}))
 }
 
-/// A page of `items` as `_page` and `_limit` ask, with EMQX's `meta`.
+/// A page of `items` as `_page` and `_limit` ask (positive numbers), with EMQX's
+/// `meta`.
 fn page(req: &Request, items: Vec<Value>) -> Response {
-    let number = |name: &str, default: usize| {
-        req.query(name)
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(default)
+    let number = |name: &str, default: usize| match req.query(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            error(
+                400,
+                BAD_PARAMETER,
+                format!("{name}={v:?}: expected a number from 1"),
+            )
+        }),
     };
-    let (page, limit) = (number("_page", 1), number("_limit", DEFAULT_LIMIT));
+    let (page, limit) = match (number("_page", 1), number("_limit", DEFAULT_LIMIT)) {
+        (Ok(page), Ok(limit)) => (page, limit),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
     let count = items.len();
     let start = (page - 1).saturating_mul(limit).min(count);
     let end = start.saturating_add(limit).min(count);
@@ -89,6 +105,35 @@ fn page(req: &Request, items: Vec<Value>) -> Response {
                 "meta": {"page": page, "limit": limit, "count": count, "hasnext": end < count}}),
     )
 }
+
+/// Orders JSON values of one field: numbers by value, text by its characters, absent
+/// ones first.
+fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.total_cmp(&y)
+        }
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+        (Value::Null, _) => std::cmp::Ordering::Less,
+        (_, Value::Null) => std::cmp::Ordering::Greater,
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+/// The client fields a list may be sorted by.
+const CLIENT_SORTS: &[&str] = &[
+    "clientid",
+    "username",
+    "ip_address",
+    "connected_at",
+    "keepalive",
+    "mqueue_len",
+    "inflight",
+    "recv_msg",
+    "send_msg",
+];
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, as EMQX v4 writes times.
 pub fn datetime(t: SystemTime) -> String {
@@ -168,11 +213,33 @@ impl Admin {
                 return page;
             }
         }
+        let now = Instant::now();
+        if let Err(wait) = self.logins.check(req.peer.ip(), now) {
+            let mut r = error(
+                429,
+                WRONG_CREDENTIALS,
+                "too many failed logins from this address: wait before trying again",
+            );
+            r.headers
+                .push(("Retry-After", wait.as_secs_f64().ceil().to_string()));
+            return r;
+        }
         if !self.authorized(&req) {
+            // Only a wrong password is a guess; a request without one (a scraper, a
+            // browser's first try) is told 401 and not counted against its address.
+            let wait = match req.header("authorization") {
+                Some(_) => self.logins.failed(req.peer.ip(), now),
+                None => Duration::ZERO,
+            };
             // A password guesser must not fill the SD card: ten lines a minute, then a count.
-            if let Some(suppressed) = CREDENTIAL_FAILURES.check(Instant::now()) {
+            if let Some(suppressed) = CREDENTIAL_FAILURES.check(now) {
+                let slowed = if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(", answered after {wait:?}")
+                };
                 log::warn!(
-                    "management API: {} {} from {} without valid credentials{}",
+                    "management API: {} {} from {} without valid credentials{slowed}{}",
                     req.method,
                     req.path,
                     req.peer,
@@ -184,8 +251,10 @@ impl Admin {
                 r.headers
                     .push(("WWW-Authenticate", "Basic realm=\"tern\"".into()));
             }
+            r.delay = Some(wait).filter(|w| !w.is_zero());
             return r;
         }
+        self.logins.succeeded(req.peer.ip());
         if path == "/metrics" {
             return self.prometheus();
         }
@@ -213,7 +282,7 @@ impl Admin {
             }
             ("GET", ["clients"]) => self.clients(&req),
             ("GET", ["clients", "username", user]) => {
-                let found = self.client_list(|c| c.info.username.as_deref() == Some(*user));
+                let found = self.client_list(|c| c.info.username() == Some(*user));
                 ok(json!(found))
             }
             ("GET", ["clients", ..]) => self.client(&rest_after(rest, "clients/")),
@@ -231,6 +300,9 @@ impl Admin {
                 self.delete_retained(&rest_after(rest, "retainer/message/"))
             }
             ("GET", ["bridges"]) => ok(json!(self.bridges())),
+            ("GET", ["topics"]) => self.topic_tree(&req),
+            ("GET", ["topics", "tap"]) => self.tap(&req),
+            ("GET", ["history"]) => self.history(),
             ("GET", ["alarms"]) => ok(json!([{"node": self.node(), "alarms": self.alarms()}])),
             ("POST", ["mqtt", "subscribe"]) => self.subscribe(&req, false, true),
             ("POST", ["mqtt", "subscribe_batch"]) => self.subscribe(&req, true, true),
@@ -337,6 +409,11 @@ impl Admin {
             "bytes.received": get(&m.bytes_received),
             "bytes.sent": get(&m.bytes_sent),
             "client.connected": get(&m.connections),
+            "connections.probes": get(&m.probes),
+            "api.login_failures": get(&self.logins.failures),
+            "api.logins_turned_away": get(&self.logins.turned_away),
+            "dashboard.taps": self.broker().tap_count(),
+            "dashboard.topics": self.broker().recent_topics(|t| t.len()),
         })
     }
 
@@ -355,6 +432,8 @@ impl Admin {
                     "listen_on": l.bind,
                     "current_conns": current,
                     "max_conns": l.max_connections,
+                    "proxy_protocol": l.proxy_protocol,
+                    "tls": l.tls,
                 })
             })
             .collect()
@@ -365,7 +444,7 @@ impl Admin {
         json!({
             "node": self.node(),
             "clientid": &*c.client_id,
-            "username": i.username,
+            "username": i.username(),
             "ip_address": i.peer().ip().to_string(),
             "port": i.peer().port(),
             "proto_name": if i.protocol == ProtocolVersion::V31 { "MQIsdp" } else { "MQTT" },
@@ -375,6 +454,9 @@ impl Admin {
             "expiry_interval": c.expiry_interval,
             "connected": true,
             "connected_at": datetime(i.connected_at()),
+            "connected_seconds": SystemTime::now()
+                .duration_since(i.connected_at())
+                .map_or(0, |d| d.as_secs()),
             "zone": &*i.listener,
             "mqueue_len": c.queued,
             "mqueue_dropped": c.dropped,
@@ -397,30 +479,79 @@ impl Admin {
             .collect()
     }
 
+    /// `GET /api/v4/clients`: EMQX's `_like_clientid`, `_like_username` and
+    /// `ip_address`, Tern's `_like` (any of the three, any case), sorted by `_sort`
+    /// (`_order=desc` for the other way), paged.
     fn clients(&self, req: &Request) -> Response {
         let like_id = req.query("_like_clientid").unwrap_or("");
         let like_user = req.query("_like_username").unwrap_or("");
-        let found = self.client_list(|c| {
+        let ip = req.query("ip_address");
+        let like = req.query("_like").unwrap_or("").to_lowercase();
+        let sort = req.query("_sort").unwrap_or("connected_at");
+        if !CLIENT_SORTS.contains(&sort) {
+            return error(
+                400,
+                BAD_PARAMETER,
+                format!(
+                    "_sort={sort:?}: expected one of {}",
+                    CLIENT_SORTS.join(", ")
+                ),
+            );
+        }
+        let descending = match req.query("_order") {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return error(
+                    400,
+                    BAD_PARAMETER,
+                    format!("_order={other:?}: expected asc or desc"),
+                );
+            }
+        };
+        let mut found = self.client_list(|c| {
+            let user = c.info.username();
+            let address = c.info.peer().ip().to_string();
             c.client_id.contains(like_id)
-                && (like_user.is_empty()
-                    || c.info
-                        .username
-                        .as_deref()
-                        .is_some_and(|u| u.contains(like_user)))
+                && (like_user.is_empty() || user.is_some_and(|u| u.contains(like_user)))
+                && ip.is_none_or(|ip| address == ip)
+                && (like.is_empty()
+                    || c.client_id.to_lowercase().contains(&like)
+                    || user.is_some_and(|u| u.to_lowercase().contains(&like))
+                    || address.contains(&like))
         });
+        // Ties keep the connection order (a stable sort), so pages do not shuffle.
+        found.sort_by(|a, b| compare_json(&a[sort], &b[sort]));
+        if descending {
+            found.reverse();
+        }
         page(req, found)
     }
 
+    /// `GET /api/v4/clients/ID`: the client as listed, with its subscriptions and will.
     fn client(&self, id: &str) -> Response {
-        let found = self.client_list(|c| &*c.client_id == id);
-        if found.is_empty() {
+        let clients = self.broker().clients();
+        let Some(c) = clients
+            .iter()
+            .find(|c| &*c.client_id == id && SessionKind::of(id) == SessionKind::Client)
+        else {
             return error(
                 404,
                 CLIENT_OFFLINE,
                 format!("client {id:?} is not connected"),
             );
-        }
-        ok(json!(found))
+        };
+        let mut client = self.client_json(c);
+        client["will"] = json!(c.info.will().map(|w| json!({
+            "topic": w.topic, "qos": w.qos as u8, "retain": w.retain,
+            "delay_interval": w.delay})));
+        let subscriptions: Vec<Value> = self
+            .subscriptions(Some(id))
+            .into_iter()
+            .map(|s| json!({"topic": s["topic"], "qos": s["qos"]}))
+            .collect();
+        client["subscriptions"] = json!(subscriptions);
+        ok(json!([client]))
     }
 
     fn kick(&self, id: &str) -> Response {
@@ -675,11 +806,73 @@ impl Admin {
         }
     }
 
+    /// `GET /api/v4/topics?under=PREFIX&sys=true`: one level of the topic tree.
+    fn topic_tree(&self, req: &Request) -> Response {
+        let under = req.query("under").unwrap_or("");
+        if under.contains(['+', '#']) {
+            return error(
+                400,
+                BAD_TOPIC,
+                format!("under={under:?}: a topic prefix has no wildcards"),
+            );
+        }
+        let sys = match flag(req, "sys") {
+            Ok(sys) => sys,
+            Err(response) => return response,
+        };
+        ok(topics::tree(self.broker(), under, sys, Instant::now()))
+    }
+
+    /// `GET /api/v4/topics/tap?filter=FILTER`: the messages that match, as they are
+    /// routed, one JSON object a line.
+    fn tap(&self, req: &Request) -> Response {
+        let Some(filter) = req.query("filter") else {
+            return error(400, MISSING_PARAMETER, "missing filter");
+        };
+        match self.broker().open_tap(filter) {
+            Ok(tap) => {
+                log::info!("management API: {} watches {filter:?}", req.peer);
+                let hello = json!({"watching": filter}).to_string() + "\n";
+                let mut r = Response::new(200, "application/x-ndjson", hello);
+                r.stream = Some(Box::pin(topics::TapLines::new(tap)));
+                r
+            }
+            Err(TapRefused::BadFilter(why)) => {
+                error(400, BAD_TOPIC, format!("topic filter {filter:?}: {why}"))
+            }
+            Err(TapRefused::TooMany) => error(
+                503,
+                BAD_PARAMETER,
+                format!("{MAX_TAPS} taps are open already: close one"),
+            ),
+        }
+    }
+
+    /// `GET /api/v4/history`: the samples of the last hour, and one for now.
+    fn history(&self) -> Response {
+        let mut samples = self.history.samples();
+        samples.push(self.sample_now());
+        ok(json!({"interval": super::history::INTERVAL.as_secs(), "samples": samples}))
+    }
+
+    pub fn sample_now(&self) -> Sample {
+        Sample::of(
+            self.broker(),
+            prometheus::resident_bytes(),
+            SystemTime::now(),
+        )
+    }
+
     fn prometheus(&self) -> Response {
         Response::new(
             200,
             "text/plain; version=0.0.4",
-            prometheus::render(self.broker(), self.bridge_statuses(), self.cluster.get()),
+            prometheus::render(
+                self.broker(),
+                self.bridge_statuses(),
+                self.cluster.get(),
+                &self.logins,
+            ),
         )
     }
 }
@@ -689,6 +882,19 @@ fn rest_after(rest: &str, prefix: &str) -> String {
         .strip_prefix(prefix)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A `true`/`false` query parameter, false when absent.
+fn flag(req: &Request, name: &str) -> Result<bool, Response> {
+    match req.query(name) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(error(
+            400,
+            BAD_PARAMETER,
+            format!("{name}={other:?}: expected true or false"),
+        )),
+    }
 }
 
 /// The request objects of a body: one object, or (`batch`) an array of them.

@@ -49,7 +49,21 @@ pub struct Response {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// A body that goes on (a tap), sent chunked after `body` until it ends or the
+    /// client goes away; the connection closes after it.
+    pub stream: Option<Chunks>,
+    /// Wait this long before answering (a failed login).
+    pub delay: Option<Duration>,
 }
+
+/// The pieces of a streamed body, as they come.
+pub type Chunks = std::pin::Pin<Box<dyn smol::stream::Stream<Item = Vec<u8>> + Send + Sync>>;
+
+/// A stream whose client has read nothing for this long is cut off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A streamed body with nothing to say sends an empty line this often, so that a
+/// closed page is noticed and no proxy between times it out.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 impl Response {
     pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
@@ -58,6 +72,8 @@ impl Response {
             content_type,
             body: body.into(),
             headers: Vec::new(),
+            stream: None,
+            delay: None,
         }
     }
 
@@ -76,6 +92,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -193,11 +210,78 @@ where
             }
             Read::Request(request, keep_alive) => (handler(request), keep_alive),
         };
+        if let Some(delay) = response.delay {
+            Timer::after(delay).await;
+        }
+        if let Some(chunks) = response.stream {
+            let head = Response {
+                stream: None,
+                ..response
+            };
+            return write_stream(&mut stream, head, chunks).await;
+        }
         write_response(&mut stream, &response, keep_alive).await?;
         if !keep_alive {
             return Ok(());
         }
     }
+}
+
+/// Writes `head` and then `chunks` as they come, chunked, until they end, the client
+/// goes away or stops reading for [`WRITE_TIMEOUT`].
+async fn write_stream<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: Response,
+    mut chunks: Chunks,
+) -> io::Result<()> {
+    use smol::stream::StreamExt;
+    let mut out = head_of(&head, None, false).into_bytes();
+    out.extend_from_slice(&chunk(&head.body));
+    loop {
+        let write = async { stream.write_all(&out).await.and(stream.flush().await) };
+        write
+            .or(async {
+                Timer::after(WRITE_TIMEOUT).await;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                ))
+            })
+            .await?;
+        let next = async { Some(chunks.next().await) }.or(async {
+            Timer::after(HEARTBEAT).await;
+            None
+        });
+        out = match next.await {
+            Some(Some(piece)) => chunk(&piece),
+            Some(None) => {
+                let end = async {
+                    stream
+                        .write_all(b"0\r\n\r\n")
+                        .await
+                        .and(stream.flush().await)
+                };
+                return end
+                    .or(async {
+                        Timer::after(WRITE_TIMEOUT).await;
+                        Ok(())
+                    })
+                    .await;
+            }
+            None => chunk(b"\n"),
+        };
+    }
+}
+
+/// One piece of a chunked body (none for an empty one, which would end it).
+fn chunk(piece: &[u8]) -> Vec<u8> {
+    if piece.is_empty() {
+        return Vec::new();
+    }
+    let mut out = format!("{:x}\r\n", piece.len()).into_bytes();
+    out.extend_from_slice(piece);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 async fn read_request<S: AsyncRead + Unpin>(
@@ -301,13 +385,24 @@ async fn write_response<S: AsyncWrite + Unpin>(
     response: &Response,
     keep_alive: bool,
 ) -> io::Result<()> {
+    let mut out = head_of(response, Some(response.body.len()), keep_alive).into_bytes();
+    out.extend_from_slice(&response.body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// The status line and headers: with a `Content-Length`, or chunked without one.
+fn head_of(response: &Response, length: Option<usize>, keep_alive: bool) -> String {
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nCache-Control: no-store\r\n",
         response.status,
         reason(response.status),
         response.content_type,
-        response.body.len()
     );
+    match length {
+        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        None => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
     for (k, v) in &response.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -316,10 +411,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     } else {
         "Connection: close\r\n\r\n"
     });
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&response.body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    head
 }
 
 #[cfg(test)]

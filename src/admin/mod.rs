@@ -5,9 +5,12 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod history;
 pub mod http;
+pub mod login;
 pub mod prometheus;
 pub mod sys;
+pub mod topics;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -61,6 +64,14 @@ pub fn secret(configured: Option<&str>, app_id: &str, data_dir: &Path) -> Result
         path.display()
     );
     Ok(secret)
+}
+
+/// Samples the broker into `admin`'s history every [`history::INTERVAL`], from now.
+pub async fn record_history(admin: Arc<Admin>) {
+    loop {
+        admin.history.push(admin.sample_now());
+        smol::Timer::after(history::INTERVAL).await;
+    }
 }
 
 /// Serves `admin` on `socket` (HTTPS with `tls`); with `dashboard`, the page too.

@@ -1,11 +1,11 @@
 //! `GET /metrics` in the Prometheus text format (version 0.0.4).
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
-
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
+use super::login::LoginGuard;
 use crate::bridge::BridgeStatus;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
@@ -44,6 +44,7 @@ pub fn render(
     broker: &Broker,
     bridges: &[Arc<BridgeStatus>],
     cluster: Option<&Arc<Cluster>>,
+    logins: &LoginGuard,
 ) -> String {
     let m = &broker.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -64,6 +65,27 @@ pub fn render(
         "counter",
         "Connections accepted since start.",
         &[("", get(&m.connections))],
+    );
+    metric(
+        &mut out,
+        "tern_probe_connections_total",
+        "counter",
+        "Connections that ended before sending a byte (load balancers' TCP health checks).",
+        &[("", get(&m.probes))],
+    );
+    metric(
+        &mut out,
+        "tern_api_login_failures_total",
+        "counter",
+        "Requests to the API and dashboard with wrong credentials.",
+        &[("", get(&logins.failures))],
+    );
+    metric(
+        &mut out,
+        "tern_api_logins_turned_away_total",
+        "counter",
+        "Requests turned away (429) while their address waited after failed logins.",
+        &[("", get(&logins.turned_away))],
     );
     metric(
         &mut out,

@@ -133,7 +133,7 @@ pub async fn publish_loop(broker: Arc<Broker>, interval: Duration, started: Inst
             }
             let topic = format!("$SYS/broker/{key}");
             let message = Message::new(topic, Bytes::from(value.clone()), QoS::AtMostOnce, true);
-            broker.publish_internal(message);
+            broker.publish_internal(message, Instant::now());
         }
         last = figures;
         smol::Timer::after(interval).await;

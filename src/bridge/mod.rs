@@ -46,6 +46,9 @@ pub struct BridgeStatus {
     pub sent: AtomicU64,
     pub acknowledged: AtomicU64,
     pub received: AtomicU64,
+    /// When the remote last took a message (acknowledged it, or was sent it at QoS 0),
+    /// in milliseconds since the Unix epoch; 0 for never.
+    pub last_forward_ms: AtomicU64,
     pub outbox: Mutex<Option<Arc<Session>>>,
 }
 
@@ -59,6 +62,7 @@ impl BridgeStatus {
             sent: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            last_forward_ms: AtomicU64::new(0),
             outbox: Mutex::new(None),
         }
     }
@@ -98,7 +102,18 @@ impl BridgeStatus {
                 self.received.load(Ordering::Relaxed).to_string(),
             ),
             ("last_error", text(&self.last_error)),
+            (
+                "last_forward_ms",
+                self.last_forward_ms.load(Ordering::Relaxed).to_string(),
+            ),
         ]
+    }
+
+    pub(crate) fn forwarded_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_forward_ms.store(now, Ordering::Relaxed);
     }
 
     pub(crate) fn set_error(&self, why: &str) {
@@ -158,7 +173,10 @@ fn publish_state(broker: &Broker, status: &BridgeStatus, up: bool) {
     status.connected.store(up, Ordering::Relaxed);
     let topic = format!("$SYS/broker/connection/{}/state", status.name);
     let payload = Bytes::from_static(if up { b"1" } else { b"0" });
-    broker.publish_internal(Message::new(topic, payload, QoS::AtMostOnce, true));
+    broker.publish_internal(
+        Message::new(topic, payload, QoS::AtMostOnce, true),
+        Instant::now(),
+    );
 }
 
 /// How often a bridge's figures are published under `$SYS` (when they changed).
@@ -176,7 +194,7 @@ async fn report(broker: Arc<Broker>, status: Arc<BridgeStatus>) {
             }
             let topic = format!("$SYS/tern/bridge/{}/{key}", status.name);
             let message = Message::new(topic, Bytes::from(value.clone()), QoS::AtMostOnce, true);
-            broker.publish_internal(message);
+            broker.publish_internal(message, Instant::now());
         }
         last = figures;
     }

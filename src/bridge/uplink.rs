@@ -246,8 +246,12 @@ impl Uplink {
                 Some(remote_topic) => {
                     publish.topic = remote_topic.into();
                     publish.properties.subscription_identifiers.clear();
+                    let at_most_once = publish.qos == QoS::AtMostOnce;
                     self.send_remote(&Packet::Publish(publish));
                     self.status.sent.fetch_add(1, Ordering::Relaxed);
+                    if at_most_once {
+                        self.status.forwarded_now();
+                    }
                 }
                 None => {
                     // A subscription left from an older configuration: acknowledged
@@ -336,6 +340,9 @@ impl Uplink {
                 }
                 if matches!(packet, Packet::PubAck(_) | Packet::PubComp(_)) {
                     self.status.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    if !ack.code.is_error() {
+                        self.status.forwarded_now();
+                    }
                 }
                 self.send_local(&packet);
             }

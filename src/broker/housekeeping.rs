@@ -138,6 +138,7 @@ impl Broker {
     /// Asks every connection to close with 0x8B (server shutting down).
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.close_taps();
         let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
         for session in sessions {
             let mut st = session.lock();

@@ -23,7 +23,9 @@ pub struct Link {
     /// When the connection must have heard from the client again, in milliseconds on
     /// the broker's clock ([`super::Broker::clock_ms`]); `u64::MAX` without keep-alive.
     silent_after_ms: AtomicU64,
-    pub username: Option<Box<str>>,
+    /// The user name and will, boxed together: most clients have neither, and each
+    /// idle connection holds a `Link`.
+    details: Option<Box<Details>>,
     /// The client's address (the socket's, or the one its PROXY header named), kept
     /// as address and port: 20 bytes where a `SocketAddr` is 32.
     peer_ip: IpAddr,
@@ -40,6 +42,21 @@ pub struct Link {
     pub sent: AtomicU64,
 }
 
+struct Details {
+    username: Option<String>,
+    will: Option<WillView>,
+}
+
+/// A connected client's will, as the API shows it (not the will itself, which the
+/// connection's state machine holds).
+pub struct WillView {
+    pub topic: String,
+    pub qos: crate::protocol::QoS,
+    pub retain: bool,
+    /// Seconds after the connection ends (v5's Will Delay Interval).
+    pub delay: u32,
+}
+
 /// What a connection is, as it arrives at CONNECT.
 pub struct LinkInfo {
     pub username: Option<String>,
@@ -48,6 +65,7 @@ pub struct LinkInfo {
     pub protocol: ProtocolVersion,
     pub keep_alive: u16,
     pub clean_start: bool,
+    pub will: Option<WillView>,
 }
 
 /// A listener's name, shared by its connections: one word where an `Arc<str>` is two.
@@ -61,7 +79,12 @@ impl Link {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             silent_after_ms: AtomicU64::new(u64::MAX),
-            username: info.username.map(String::into_boxed_str),
+            details: (info.username.is_some() || info.will.is_some()).then(|| {
+                Box::new(Details {
+                    username: info.username,
+                    will: info.will,
+                })
+            }),
             peer_ip: info.peer.ip(),
             peer_port: info.peer.port(),
             listener: info.listener,
@@ -76,6 +99,15 @@ impl Link {
         };
         link.heard(now_ms);
         link
+    }
+
+    pub fn username(&self) -> Option<&str> {
+        self.details.as_ref()?.username.as_deref()
+    }
+
+    /// The will the client left at CONNECT, as the API shows it.
+    pub fn will(&self) -> Option<&WillView> {
+        self.details.as_ref()?.will.as_ref()
     }
 
     /// A packet arrived at `now_ms`: the client is silent only 1.5 times the

@@ -18,6 +18,7 @@ mod client;
 mod housekeeping;
 pub mod link;
 mod management;
+mod observe;
 mod restore;
 pub mod retained;
 pub mod router;
@@ -27,6 +28,8 @@ pub mod session;
 mod sessions;
 mod subscribe;
 mod table;
+pub mod tap;
+pub mod topics;
 
 #[cfg(test)]
 mod spec;
@@ -41,6 +44,7 @@ pub use alarms::Alarm;
 pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, Role, answer_malformed};
 use link::Link;
 pub use management::{ClientView, SubscribeError};
+pub use observe::{MAX_TAPS, TapRefused};
 use retained::Retained;
 use router::Router;
 use routes::LocalRoutes;
@@ -48,6 +52,8 @@ pub use routing::{Reached, Routed};
 use session::{NEVER_EXPIRES, Session};
 pub use sessions::Opened;
 use table::SessionTable;
+use tap::Tap;
+use topics::RecentTopics;
 
 use crate::store::{Loaded, Op, Store};
 
@@ -90,6 +96,9 @@ pub struct Settings {
     /// A shared subscription prefers members on this node (`shared_strategy = local`)
     /// over a cluster peer's.
     pub shared_prefer_local: bool,
+    /// Topics whose last message the dashboard's topic tree keeps, at most; 0 keeps
+    /// none (no dashboard).
+    pub recent_topics: usize,
 }
 
 impl Default for Settings {
@@ -115,6 +124,7 @@ impl Default for Settings {
             max_retained_bytes: 64 * 1024 * 1024,
             track_routes: false,
             shared_prefer_local: false,
+            recent_topics: 0,
         }
     }
 }
@@ -137,6 +147,9 @@ pub struct Metrics {
     pub dropped_payload_format: AtomicU64,
     /// Messages a cluster peer refused for good (one it can never take).
     pub dropped_by_peer: AtomicU64,
+    /// Connections that ended before sending a byte: a balancer's TCP health check,
+    /// which is counted here and logged at debug level only.
+    pub probes: AtomicU64,
     /// Bytes read from and written to client connections.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -186,6 +199,10 @@ pub struct Broker {
     routes: Mutex<LocalRoutes>,
     /// What a cluster does with the retained messages set here.
     replicator: OnceLock<Arc<dyn Replicator>>,
+    /// The dashboard's view of what flows: the last message of each topic, and taps.
+    recent: Mutex<RecentTopics>,
+    taps: RwLock<Vec<Arc<Tap>>>,
+    tapped: AtomicBool,
 }
 
 /// Told of each retained message set (or deleted) on this node by a client or a
@@ -215,6 +232,7 @@ impl Broker {
         };
         let mut router = Router::default();
         router.set_prefer_local(settings.shared_prefer_local);
+        let recent = RecentTopics::new(settings.recent_topics);
         let broker = Arc::new(Broker {
             retained: RwLock::new(Retained::new(
                 settings.max_retained_messages,
@@ -234,6 +252,9 @@ impl Broker {
             sessions_made: AtomicU64::new(0),
             routes: Mutex::new(LocalRoutes::default()),
             replicator: OnceLock::new(),
+            recent: Mutex::new(recent),
+            taps: RwLock::new(Vec::new()),
+            tapped: AtomicBool::new(false),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);

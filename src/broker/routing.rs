@@ -100,6 +100,7 @@ impl Broker {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        self.observe(&messages, now);
         self.route(messages, reached, ops, Some(now))
     }
 
@@ -109,8 +110,9 @@ impl Broker {
     /// A retained one is kept in memory only, outside the retained limits: it is
     /// published again after a restart, and writing it to the store every few seconds
     /// would wear an SD card for nothing.
-    pub fn publish_internal(&self, message: Message) {
+    pub fn publish_internal(&self, message: Message, now: Instant) {
         let message = Arc::new(message);
+        self.observe(std::slice::from_ref(&message), now);
         if message.retain {
             self.retained
                 .write()

@@ -665,20 +665,18 @@ impl Cluster {
                 QoS::AtMostOnce,
                 true,
             );
-            self.broker.publish_internal(message);
+            self.broker.publish_internal(message, Instant::now());
         }
         figures
     }
 
     /// Whether this node's outbox for `peer` has nothing in flight (or there is none).
     pub fn outbox_idle(&self, peer: &str) -> bool {
-        self.peers()
-            .get(peer)
-            .is_none_or(|p| {
-                // After a restart what was in flight is still on disk, not in memory.
-                let outbox = p.outbox.lock();
-                outbox.inflight.is_empty() && outbox.backlog().is_none_or(|(n, _)| n == 0)
-            })
+        self.peers().get(peer).is_none_or(|p| {
+            // After a restart what was in flight is still on disk, not in memory.
+            let outbox = p.outbox.lock();
+            outbox.inflight.is_empty() && outbox.backlog().is_none_or(|(n, _)| n == 0)
+        })
     }
 
     /// What this node tells its peers about itself.

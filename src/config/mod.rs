@@ -183,6 +183,8 @@ pub struct Dashboard {
     /// HTTPS: PEM certificate chain and key.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Topics whose last message the topic tree keeps, at most (0: none).
+    pub max_topics: usize,
 }
 
 impl Default for Dashboard {
@@ -192,6 +194,7 @@ impl Default for Dashboard {
             bind: "0.0.0.0:18083".parse().expect("a valid address"),
             cert: None,
             key: None,
+            max_topics: 2000,
         }
     }
 }
@@ -736,6 +739,11 @@ impl Config {
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.is_on() && c.shared_strategy == Some(SharedStrategy::Local)),
+            recent_topics: if self.dashboard.enabled {
+                self.dashboard.max_topics
+            } else {
+                0
+            },
         }
     }
 }

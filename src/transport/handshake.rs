@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -77,10 +78,16 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
             return None;
         }
         Err(FirstPacketError::Closed) => {
+            if rbuf.is_empty() {
+                broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
+            }
             log::debug!("connection addr={peer} closed before CONNECT");
             return None;
         }
         Err(FirstPacketError::Io(e)) => {
+            if rbuf.is_empty() {
+                broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
+            }
             log::debug!("connection addr={peer} failed before CONNECT: {e}");
             return None;
         }

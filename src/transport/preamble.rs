@@ -4,6 +4,7 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use smol::Timer;
@@ -34,6 +35,7 @@ pub async fn read_proxy_preamble<S: Stream>(
     stream: &mut S,
     balancer: SocketAddr,
     config: &ConnectionConfig,
+    probes: &AtomicU64,
 ) -> Option<Proxied> {
     let trusted = config.proxy_trusted.as_deref().unwrap_or_default();
     let refuse =
@@ -74,6 +76,7 @@ pub async fn read_proxy_preamble<S: Stream>(
             return None;
         }
         Ok(None) => {
+            probes.fetch_add(1, Ordering::Relaxed);
             log::debug!("health check from {balancer} (connect and close)");
             return None;
         }
@@ -89,8 +92,8 @@ pub async fn read_proxy_preamble<S: Stream>(
     })
 }
 
-/// Reads the PROXY header; `None` when the connection closed before sending a byte.
-/// What follows the header stays in `rbuf`.
+/// Reads the PROXY header; `None` when the connection closed (or was reset: HAProxy's
+/// TCP check) before sending a byte. What follows the header stays in `rbuf`.
 async fn read_proxy_header<S: Stream>(
     stream: &mut S,
     rbuf: &mut BytesMut,
@@ -108,6 +111,7 @@ async fn read_proxy_header<S: Stream>(
             Ok(0) if rbuf.is_empty() => return Ok(None),
             Ok(0) => return Err("connection closed in the middle of its PROXY header".into()),
             Ok(_) => {}
+            Err(_) if rbuf.is_empty() => return Ok(None),
             Err(e) => return Err(format!("connection failed before its PROXY header: {e}")),
         }
     }

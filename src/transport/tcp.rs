@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -13,7 +14,7 @@ use smol::future::{Future, FutureExt};
 use smol::io::{AsyncRead, AsyncWrite};
 
 use super::admission::{ListenerAdmission, Verdict};
-use super::connection::{self, ConnectionConfig};
+use super::connection::{self, ConnectionConfig, poll_read_some};
 use super::lane;
 use super::preamble::{self, Proxied};
 use super::tls::common_name;
@@ -96,7 +97,8 @@ async fn serve_wrapped(
         identity,
         rbuf,
     } = if config.proxy_trusted.is_some() {
-        let preamble = preamble::read_proxy_preamble(&mut stream, socket_peer, &config);
+        let probes = &broker.metrics.probes;
+        let preamble = preamble::read_proxy_preamble(&mut stream, socket_peer, &config, probes);
         match Box::pin(preamble).await {
             Some(proxied) => proxied,
             None => return,
@@ -108,6 +110,10 @@ async fn serve_wrapped(
             rbuf: BytesMut::new(),
         }
     };
+    let mut rbuf = rbuf;
+    if rbuf.is_empty() && !first_bytes(&mut stream, &mut rbuf, peer, &broker, &config).await {
+        return;
+    }
     // Admitted once the real client is known: the rate limit is per client address.
     let verdict = admission.admit(peer.ip(), Instant::now());
     let Some(tls) = config.tls.clone() else {
@@ -136,6 +142,35 @@ async fn serve_wrapped(
         identity,
     };
     serve_mqtt(stream, BytesMut::new(), client, broker, config).await;
+}
+
+/// Waits for the client's first bytes before a TLS handshake, within the connect
+/// timeout: `false` when it closes or resets first (a balancer's TCP health check:
+/// counted, and logged at debug level, not as a failed handshake).
+async fn first_bytes(
+    stream: &mut Async<TcpStream>,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: &Broker,
+    config: &ConnectionConfig,
+) -> bool {
+    let read = std::future::poll_fn(|cx| poll_read_some(stream, cx, rbuf));
+    match within(config.connect_timeout, "first byte", async {
+        read.await.map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(n) if n > 0 => true,
+        Ok(_) | Err(_) if rbuf.is_empty() => {
+            broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "connection addr={peer} listener={} ended before its first byte",
+                config.listener
+            );
+            false
+        }
+        _ => false,
+    }
 }
 
 /// Who is on the other end of a wrapped connection.

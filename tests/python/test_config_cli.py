@@ -121,8 +121,28 @@ def test_connect_and_disconnect_are_logged_with_id_version_and_address(broker):
     broker.wait_for_log(r"client disconnected client_id=logged addr=127.0.0.1:\d+")
 
 
-def test_open_file_limit_is_raised_and_logged(broker):
-    broker.wait_for_log(r"open-file limit (raised|stays)")
+def test_open_file_limit_is_raised_and_logged(tmp_path):
+    """Raised to the hard limit when the soft one is lower; when they are equal the log
+    says the limit, not "raised from N to N"."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard)
+    for name in ("raised", "same"):
+        (tmp_path / name).mkdir()
+    b = Broker(tmp_path / "raised", prefix=("prlimit", f"--nofile={low}:{hard}", "--"))
+    try:
+        if low < hard:
+            b.wait_for_log(rf"open-file limit raised from {low} to {hard}")
+        else:
+            b.wait_for_log(rf"open-file limit is {hard}")
+    finally:
+        b.stop()
+    same = Broker(tmp_path / "same", prefix=("prlimit", f"--nofile={hard}:{hard}", "--"))
+    try:
+        same.wait_for_log(rf"open-file limit is {hard}$")
+        assert not any("raised from" in line for line in same.lines)
+    finally:
+        same.stop()
 
 
 def notify_socket(tmp_path, timeout=10):

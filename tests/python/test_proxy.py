@@ -8,6 +8,7 @@ import time
 import pytest
 
 from mqttraw import CONNACK, RawClient, connect_packet
+from test_api import call
 
 PROXIED = '[listeners.tcp]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
 
@@ -158,3 +159,33 @@ def test_use_identity_as_username_needs_a_verified_certificate(make_broker, tmp_
     _, ack = connect_through(b, v1(), "no-cert")
     assert ack.code == 5
     b.wait_for_log(r"no verified client certificate, and this listener takes the user name from one")
+
+
+def reset_before_a_byte(host, port):
+    """A balancer's TCP check that resets: connect, then close with SO_LINGER 0 (RST)."""
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_health_checks_that_reset_are_counted_and_logged_at_debug(make_broker, certs):
+    """HAProxy and Nginx probe every node every few seconds; a check that resets before
+    sending a byte is counted (connections.probes, tern_probe_connections_total) and
+    logged at debug level, on a PROXY listener, a TLS one and a plain one alike."""
+    b = make_broker(PROXIED + '[listeners.tls]\nbind = "127.0.0.1:0"\n'
+                    f'cert = "{certs}/server.crt"\nkey = "{certs}/server.key"\n'
+                    '[listeners.plain]\nbind = "127.0.0.1:0"\n[api]\napp_secret = "x"\n')
+    tls_port = int(b.wait_for_log(r"listening name=tls addr=[\d.]+:(\d+)").group(1))
+    plain_port = int(b.wait_for_log(r"listening name=plain addr=[\d.]+:(\d+)").group(1))
+    for port in (b.port, tls_port, plain_port):
+        for _ in range(5):
+            reset_before_a_byte(b.host, port)
+    metrics = lambda: call(b, "GET", "/api/v4/metrics", auth=("admin", "x"))[1]["data"][0]["metrics"]
+    deadline = time.monotonic() + 5
+    while metrics()["connections.probes"] < 15:
+        assert time.monotonic() < deadline, metrics()
+        time.sleep(0.1)
+    prom = call(b, "GET", "/metrics", auth=None)[1]
+    assert "tern_probe_connections_total 15" in prom, prom
+    time.sleep(0.2)
+    assert " WARN " not in b.log_text(), b.log_text()

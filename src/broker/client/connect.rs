@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::Client;
 use crate::auth::AuthPolicy;
-use crate::broker::link::{Link, LinkInfo, ListenerName};
+use crate::broker::link::{Link, LinkInfo, ListenerName, WillView};
 use crate::broker::session::RESERVED_CLIENT_ID_PREFIXES;
 use crate::broker::{Broker, count};
 use crate::protocol::*;
@@ -350,6 +350,12 @@ impl Client {
             protocol: v,
             keep_alive,
             clean_start: connect.clean_start,
+            will: connect.will.as_ref().map(|w| WillView {
+                topic: w.topic.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                delay: w.properties.will_delay_interval.unwrap_or(0),
+            }),
         };
         let link = Arc::new(Link::new(info, broker.clock_ms(now), arrival.wall));
         let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);

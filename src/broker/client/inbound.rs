@@ -50,7 +50,7 @@ impl Client {
             log::warn!(
                 "client_id={} user={:?} is not authorized to {what} {topic:?} (further refusals on this connection are counted, not logged)",
                 self.session.client_id,
-                self.link.username
+                self.link.username()
             );
         }
     }
@@ -61,7 +61,7 @@ impl Client {
     /// never matches a `$` topic).
     pub(super) fn may_publish(&mut self, topic: &str, now: Instant) -> bool {
         let acl = self.auth.acl();
-        let (client_id, user) = (&self.session.client_id, self.link.username.as_deref());
+        let (client_id, user) = (&self.session.client_id, self.link.username());
         if reserved_for_the_broker(topic) {
             // A bridge's relay is the broker itself, publishing what its `in` rules map.
             let granted = self.role == Role::BridgeRelay

@@ -163,7 +163,7 @@ impl Client {
                 let topic = delivery.message.topic.as_str();
                 if !acl.allows(
                     &self.session.client_id,
-                    self.link.username.as_deref(),
+                    self.link.username(),
                     topic,
                     Access::Read,
                 ) {

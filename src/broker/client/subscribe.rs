@@ -16,7 +16,7 @@ impl Client {
         let readable = match self.auth.acl() {
             Some(acl) => acl.may_ever_read(
                 &self.session.client_id,
-                self.link.username.as_deref(),
+                self.link.username(),
                 filter,
             ),
             None => true,
@@ -48,7 +48,7 @@ impl Client {
                 log::info!(
                     "client_id={} user={:?} subscription refused filter={filter:?}: {why}",
                     self.session.client_id,
-                    self.link.username
+                    self.link.username()
                 );
                 if self.version == ProtocolVersion::V31 && topic::validate_filter(&filter).is_err()
                 {
