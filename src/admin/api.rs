@@ -106,20 +106,20 @@ fn page(req: &Request, items: Vec<Value>) -> Response {
     )
 }
 
-/// Orders JSON values of one field: numbers by value, text by its characters, absent
-/// ones first.
-fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-            x.total_cmp(&y)
-        }
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
-        (Value::Null, _) => std::cmp::Ordering::Less,
-        (_, Value::Null) => std::cmp::Ordering::Greater,
-        _ => a.to_string().cmp(&b.to_string()),
-    }
+/// Whether `text` holds `part`, ASCII letters in either case.
+fn contains_ignoring_case(text: &str, part: &str) -> bool {
+    part.is_empty()
+        || text
+            .as_bytes()
+            .windows(part.len())
+            .any(|w| w.eq_ignore_ascii_case(part.as_bytes()))
+}
+
+/// A client's place in a sorted list: text or a number, by the field asked for.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortKey {
+    Number(u64),
+    Text(String),
 }
 
 /// The client fields a list may be sorted by.
@@ -282,7 +282,8 @@ impl Admin {
             }
             ("GET", ["clients"]) => self.clients(&req),
             ("GET", ["clients", "username", user]) => {
-                let found = self.client_list(|c| c.info.username() == Some(*user));
+                let found =
+                    self.client_list(|c| c.info.username() == Some(*user), "connected_at", false);
                 ok(json!(found))
             }
             ("GET", ["clients", ..]) => self.client(&rest_after(rest, "clients/")),
@@ -467,16 +468,38 @@ impl Admin {
         })
     }
 
-    fn client_list(&self, keep: impl Fn(&ClientView) -> bool) -> Vec<Value> {
+    /// The connected clients that `keep` keeps, ordered by the field `sort` (one of
+    /// [`CLIENT_SORTS`]; ties in connection order), as the API shows them.
+    fn client_list(
+        &self,
+        keep: impl Fn(&ClientView) -> bool,
+        sort: &str,
+        descending: bool,
+    ) -> Vec<Value> {
         let mut clients = self.broker().clients();
-        clients.sort_by_key(|c| c.info.connected_at());
         // A bridge's or a cluster peer's relay session is not a client of this node's
         // (the bridges and the nodes have their own views).
-        clients
-            .iter()
-            .filter(|c| SessionKind::of(&c.client_id) == SessionKind::Client && keep(c))
-            .map(|c| self.client_json(c))
-            .collect()
+        clients.retain(|c| SessionKind::of(&c.client_id) == SessionKind::Client && keep(c));
+        clients.sort_by_cached_key(|c| {
+            let i = &c.info;
+            let connected = i.connected_at();
+            let key = match sort {
+                "clientid" => SortKey::Text(c.client_id.to_string()),
+                "username" => SortKey::Text(i.username().unwrap_or_default().to_owned()),
+                "ip_address" => SortKey::Text(i.peer().ip().to_string()),
+                "keepalive" => SortKey::Number(u64::from(i.keep_alive)),
+                "mqueue_len" => SortKey::Number(c.queued as u64),
+                "inflight" => SortKey::Number(c.inflight as u64),
+                "recv_msg" => SortKey::Number(i.received()),
+                "send_msg" => SortKey::Number(i.sent()),
+                _ => SortKey::Number(0),
+            };
+            (key, connected)
+        });
+        if descending {
+            clients.reverse();
+        }
+        clients.iter().map(|c| self.client_json(c)).collect()
     }
 
     /// `GET /api/v4/clients`: EMQX's `_like_clientid`, `_like_username` and
@@ -486,7 +509,7 @@ impl Admin {
         let like_id = req.query("_like_clientid").unwrap_or("");
         let like_user = req.query("_like_username").unwrap_or("");
         let ip = req.query("ip_address");
-        let like = req.query("_like").unwrap_or("").to_lowercase();
+        let like = req.query("_like").unwrap_or("");
         let sort = req.query("_sort").unwrap_or("connected_at");
         if !CLIENT_SORTS.contains(&sort) {
             return error(
@@ -509,22 +532,18 @@ impl Admin {
                 );
             }
         };
-        let mut found = self.client_list(|c| {
+        let keep = |c: &ClientView| {
             let user = c.info.username();
             let address = c.info.peer().ip().to_string();
             c.client_id.contains(like_id)
                 && (like_user.is_empty() || user.is_some_and(|u| u.contains(like_user)))
                 && ip.is_none_or(|ip| address == ip)
                 && (like.is_empty()
-                    || c.client_id.to_lowercase().contains(&like)
-                    || user.is_some_and(|u| u.to_lowercase().contains(&like))
-                    || address.contains(&like))
-        });
-        // Ties keep the connection order (a stable sort), so pages do not shuffle.
-        found.sort_by(|a, b| compare_json(&a[sort], &b[sort]));
-        if descending {
-            found.reverse();
-        }
+                    || contains_ignoring_case(&c.client_id, like)
+                    || user.is_some_and(|u| contains_ignoring_case(u, like))
+                    || address.contains(like))
+        };
+        let found = self.client_list(keep, sort, descending);
         page(req, found)
     }
 

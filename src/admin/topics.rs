@@ -105,13 +105,6 @@ pub fn tree(broker: &Broker, under: &str, sys: bool, now: Instant) -> Value {
         totals.0 += count;
         totals.1 += 1;
     };
-    let mut recorded = std::collections::HashSet::new();
-    broker.recent_topics(|recent| {
-        for (topic, r) in recent.iter() {
-            recorded.insert(topic.to_owned());
-            place(topic, r.count, &|| recent_json(r, now));
-        }
-    });
     let filter = match (under, sys) {
         ("", false) => "#".to_owned(),
         ("", true) => String::new(),
@@ -124,12 +117,18 @@ pub fn tree(broker: &Broker, under: &str, sys: bool, now: Instant) -> Value {
     if !under.is_empty() {
         retained.extend(broker.retained_matching(under, now));
     }
-    for message in &retained {
-        let topic = message.topic.as_str();
-        if !recorded.contains(topic) {
-            place(topic, 0, &|| retained_json(message));
+    broker.recent_topics(|recent| {
+        for (topic, r) in recent.iter() {
+            place(topic, r.count, &|| recent_json(r, now));
         }
-    }
+        // A retained message stands for a topic nothing was published to since start.
+        for message in &retained {
+            let topic = message.topic.as_str();
+            if recent.get(topic).is_none() {
+                place(topic, 0, &|| retained_json(message));
+            }
+        }
+    });
     let children: Vec<Value> = children
         .into_iter()
         .map(|(name, c)| {

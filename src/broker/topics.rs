@@ -116,8 +116,8 @@ impl RecentTopics {
     /// every `cap / 8` new topics rather than an ordered index kept on every publish.
     fn forget_oldest(&mut self) {
         let mut orders: Vec<u64> = self.topics.values().map(|r| r.order).collect();
-        let n = (orders.len() / 8).max(1);
-        let (_, &mut newest_forgotten, _) = orders.select_nth_unstable(n - 1);
+        orders.sort_unstable();
+        let newest_forgotten = orders[(orders.len() / 8).max(1) - 1];
         self.topics.retain(|_, r| r.order > newest_forgotten);
     }
 

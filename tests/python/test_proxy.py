@@ -174,7 +174,7 @@ def test_health_checks_that_reset_are_counted_and_logged_at_debug(make_broker, c
     logged at debug level, on a PROXY listener, a TLS one and a plain one alike."""
     b = make_broker(PROXIED + '[listeners.tls]\nbind = "127.0.0.1:0"\n'
                     f'cert = "{certs}/server.crt"\nkey = "{certs}/server.key"\n'
-                    '[listeners.plain]\nbind = "127.0.0.1:0"\n[api]\napp_secret = "x"\n')
+                    '[listeners.plain]\ntype = "tcp"\nbind = "127.0.0.1:0"\n[api]\napp_secret = "x"\n')
     tls_port = int(b.wait_for_log(r"listening name=tls addr=[\d.]+:(\d+)").group(1))
     plain_port = int(b.wait_for_log(r"listening name=plain addr=[\d.]+:(\d+)").group(1))
     for port in (b.port, tls_port, plain_port):

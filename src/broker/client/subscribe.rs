@@ -14,11 +14,7 @@ impl Client {
     pub(super) fn may_subscribe(&self, filter: &str) -> Result<(), (ReasonCode, String)> {
         self.broker.check_subscription(&self.session, filter)?;
         let readable = match self.auth.acl() {
-            Some(acl) => acl.may_ever_read(
-                &self.session.client_id,
-                self.link.username(),
-                filter,
-            ),
+            Some(acl) => acl.may_ever_read(&self.session.client_id, self.link.username(), filter),
             None => true,
         };
         if !readable {
