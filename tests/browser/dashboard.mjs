@@ -107,6 +107,8 @@ try {
   await page.click('nav a[data-tab="overview"]');
   await page.waitForTimeout(300);
   await shot(page, 'dashboard-overview-390x844.png');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await shot(page, 'dashboard-overview-dark-390x844.png');
   const wide = await page.evaluate(() => document.documentElement.scrollWidth);
   if (wide > 390) throw new Error(`the phone layout is ${wide} px wide`);
   if (outside.length) throw new Error(`requests outside the dashboard: ${outside.join(', ')}`);

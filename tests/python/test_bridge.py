@@ -312,6 +312,9 @@ def test_failover_to_the_second_remote(tmp_path, stop_all):
         time.sleep(0.2)
     assert (bridge["name"], bridge["connected"]) == ("central", 1)
     assert bridge["remote"].endswith(f":{second.port}") and bridge["sent"] >= 1 and bridge["acknowledged"] >= 1
+    # The dashboard's "last forward": when the remote last took a message.
+    assert abs(bridge["last_forward_ms"] / 1000 - time.time()) < 60, bridge
+    assert {"queued", "queued_bytes", "last_error"} <= set(bridge)
 
 
 def test_wrong_credentials_and_untrusted_certificates_back_off_and_log(tmp_path, stop_all, certs):
