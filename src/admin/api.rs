@@ -254,7 +254,6 @@ impl Admin {
             r.delay = Some(wait).filter(|w| !w.is_zero());
             return r;
         }
-        self.logins.succeeded(req.peer.ip());
         if path == "/metrics" {
             return self.prometheus();
         }
@@ -825,10 +824,11 @@ impl Admin {
         }
     }
 
-    /// `GET /api/v4/topics?under=PREFIX&sys=true`: one level of the topic tree.
+    /// `GET /api/v4/topics?under=PREFIX&sys=true`: one level of the topic tree (the top
+    /// without `under`; `under=` is the empty first level of topics like `/a`).
     fn topic_tree(&self, req: &Request) -> Response {
-        let under = req.query("under").unwrap_or("");
-        if under.contains(['+', '#']) {
+        let under = req.query("under");
+        if let Some(under) = under.filter(|u| u.contains(['+', '#'])) {
             return error(
                 400,
                 BAD_TOPIC,

@@ -16,7 +16,8 @@ async function call(method, path, body) {
   if (body !== undefined) { init.body = JSON.stringify(body); init.headers["Content-Type"] = "application/json"; }
   const r = await fetch("/api/v4/" + path, init);
   if (r.status === 401) { logout("Wrong app id or secret."); throw new Error("401"); }
-  if (r.status === 429) { logout("Too many failed logins from this address: wait " + (r.headers.get("Retry-After") || "a few") + " s."); throw new Error("429"); }
+  // Another client at this address (behind one NAT) failed to log in: wait, still logged in.
+  if (r.status === 429) { if (!sessionStorage.getItem("tern-auth")) $("login_error").textContent = "Too many failed logins from this address: wait " + (r.headers.get("Retry-After") || "a few") + " s."; throw new Error("429"); }
   return r.json();
 }
 const get = (path) => call("GET", path);
@@ -175,19 +176,22 @@ async function overview() {
 // ---- topics: one level a request, expanded where the operator opened it ----
 
 const expanded = new Set();
-const seen = new Map(); // topic -> [time, messages] at the last refresh, for rates
+const seen = new Map(); // topic -> [time, messages] at the last refresh, for rates (shown rows only)
 let selected = null;
 
 async function topics() {
   const sys = $("show_sys").checked ? "&sys=true" : "";
+  // The top is null: "" is the empty first level of topics like "/a".
   const levels = new Map();
-  const wanted = [""].concat([...expanded]);
-  const answers = await Promise.all(wanted.map((u) => get("topics?under=" + encodeURIComponent(u) + sys)));
+  const wanted = [null].concat([...expanded]);
+  const answers = await Promise.all(wanted.map((u) => get(u === null ? "topics?" + sys : "topics?under=" + encodeURIComponent(u) + sys)));
   wanted.forEach((u, i) => levels.set(u, answers[i].data));
-  const root = levels.get("");
+  const root = levels.get(null);
   $("topic_totals").textContent = count(root.topics) + " topics, " + count(root.messages) + " messages since start";
   $("tree_empty").hidden = root.children.length > 0;
   const now = Date.now();
+  const before = new Map(seen);
+  seen.clear();
   const build = (under) => {
     const ul = document.createElement("ul");
     for (const c of levels.get(under).children) {
@@ -204,8 +208,8 @@ async function topics() {
       toggle.disabled = !c.has_children;
       toggle.setAttribute("aria-label", (open ? "collapse " : "expand ") + c.topic);
       const name = document.createElement("span"); name.className = "name"; name.textContent = c.name === "" ? "(empty)" : c.name;
-      const before = seen.get(c.topic);
-      const perSec = before && now > before[0] ? (c.messages - before[1]) / ((now - before[0]) / 1000) : 0;
+      const last = before.get(c.topic);
+      const perSec = last && now > last[0] ? (c.messages - last[1]) / ((now - last[0]) / 1000) : 0;
       seen.set(c.topic, [now, c.messages]);
       const stats = document.createElement("span"); stats.className = "stats";
       stats.textContent = plural(c.messages, "msg") + (c.topics > 1 ? " · " + plural(c.topics, "topic") : "") + (perSec > 0 ? " · " + rate(perSec) + "/s" : "");
@@ -221,7 +225,7 @@ async function topics() {
     }
     return ul;
   };
-  const tree = build("");
+  const tree = build(null);
   tree.id = "tree"; tree.setAttribute("aria-label", "topic tree");
   $("tree").replaceWith(tree);
 }
@@ -395,7 +399,8 @@ async function header() {
 }
 
 function show() {
-  const hash = decodeURIComponent(location.hash.slice(1));
+  let hash = "";
+  try { hash = decodeURIComponent(location.hash.slice(1)); } catch (e) { /* a malformed link: the overview */ }
   if (hash.startsWith("client/")) { view = "client"; shownClient = hash.slice(7); } else view = views[hash] ? hash : "overview";
   for (const s of document.querySelectorAll("[data-page]")) s.hidden = s.dataset.page !== view;
   for (const a of document.querySelectorAll("nav a")) {
@@ -416,7 +421,7 @@ function logout(why) {
 
 async function login(e) {
   e.preventDefault();
-  auth = btoa($("app_id").value + ":" + $("app_secret").value);
+  try { auth = btoa($("app_id").value + ":" + $("app_secret").value); } catch (err) { $("login_error").textContent = "The app id and secret must be Latin-1 text."; return; }
   try { await get("brokers"); } catch (err) { return; }
   sessionStorage.setItem("tern-auth", auth);
   start();

@@ -1,8 +1,11 @@
-//! Failed logins to the API and dashboard, per source address: an operator may set a
-//! short `app_secret`, so each failure past the first few makes that address wait
-//! longer (250 ms, doubling, at most 30 s) before its answer, and any request from
-//! it during the wait is turned away with 429 unchecked. Other addresses are not
-//! touched, so a guesser cannot lock the operator out; a success forgives.
+//! Failed logins to the API and dashboard, per source address (an IPv6 address by its
+//! /64, which one host may hold whole): an operator may set a short `app_secret`, so
+//! each failure past the first few makes that address wait longer (250 ms, doubling,
+//! at most 30 s) before its answer, and any request from it during the wait is turned
+//! away with 429 unchecked. Other addresses are not touched, so a guesser cannot lock
+//! the operator out. Failures are forgiven after 15 quiet minutes, not by a success:
+//! behind a NAT the operator's page and a guesser share an address, and the page's
+//! polls must not reset the guesser's count.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,6 +39,7 @@ pub struct LoginGuard {
 impl LoginGuard {
     /// `Err(retry_after)` while `ip` must wait after its last failure.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = source(ip);
         let addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
         match addresses.get(&ip) {
             Some(f) if f.wait_until > now => {
@@ -48,6 +52,7 @@ impl LoginGuard {
 
     /// Records a failure from `ip`; how long its answer waits.
     pub fn failed(&self, ip: IpAddr, now: Instant) -> Duration {
+        let ip = source(ip);
         self.failures.fetch_add(1, Ordering::Relaxed);
         let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
         if addresses.len() >= ADDRESSES && !addresses.contains_key(&ip) {
@@ -74,10 +79,16 @@ impl LoginGuard {
         f.wait_until = now + wait;
         wait
     }
+}
 
-    pub fn succeeded(&self, ip: IpAddr) {
-        let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
-        addresses.remove(&ip);
+/// The address failures are counted by: an IPv6 address's /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
+        v4 => v4,
     }
 }
 
@@ -116,7 +127,27 @@ mod tests {
         assert!(guard.check(guesser, now).is_err());
         assert!(guard.check(operator, now).is_ok());
         assert!(guard.check(guesser, now + LONGEST_WAIT).is_ok());
-        guard.succeeded(guesser);
-        assert!(guard.check(guesser, now).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_slash_64() {
+        let guard = LoginGuard::default();
+        let now = Instant::now();
+        for i in 0..5 {
+            guard.failed(format!("2001:db8::{i}").parse().unwrap(), now);
+        }
+        assert!(guard.check("2001:db8::ffff".parse().unwrap(), now).is_err());
+        assert!(guard.check("2001:db8:0:1::1".parse().unwrap(), now).is_ok());
+    }
+
+    #[test]
+    fn failures_are_forgiven_after_quiet_minutes() {
+        let guard = LoginGuard::default();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..5 {
+            guard.failed(ip, now);
+        }
+        assert_eq!(guard.failed(ip, now + FORGIVEN_AFTER), Duration::ZERO);
     }
 }

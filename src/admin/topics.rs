@@ -14,9 +14,20 @@ use serde_json::{Value, json};
 use smol::stream::Stream;
 
 use crate::broker::Broker;
-use crate::broker::tap::{Tap, TapEnd};
+use crate::broker::tap::{Tap, TapEnd, Tapped};
 use crate::broker::topics::{PREVIEW_BYTES, Recent};
 use crate::message::Message;
+use crate::protocol::QoS;
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
 
 /// A payload as JSON: text when it is printable UTF-8 (cut at the preview), hex
 /// otherwise.
@@ -38,26 +49,60 @@ pub fn payload_json(preview: &[u8], size: usize) -> Value {
     };
     let (payload, encoding) = match text.filter(|t| !binary(t)) {
         Some(text) => (text.to_owned(), "utf8"),
-        None => (preview.iter().map(|b| format!("{b:02x}")).collect(), "hex"),
+        None => (hex(preview), "hex"),
     };
     json!({"payload": payload, "encoding": encoding, "size": size, "truncated": truncated})
 }
 
-fn recent_json(recent: &Recent, now: Instant) -> Value {
-    let mut value = payload_json(&recent.preview, recent.size);
-    value["qos"] = json!(recent.qos as u8);
-    value["retain"] = json!(recent.retain);
-    value["age_ms"] = json!(now.saturating_duration_since(recent.at).as_millis() as u64);
-    value
+/// A topic's last message as the tree shows it: copied out of the recent topics, or a
+/// retained one, so that the JSON is built after the broker's lock is released.
+enum Shown {
+    Recent {
+        preview: Vec<u8>,
+        size: usize,
+        qos: QoS,
+        retain: bool,
+        age_ms: u64,
+    },
+    Retained(Arc<Message>),
 }
 
-fn retained_json(message: &Message) -> Value {
-    let cut = message.payload.len().min(PREVIEW_BYTES);
-    let mut value = payload_json(&message.payload[..cut], message.payload.len());
-    value["qos"] = json!(message.qos as u8);
-    value["retain"] = json!(true);
-    value["age_ms"] = Value::Null;
-    value
+impl Shown {
+    fn of(recent: &Recent, now: Instant) -> Shown {
+        Shown::Recent {
+            preview: recent.preview.clone(),
+            size: recent.size,
+            qos: recent.qos,
+            retain: recent.retain,
+            age_ms: now.saturating_duration_since(recent.at).as_millis() as u64,
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Shown::Recent {
+                preview,
+                size,
+                qos,
+                retain,
+                age_ms,
+            } => {
+                let mut value = payload_json(preview, *size);
+                value["qos"] = json!(*qos as u8);
+                value["retain"] = json!(retain);
+                value["age_ms"] = json!(age_ms);
+                value
+            }
+            Shown::Retained(message) => {
+                let cut = message.payload.len().min(PREVIEW_BYTES);
+                let mut value = payload_json(&message.payload[..cut], message.payload.len());
+                value["qos"] = json!(message.qos as u8);
+                value["retain"] = json!(true);
+                value["age_ms"] = Value::Null;
+                value
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,84 +110,91 @@ struct Child {
     messages: u64,
     topics: u64,
     has_children: bool,
-    value: Option<Value>,
+    value: Option<Shown>,
 }
 
-/// What lies under `under` ("" for the top): its own last message when it is a topic
+/// What lies under the topic prefix `under` (`None` for the top; `Some("")` is the
+/// empty first level of topics like `/a`): its own last message when it is a topic
 /// too, and its children. Topics under `$` show only with `sys` (or under a `$`
-/// prefix).
-pub fn tree(broker: &Broker, under: &str, sys: bool, now: Instant) -> Value {
-    let sys = sys || under.starts_with('$');
+/// prefix). The recent topics stay locked (publishers wait for them) only while they
+/// are counted and the shown values copied.
+pub fn tree(broker: &Broker, under: Option<&str>, sys: bool, now: Instant) -> Value {
+    let sys = sys || under.is_some_and(|u| u.starts_with('$'));
     let mut children: BTreeMap<String, Child> = BTreeMap::new();
-    let mut own: Option<Value> = None;
+    let mut own: Option<Shown> = None;
     let mut totals = (0u64, 0u64);
-    let mut place = |topic: &str, count: u64, value: &dyn Fn() -> Value| {
+    let mut retained = Vec::new();
+    match under {
+        None => {
+            retained = broker.retained_matching("#", now);
+            if sys {
+                retained.extend(broker.retained_matching("$SYS/#", now));
+            }
+        }
+        Some(prefix) => {
+            retained.extend(broker.retained_matching(&format!("{prefix}/#"), now));
+            if !prefix.is_empty() {
+                retained.extend(broker.retained_matching(prefix, now));
+            }
+        }
+    }
+    let mut place = |topic: &str, count: u64, shown: &dyn Fn() -> Shown| {
         if !sys && topic.starts_with('$') {
             return;
         }
-        let rest = if under.is_empty() {
-            topic
-        } else if topic == under {
-            own.get_or_insert_with(value);
-            return;
-        } else {
-            match topic.strip_prefix(under).and_then(|r| r.strip_prefix('/')) {
+        let rest = match under {
+            None => topic,
+            Some(prefix) if topic == prefix => {
+                own.get_or_insert_with(shown);
+                return;
+            }
+            Some(prefix) => match topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
                 Some(rest) => rest,
                 None => return,
-            }
+            },
         };
         let (name, deeper) = match rest.split_once('/') {
             Some((name, _)) => (name, true),
             None => (rest, false),
         };
-        let child = children.entry(name.to_owned()).or_default();
+        if !children.contains_key(name) {
+            children.insert(name.to_owned(), Child::default());
+        }
+        let child = children.get_mut(name).expect("inserted above when missing");
         child.messages += count;
         child.topics += 1;
         child.has_children |= deeper;
         if !deeper {
-            child.value.get_or_insert_with(value);
+            child.value.get_or_insert_with(shown);
         }
         totals.0 += count;
         totals.1 += 1;
     };
-    let filter = match (under, sys) {
-        ("", false) => "#".to_owned(),
-        ("", true) => String::new(),
-        (prefix, _) => format!("{prefix}/#"),
-    };
-    let mut retained = broker.retained_matching(if filter.is_empty() { "#" } else { &filter }, now);
-    if filter.is_empty() {
-        retained.extend(broker.retained_matching("$SYS/#", now));
-    }
-    if !under.is_empty() {
-        retained.extend(broker.retained_matching(under, now));
-    }
     broker.recent_topics(|recent| {
         for (topic, r) in recent.iter() {
-            place(topic, r.count, &|| recent_json(r, now));
+            place(topic, r.count, &|| Shown::of(r, now));
         }
         // A retained message stands for a topic nothing was published to since start.
         for message in &retained {
             let topic = message.topic.as_str();
             if recent.get(topic).is_none() {
-                place(topic, 0, &|| retained_json(message));
+                place(topic, 0, &|| Shown::Retained(message.clone()));
             }
         }
     });
     let children: Vec<Value> = children
         .into_iter()
         .map(|(name, c)| {
-            let topic = if under.is_empty() {
-                name.clone()
-            } else {
-                format!("{under}/{name}")
+            let topic = match under {
+                None => name.clone(),
+                Some(prefix) => format!("{prefix}/{name}"),
             };
             json!({"name": name, "topic": topic, "messages": c.messages, "topics": c.topics,
-                   "has_children": c.has_children, "value": c.value})
+                   "has_children": c.has_children, "value": c.value.map(|v| v.json())})
         })
         .collect();
-    json!({"under": under, "messages": totals.0, "topics": totals.1, "value": own,
-           "children": children})
+    json!({"under": under, "messages": totals.0, "topics": totals.1,
+           "value": own.map(|v| v.json()), "children": children})
 }
 
 /// A tap's messages as JSON lines; the tap closes when this is dropped.
@@ -163,10 +215,9 @@ impl Drop for TapLines {
     }
 }
 
-fn tap_line(message: &Message, wall: SystemTime) -> String {
-    let cut = message.payload.len().min(PREVIEW_BYTES);
-    let mut line = payload_json(&message.payload[..cut], message.payload.len());
-    line["topic"] = json!(message.topic.as_str());
+fn tap_line(message: &Tapped, wall: SystemTime) -> String {
+    let mut line = payload_json(&message.preview, message.size);
+    line["topic"] = json!(message.topic);
     line["qos"] = json!(message.qos as u8);
     line["retain"] = json!(message.retain);
     line["time"] = json!(
@@ -256,7 +307,7 @@ mod tests {
                 now,
             );
         }
-        let top = tree(&broker, "", false, now);
+        let top = tree(&broker, None, false, now);
         let names: Vec<&str> = top["children"]
             .as_array()
             .unwrap()
@@ -268,7 +319,7 @@ mod tests {
             (top["messages"].as_u64(), top["topics"].as_u64()),
             (Some(4), Some(3))
         );
-        let site = tree(&broker, "site", false, now);
+        let site = tree(&broker, Some("site"), false, now);
         let a = &site["children"][0];
         assert_eq!(
             (
@@ -278,7 +329,7 @@ mod tests {
             ),
             (Some("a"), Some(2), Some(true))
         );
-        let leaf = tree(&broker, "site/a/temp", false, now);
+        let leaf = tree(&broker, Some("site/a/temp"), false, now);
         assert_eq!(leaf["value"]["payload"], "2");
     }
 }

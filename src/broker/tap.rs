@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use super::topics::PREVIEW_BYTES;
 use crate::message::Message;
-use crate::protocol::topic;
+use crate::protocol::{QoS, topic};
 
-/// Messages a tap holds for its reader, at most, and their payload bytes.
+/// Messages a tap holds for its reader, at most, and their bytes (topics and previews).
 pub const TAP_MESSAGES: usize = 256;
 pub const TAP_BYTES: usize = 1024 * 1024;
 
@@ -29,9 +30,38 @@ pub struct Tap {
     state: Mutex<TapState>,
 }
 
+/// A message as a tap shows it: a copy of its topic and of the first
+/// [`PREVIEW_BYTES`] of its payload, never the message itself, whose payload shares the
+/// allocation of the read buffer it was decoded from.
+pub struct Tapped {
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The payload's length, of which `preview` holds the first bytes.
+    pub size: usize,
+    pub preview: Vec<u8>,
+}
+
+impl Tapped {
+    fn of(message: &Message) -> Tapped {
+        let cut = message.payload.len().min(PREVIEW_BYTES);
+        Tapped {
+            topic: message.topic.as_str().to_owned(),
+            qos: message.qos,
+            retain: message.retain,
+            size: message.payload.len(),
+            preview: message.payload[..cut].to_vec(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.topic.len() + self.preview.len()
+    }
+}
+
 #[derive(Default)]
 struct TapState {
-    waiting: VecDeque<Arc<Message>>,
+    waiting: VecDeque<Tapped>,
     bytes: usize,
     ended: Option<TapEnd>,
     reader: Option<Waker>,
@@ -59,13 +89,14 @@ impl Tap {
         if st.ended.is_some() {
             return false;
         }
-        if st.waiting.len() >= TAP_MESSAGES || st.bytes + message.payload.len() > TAP_BYTES {
+        let tapped = Tapped::of(message);
+        if st.waiting.len() >= TAP_MESSAGES || st.bytes + tapped.bytes() > TAP_BYTES {
             st.waiting.clear();
             st.bytes = 0;
             st.ended = Some(TapEnd::FellBehind);
         } else {
-            st.bytes += message.payload.len();
-            st.waiting.push_back(message.clone());
+            st.bytes += tapped.bytes();
+            st.waiting.push_back(tapped);
         }
         if let Some(reader) = st.reader.take() {
             reader.wake();
@@ -74,7 +105,7 @@ impl Tap {
     }
 
     /// Takes what waits, or how the tap ended once nothing does.
-    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Vec<Arc<Message>>, TapEnd>> {
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Vec<Tapped>, TapEnd>> {
         let mut st = self.state();
         if !st.waiting.is_empty() {
             st.bytes = 0;

@@ -18,6 +18,9 @@ use crate::protocol::QoS;
 
 /// Payloads longer than this keep only their first bytes.
 pub const PREVIEW_BYTES: usize = 1024;
+/// Topics longer than this are not recorded: a name may be 64 KiB, and the cap on
+/// topics would not bound the memory of a few thousand such names.
+pub const LONGEST_TOPIC: usize = 512;
 
 /// The last message seen on one topic, and how many it carried.
 pub struct Recent {
@@ -78,9 +81,12 @@ impl RecentTopics {
 
     /// `count` messages on one topic, of which `last` came last.
     fn record_run(&mut self, last: &Message, count: u64, now: Instant) {
+        let topic = last.topic.as_str();
+        if topic.len() > LONGEST_TOPIC {
+            return;
+        }
         self.order += 1;
         let order = self.order;
-        let topic = last.topic.as_str();
         if !self.topics.contains_key(topic) {
             if self.topics.len() >= self.cap {
                 self.forget_oldest();
@@ -184,6 +190,16 @@ mod tests {
         assert!(topics.get("t/0").is_some(), "republished, so recent");
         assert!(topics.get("t/new").is_some());
         assert!(topics.get("t/1").is_none(), "the oldest is forgotten");
+    }
+
+    #[test]
+    fn very_long_topics_are_not_recorded() {
+        let mut topics = RecentTopics::new(10);
+        topics.record(
+            &[message(&"x".repeat(LONGEST_TOPIC + 1), b"v")],
+            Instant::now(),
+        );
+        assert!(topics.is_empty());
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
     } = *start;
     let (broker, stream) = (&broker, &mut owned_stream);
     let max_packet = broker.settings.max_packet_size as usize;
+    // A wrapped listener counts its probes before its PROXY header, TLS or WebSocket:
+    // a client that closes after those is no balancer's check.
+    let unwrapped =
+        config.proxy_trusted.is_none() && config.tls.is_none() && config.ws_path.is_none();
     let first = read_frame(stream, &mut rbuf, max_packet).or(async {
         Timer::after(config.connect_timeout).await;
         Err(FirstPacketError::Timeout)
@@ -78,14 +82,14 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
             return None;
         }
         Err(FirstPacketError::Closed) => {
-            if rbuf.is_empty() {
+            if rbuf.is_empty() && unwrapped {
                 broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
             }
             log::debug!("connection addr={peer} closed before CONNECT");
             return None;
         }
         Err(FirstPacketError::Io(e)) => {
-            if rbuf.is_empty() {
+            if rbuf.is_empty() && unwrapped {
                 broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
             }
             log::debug!("connection addr={peer} failed before CONNECT: {e}");

@@ -154,14 +154,14 @@ async fn first_bytes(
     broker: &Broker,
     config: &ConnectionConfig,
 ) -> bool {
-    let read = std::future::poll_fn(|cx| poll_read_some(stream, cx, rbuf));
-    match within(config.connect_timeout, "first byte", async {
-        read.await.map_err(|e| e.to_string())
-    })
-    .await
-    {
-        Ok(n) if n > 0 => true,
-        Ok(_) | Err(_) if rbuf.is_empty() => {
+    let read = async { Some(std::future::poll_fn(|cx| poll_read_some(stream, cx, rbuf)).await) };
+    let timeout = async {
+        smol::Timer::after(config.connect_timeout).await;
+        None
+    };
+    match read.or(timeout).await {
+        Some(Ok(n)) if n > 0 => true,
+        Some(_) => {
             broker.metrics.probes.fetch_add(1, Ordering::Relaxed);
             log::debug!(
                 "connection addr={peer} listener={} ended before its first byte",
@@ -169,7 +169,14 @@ async fn first_bytes(
             );
             false
         }
-        _ => false,
+        None => {
+            log::info!(
+                "closed connection addr={peer} listener={}: no byte within {:?}",
+                config.listener,
+                config.connect_timeout
+            );
+            false
+        }
     }
 }
 

@@ -45,10 +45,12 @@ try {
   await page.click('[data-topic="site"] .toggle', { timeout: 3000 });
   await page.click('[data-topic="site/line1"] .toggle', { timeout: 3000 });
   const temp = page.locator('[data-topic="site/line1/temp"] .value');
-  await temp.waitFor({ timeout: 2000 });
+  const opened = Date.now();
+  await temp.waitFor({ timeout: 1000 });
+  console.log(`site/line1/temp in the tree ${Date.now() - opened} ms after line1 was opened`);
   const first = await temp.innerText();
   await page.waitForFunction((v) => document.querySelector('[data-topic="site/line1/temp"] .value').textContent !== v,
-    first, { timeout: 2000 });
+    first, { timeout: 1500 });
   console.log(`tree shows site/line1/temp = ${await temp.innerText()} (was ${first} a moment before)`);
 
   await page.click('[data-topic="site/line1/config"] .name');
@@ -57,6 +59,10 @@ try {
   await page.click('[data-topic="site/line1/raw"] .name');
   await page.waitForFunction(() => document.getElementById('topic_value').textContent.includes('0000  de ad be ef 00'), null, { timeout: 3000 });
   console.log('binary as hex');
+  // "/lead/x" starts with an empty level, which is not the top of the tree.
+  await page.click('[data-topic=""] .toggle', { timeout: 3000 });
+  await page.locator('[data-topic="/lead"]').waitFor({ timeout: 3000 });
+  console.log('empty level opens');
 
   // The tap: watch the sensor, then stop.
   await page.fill('#tap_filter', 'site/line1/temp');

@@ -104,6 +104,18 @@ def test_the_topic_tree_goes_one_level_at_a_time(tmp_path):
         assert "$SYS" not in [c["name"] for c in top["children"]]
         wait_until("$SYS published", lambda: "$SYS" in [
             c["name"] for c in call(b, "GET", "/api/v4/topics?sys=true")[1]["data"]["children"]])
+        # A topic with an empty first level (`/a/b`) sits under the empty name, which
+        # is not the top.
+        p.publish("/lead/x", "y", qos=1)
+        wait_until("the leading slash recorded", lambda: "" in [
+            c["name"] for c in call(b, "GET", "/api/v4/topics")[1]["data"]["children"]])
+        empty = call(b, "GET", "/api/v4/topics?under=")[1]["data"]
+        assert [(c["name"], c["topic"]) for c in empty["children"]] == [("lead", "/lead")]
+        # Topics longer than 512 bytes are not recorded (a name may be 64 KiB).
+        p.publish("long/" + "x" * 600, "v", qos=1)
+        p.publish("long/short", "v", qos=1)
+        wait_until("long/short recorded", lambda: call(b, "GET", "/api/v4/topics?under=long")[1]["data"]["topics"] >= 1)
+        assert [c["name"] for c in call(b, "GET", "/api/v4/topics?under=long")[1]["data"]["children"]] == ["short"]
         # Bad parameters are refused with EMQX's codes.
         assert call(b, "GET", "/api/v4/topics?under=site/%2B")[:1] == (400,)
         assert call(b, "GET", "/api/v4/topics?under=site/%2B")[1]["code"] == 115
@@ -279,7 +291,7 @@ def timed_call(b, auth, source="127.0.0.1"):
 def test_failed_logins_are_slowed_per_address(tmp_path):
     """Three wrong secrets are answered at once; then each waits longer (250 ms,
     500 ms, ...), and while one waits its address is turned away (429) even with the
-    right secret; another address logs in at once; a success forgives."""
+    right secret; another address logs in at once; a success does not reset the count."""
     b = api_broker(tmp_path)
     try:
         quick = [timed_call(b, "wrong") for _ in range(3)]
@@ -296,7 +308,10 @@ def test_failed_logins_are_slowed_per_address(tmp_path):
         assert status == 200 and took < 0.2, "another address is not held back"
         waiting.join()
         assert timed_call(b, SECRET)[0] == 200, "the wait over, the right secret works"
-        assert timed_call(b, "wrong")[1] < 0.2, "a success forgave the address"
+        # A success does not forgive: behind a NAT the operator's page and a guesser
+        # share the address, and the page's polls must not reset the count.
+        status, took, _ = timed_call(b, "wrong")
+        assert status == 401 and took >= 0.9, took
         prom = call(b, "GET", "/metrics", auth=None)[1]
         assert "tern_api_login_failures_total 6" in prom, prom
         assert "tern_api_logins_turned_away_total 1" in prom, prom
@@ -324,7 +339,7 @@ def connect_many(b, n, prefix):
     return socks
 
 
-def test_the_dashboard_in_headless_chromium(tmp_path):
+def test_the_dashboard_in_headless_chromium(tmp_path, capsys):
     """The page through its real flows, at 1280x800 and 390x844: log in with Enter; the
     Overview chart has points at once; a sensor publishing every 100 ms shows in the
     topic tree with its latest value; JSON is pretty-printed and binary shown as hex;
@@ -346,6 +361,7 @@ def test_the_dashboard_in_headless_chromium(tmp_path):
         threading.Thread(target=publish, daemon=True).start()
         sensor.publish("site/line1/config", json.dumps({"unit": "C", "limits": [5, 40]}), qos=1, retain=True)
         sensor.publish("site/line1/raw", bytes([0xde, 0xad, 0xbe, 0xef, 0x00]), qos=1, retain=True)
+        sensor.publish("/lead/x", "a topic with an empty first level", qos=1, retain=True)
         listener = Paho(b, "listener", protocol=V311)
         listener.subscribe("from/dashboard", qos=1)
         fleet = connect_many(b, 2000, "fleet-")
@@ -354,10 +370,12 @@ def test_the_dashboard_in_headless_chromium(tmp_path):
         out = subprocess.run(["node", str(BROWSER_DIR / "dashboard.mjs"), f"http://127.0.0.1:{b.dashboard_port}/",
                               "admin", SECRET, "fleet-1234", str(shots)],
                              capture_output=True, text=True, timeout=240)
-        print(out.stdout)
         assert out.returncode == 0, out.stdout + out.stderr
+        with capsys.disabled():
+            # The screenshots' names, in the suite's output even when it passes.
+            print("\n" + "\n".join(line for line in out.stdout.splitlines() if line.startswith("screenshot: ")))
         for line in ("logged in with Enter", "chart points on first load", "tree shows site/line1/temp",
-                     "json pretty-printed", "binary as hex", "tap streamed", "tap stopped", "published",
+                     "json pretty-printed", "binary as hex", "empty level opens", "tap streamed", "tap stopped", "published",
                      "found fleet-1234 among 2000", "kicked fleet-1234"):
             assert line in out.stdout, line
         got = listener.expect(10)
