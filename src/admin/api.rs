@@ -115,13 +115,6 @@ fn contains_ignoring_case(text: &str, part: &str) -> bool {
             .any(|w| w.eq_ignore_ascii_case(part.as_bytes()))
 }
 
-/// A client's place in a sorted list: text or a number, by the field asked for.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum SortKey {
-    Number(u64),
-    Text(String),
-}
-
 /// The client fields a list may be sorted by.
 const CLIENT_SORTS: &[&str] = &[
     "clientid",
@@ -479,22 +472,38 @@ impl Admin {
         // A bridge's or a cluster peer's relay session is not a client of this node's
         // (the bridges and the nodes have their own views).
         clients.retain(|c| SessionKind::of(&c.client_id) == SessionKind::Client && keep(c));
-        clients.sort_by_cached_key(|c| {
-            let i = &c.info;
-            let connected = i.connected_at();
-            let key = match sort {
-                "clientid" => SortKey::Text(c.client_id.to_string()),
-                "username" => SortKey::Text(i.username().unwrap_or_default().to_owned()),
-                "ip_address" => SortKey::Text(i.peer().ip().to_string()),
-                "keepalive" => SortKey::Number(u64::from(i.keep_alive)),
-                "mqueue_len" => SortKey::Number(c.queued as u64),
-                "inflight" => SortKey::Number(c.inflight as u64),
-                "recv_msg" => SortKey::Number(i.received()),
-                "send_msg" => SortKey::Number(i.sent()),
-                _ => SortKey::Number(0),
-            };
-            (key, connected)
-        });
+        // Sorted as pairs of strings (numbers zero-padded, so that they order as
+        // text), with a tie-break of connection time and position: that sort is in the
+        // binary already (routes), where a sort of a key type of our own added 10 KB.
+        let mut order: Vec<(String, String)> = clients
+            .iter()
+            .enumerate()
+            .map(|(at, c)| {
+                let i = &c.info;
+                let number = |n: u64| format!("{n:020}");
+                let key = match sort {
+                    "clientid" => c.client_id.to_string(),
+                    "username" => i.username().unwrap_or_default().to_owned(),
+                    "ip_address" => i.peer().ip().to_string(),
+                    "keepalive" => number(u64::from(i.keep_alive)),
+                    "mqueue_len" => number(c.queued as u64),
+                    "inflight" => number(c.inflight as u64),
+                    "recv_msg" => number(i.received()),
+                    "send_msg" => number(i.sent()),
+                    _ => String::new(),
+                };
+                let since = i
+                    .connected_at()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                (key, format!("{:020}{at:020}", since.as_millis()))
+            })
+            .collect();
+        order.sort();
+        let mut clients: Vec<&ClientView> = order
+            .iter()
+            .map(|(_, tie)| &clients[tie[20..].parse::<usize>().expect("written above")])
+            .collect();
         if descending {
             clients.reverse();
         }
