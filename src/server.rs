@@ -29,6 +29,15 @@ use crate::watchdog::{self, Heartbeats};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(config: Config) -> Result<(), String> {
+    // Before anything listens: a SIGTERM that arrives while Tern is still starting
+    // (systemd stopping it, a test) waits for the graceful stop instead of killing the
+    // process and cutting off the clients that already connected without a DISCONNECT.
+    let signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     raise_open_file_limit();
     if let Some(board) = &config.node.board {
         log::info!(
@@ -230,7 +239,7 @@ pub fn run(config: Config) -> Result<(), String> {
         config.node.name
     );
 
-    let signal = smol::block_on(wait_for_signal(|| {
+    let signal = smol::block_on(wait_for_signal(signals, || {
         for policy in &policies {
             for error in policy.reload() {
                 log::error!("reload on SIGHUP kept the previous rules: {error}");
@@ -379,12 +388,14 @@ fn start_admin(
     Ok((Some(admin), tasks, certificates))
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP runs `on_hangup` and keeps waiting.
-async fn wait_for_signal(on_hangup: impl Fn()) -> Result<&'static str, String> {
-    use async_signal::{Signal, Signals};
+/// Waits for SIGTERM or SIGINT (also one that came during start-up); SIGHUP runs
+/// `on_hangup` and keeps waiting.
+async fn wait_for_signal(
+    mut signals: async_signal::Signals,
+    on_hangup: impl Fn(),
+) -> Result<&'static str, String> {
+    use async_signal::Signal;
     use smol::stream::StreamExt;
-    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     loop {
         match signals.next().await {
             Some(Ok(Signal::Hup)) => on_hangup(),
