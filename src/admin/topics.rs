@@ -15,9 +15,7 @@ use smol::stream::Stream;
 
 use crate::broker::Broker;
 use crate::broker::tap::{Tap, TapEnd, Tapped};
-use crate::broker::topics::{PREVIEW_BYTES, Recent};
-use crate::message::Message;
-use crate::protocol::QoS;
+use crate::broker::topics::Preview;
 
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -54,54 +52,27 @@ pub fn payload_json(preview: &[u8], size: usize) -> Value {
     json!({"payload": payload, "encoding": encoding, "size": size, "truncated": truncated})
 }
 
-/// A topic's last message as the tree shows it: copied out of the recent topics, or a
-/// retained one, so that the JSON is built after the broker's lock is released.
-enum Shown {
-    Recent {
-        preview: Vec<u8>,
-        size: usize,
-        qos: QoS,
-        retain: bool,
-        age_ms: u64,
-    },
-    Retained(Arc<Message>),
+/// A message's preview as JSON: its payload (see [`payload_json`]), QoS and retain flag.
+fn preview_json(preview: &Preview) -> Value {
+    let mut value = payload_json(&preview.bytes, preview.size);
+    value["qos"] = json!(preview.qos as u8);
+    value["retain"] = json!(preview.retain);
+    value
+}
+
+/// A topic's last message as the tree shows it, copied out of the recent topics (with
+/// its age) or from a retained message (age unknown), so that the JSON is built after
+/// the broker's lock is released.
+struct Shown {
+    last: Preview,
+    age_ms: Option<u64>,
 }
 
 impl Shown {
-    fn of(recent: &Recent, now: Instant) -> Shown {
-        Shown::Recent {
-            preview: recent.preview.clone(),
-            size: recent.size,
-            qos: recent.qos,
-            retain: recent.retain,
-            age_ms: now.saturating_duration_since(recent.at).as_millis() as u64,
-        }
-    }
-
     fn json(&self) -> Value {
-        match self {
-            Shown::Recent {
-                preview,
-                size,
-                qos,
-                retain,
-                age_ms,
-            } => {
-                let mut value = payload_json(preview, *size);
-                value["qos"] = json!(*qos as u8);
-                value["retain"] = json!(retain);
-                value["age_ms"] = json!(age_ms);
-                value
-            }
-            Shown::Retained(message) => {
-                let cut = message.payload.len().min(PREVIEW_BYTES);
-                let mut value = payload_json(&message.payload[..cut], message.payload.len());
-                value["qos"] = json!(message.qos as u8);
-                value["retain"] = json!(true);
-                value["age_ms"] = Value::Null;
-                value
-            }
-        }
+        let mut value = preview_json(&self.last);
+        value["age_ms"] = json!(self.age_ms);
+        value
     }
 }
 
@@ -172,13 +143,19 @@ pub fn tree(broker: &Broker, under: Option<&str>, sys: bool, now: Instant) -> Va
     };
     broker.recent_topics(|recent| {
         for (topic, r) in recent.iter() {
-            place(topic, r.count, &|| Shown::of(r, now));
+            place(topic, r.count, &|| Shown {
+                last: r.last.clone(),
+                age_ms: Some(now.saturating_duration_since(r.at).as_millis() as u64),
+            });
         }
         // A retained message stands for a topic nothing was published to since start.
         for message in &retained {
             let topic = message.topic.as_str();
             if recent.get(topic).is_none() {
-                place(topic, 0, &|| Shown::Retained(message.clone()));
+                place(topic, 0, &|| Shown {
+                    last: Preview::of(message),
+                    age_ms: None,
+                });
             }
         }
     });
@@ -215,11 +192,9 @@ impl Drop for TapLines {
     }
 }
 
-fn tap_line(message: &Tapped, wall: SystemTime) -> String {
-    let mut line = payload_json(&message.preview, message.size);
-    line["topic"] = json!(message.topic);
-    line["qos"] = json!(message.qos as u8);
-    line["retain"] = json!(message.retain);
+fn tap_line(tapped: &Tapped, wall: SystemTime) -> String {
+    let mut line = preview_json(&tapped.message);
+    line["topic"] = json!(tapped.topic);
     line["time"] = json!(
         wall.duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
@@ -263,6 +238,7 @@ impl Stream for TapLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
     use crate::protocol::QoS;
     use bytes::Bytes;
 

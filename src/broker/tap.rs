@@ -8,9 +8,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use super::topics::PREVIEW_BYTES;
+use super::topics::Preview;
 use crate::message::Message;
-use crate::protocol::{QoS, topic};
+use crate::protocol::topic;
 
 /// Messages a tap holds for its reader, at most, and their bytes (topics and previews).
 pub const TAP_MESSAGES: usize = 256;
@@ -30,32 +30,23 @@ pub struct Tap {
     state: Mutex<TapState>,
 }
 
-/// A message as a tap shows it: a copy of its topic and of the first
-/// [`PREVIEW_BYTES`] of its payload, never the message itself, whose payload shares the
-/// allocation of the read buffer it was decoded from.
+/// A message as a tap shows it: a copy of its topic and [`Preview`], never the message
+/// itself, whose payload shares the allocation of the read buffer it was decoded from.
 pub struct Tapped {
     pub topic: String,
-    pub qos: QoS,
-    pub retain: bool,
-    /// The payload's length, of which `preview` holds the first bytes.
-    pub size: usize,
-    pub preview: Vec<u8>,
+    pub message: Preview,
 }
 
 impl Tapped {
     fn of(message: &Message) -> Tapped {
-        let cut = message.payload.len().min(PREVIEW_BYTES);
         Tapped {
             topic: message.topic.as_str().to_owned(),
-            qos: message.qos,
-            retain: message.retain,
-            size: message.payload.len(),
-            preview: message.payload[..cut].to_vec(),
+            message: Preview::of(message),
         }
     }
 
     fn bytes(&self) -> usize {
-        self.topic.len() + self.preview.len()
+        self.topic.len() + self.message.bytes.len()
     }
 }
 

@@ -22,15 +22,46 @@ pub const PREVIEW_BYTES: usize = 1024;
 /// topics would not bound the memory of a few thousand such names.
 pub const LONGEST_TOPIC: usize = 512;
 
+/// A message as the dashboard shows it: a copy of its flags and of the first
+/// [`PREVIEW_BYTES`] of its payload, never the message itself.
+#[derive(Clone)]
+pub struct Preview {
+    pub qos: QoS,
+    pub retain: bool,
+    /// The payload's length, of which `bytes` holds the first [`PREVIEW_BYTES`].
+    pub size: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl Preview {
+    pub fn of(message: &Message) -> Preview {
+        let mut preview = Preview {
+            qos: message.qos,
+            retain: message.retain,
+            size: 0,
+            bytes: Vec::new(),
+        };
+        preview.copy(message);
+        preview
+    }
+
+    /// Becomes `message`'s preview, in the buffer it has.
+    fn copy(&mut self, message: &Message) {
+        let payload = &message.payload;
+        self.qos = message.qos;
+        self.retain = message.retain;
+        self.size = payload.len();
+        self.bytes.clear();
+        self.bytes
+            .extend_from_slice(&payload[..payload.len().min(PREVIEW_BYTES)]);
+    }
+}
+
 /// The last message seen on one topic, and how many it carried.
 pub struct Recent {
     pub count: u64,
     pub at: Instant,
-    pub qos: QoS,
-    pub retain: bool,
-    /// The payload's length, of which `preview` holds the first [`PREVIEW_BYTES`].
-    pub size: usize,
-    pub preview: Vec<u8>,
+    pub last: Preview,
     /// Which topics were published longest ago: larger is more recent.
     order: u64,
 }
@@ -48,10 +79,6 @@ impl RecentTopics {
             cap,
             ..RecentTopics::default()
         }
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.cap > 0
     }
 
     pub fn len(&self) -> usize {
@@ -94,10 +121,7 @@ impl RecentTopics {
             let recent = Recent {
                 count: 0,
                 at: now,
-                qos: last.qos,
-                retain: last.retain,
-                size: 0,
-                preview: Vec::new(),
+                last: Preview::of(last),
                 order,
             };
             self.topics.insert(topic.into(), recent);
@@ -108,13 +132,7 @@ impl RecentTopics {
             .expect("inserted above when missing");
         recent.count += count;
         recent.at = now;
-        recent.qos = last.qos;
-        recent.retain = last.retain;
-        recent.size = last.payload.len();
-        recent.preview.clear();
-        recent
-            .preview
-            .extend_from_slice(&last.payload[..last.payload.len().min(PREVIEW_BYTES)]);
+        recent.last.copy(last);
         recent.order = order;
     }
 
@@ -163,7 +181,7 @@ mod tests {
         ];
         topics.record(&batch, now);
         assert_eq!(
-            topics.get("a").map(|r| (r.count, &r.preview[..])),
+            topics.get("a").map(|r| (r.count, &r.last.bytes[..])),
             Some((3, &b"3"[..]))
         );
         assert_eq!(topics.get("b").map(|r| r.count), Some(1));
@@ -174,7 +192,7 @@ mod tests {
         let mut topics = RecentTopics::new(10);
         topics.record(&[message("big", &[7u8; 5000])], Instant::now());
         let big = topics.get("big").unwrap();
-        assert_eq!((big.size, big.preview.len()), (5000, PREVIEW_BYTES));
+        assert_eq!((big.last.size, big.last.bytes.len()), (5000, PREVIEW_BYTES));
     }
 
     #[test]
