@@ -214,7 +214,7 @@ impl Admin {
                 "too many failed logins from this address: wait before trying again",
             );
             r.headers
-                .push(("Retry-After", wait.as_secs_f64().ceil().to_string()));
+                .push(("Retry-After", whole_seconds_up(wait).to_string()));
             return r;
         }
         if !self.authorized(&req) {
@@ -1019,6 +1019,12 @@ fn loadavg() -> (f64, f64, f64) {
     )
 }
 
+/// Retry-After counts whole seconds, rounded up so a client never retries early. In
+/// integers: `f64::ceil` is a libm call on 32-bit ARM, and the binaries link only libc.
+fn whole_seconds_up(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 // rlim_t is u32 on 32-bit ARM and u64 on 64-bit targets.
 #[allow(clippy::useless_conversion)]
 fn max_fds() -> u64 {
@@ -1037,6 +1043,14 @@ fn max_fds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(whole_seconds_up(Duration::ZERO), 0);
+        assert_eq!(whole_seconds_up(Duration::from_millis(250)), 1);
+        assert_eq!(whole_seconds_up(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds_up(Duration::from_millis(2001)), 3);
+    }
 
     #[test]
     fn times_in_emqx_wording() {
