@@ -270,6 +270,7 @@ pub fn run(config: Config) -> Result<(), String> {
         log::info!("cluster: /status says 503; closing clients in {wait:?}");
         thread::sleep(wait);
         cluster.begin_stop();
+        smol::block_on(cluster.hand_off());
     }
     drop(accept_tasks);
     broker.shut_down();

@@ -312,8 +312,13 @@ impl Admin {
     fn status(&self) -> Response {
         let broker = self.broker();
         let store_failing = broker.store().is_some_and(|s| s.is_failing());
-        let up =
-            self.serving.load(Ordering::Relaxed) && !broker.is_shutting_down() && !store_failing;
+        // Cut off from the cluster (`isolated_status`): a balancer sends clients to the
+        // nodes that still see the others.
+        let isolated = self.cluster.get().is_some_and(|c| c.isolated());
+        let up = self.serving.load(Ordering::Relaxed)
+            && !broker.is_shutting_down()
+            && !store_failing
+            && !isolated;
         let state = if up { "is running" } else { "is not running" };
         let body = format!(
             "Node {} is {}\ntern {state}\n",
@@ -322,6 +327,8 @@ impl Admin {
                 "started"
             } else if store_failing {
                 "started, but its store cannot write"
+            } else if isolated {
+                "started, but cut off from the cluster (isolated_status)"
             } else {
                 "starting or stopping"
             }
@@ -675,7 +682,13 @@ impl Admin {
             None => json!({"enabled": false}),
             Some(cluster) => {
                 let (seen, known) = cluster.reachable();
-                json!({"enabled": true, "node": self.node(), "nodes_seen": seen, "nodes_known": known})
+                let m = &cluster.metrics;
+                json!({"enabled": true, "node": self.node(), "nodes_seen": seen, "nodes_known": known,
+                       "isolated": cluster.isolated(),
+                       "sessions_owned": cluster.sessions_owned(),
+                       "takeovers": m.takeovers.load(Ordering::Relaxed),
+                       "owner_unreachable": m.owner_unreachable.load(Ordering::Relaxed),
+                       "lost_node_wills": m.lost_wills.load(Ordering::Relaxed)})
             }
         }
     }

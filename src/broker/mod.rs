@@ -15,6 +15,7 @@
 
 mod alarms;
 mod client;
+mod handover;
 mod housekeeping;
 pub mod link;
 mod management;
@@ -41,7 +42,10 @@ use std::time::{Duration, Instant};
 
 use crate::message::{Message, Ticket};
 pub use alarms::Alarm;
-pub use client::{Arrival, Client, Close, ConnectOutcome, Held, Refusal, Role, answer_malformed};
+pub use client::{
+    Admitted, Arrival, Client, Close, ConnectOutcome, Held, Refusal, Role, answer_malformed,
+};
+pub use handover::{Adopt, ImageDelivery, SessionImage, SessionRecord, SubscriptionList};
 use link::Link;
 pub use management::{ClientView, SubscribeError};
 pub use observe::{MAX_TAPS, TapRefused};
@@ -205,11 +209,35 @@ pub struct Broker {
     tapped: AtomicBool,
 }
 
-/// Told of each retained message set (or deleted) on this node by a client or a
-/// bridge, for a cluster to pass on to its peers. Called with the retained messages
-/// locked, so that two writes to one topic are stamped in the order they were kept.
+/// What a cluster does with this node's state: it is told of each retained message
+/// set (or deleted) here and of each client session whose ownership record changed,
+/// and it claims a session from the other nodes before a CONNECT opens it.
 pub trait Replicator: Send + Sync {
+    /// A retained message set (or deleted) by a client or a bridge. Called with the
+    /// retained messages locked, so that two writes to one topic are stamped in the
+    /// order they were kept.
     fn retained_changed(&self, message: &Arc<Message>);
+    /// A client session's persistence or subscriptions changed, or it ended or moved
+    /// away ([`Broker::session_record`] says what it is now). Called with no lock held.
+    fn session_changed(&self, client_id: &str);
+    /// A network client's CONNECT for `client_id` passed every check: take the session
+    /// from whichever other node holds it (a connection there is closed, a persistent
+    /// session handed over with [`Broker::adopt_session`]) before it is opened here.
+    fn claim(&self, client_id: &str, clean_start: bool) -> Claim;
+}
+
+/// A claim under way; see [`Replicator::claim`].
+pub type Claim = std::pin::Pin<Box<dyn std::future::Future<Output = Claimed> + Send>>;
+
+/// How a claim ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Open the session as the CONNECT asked (it may have been handed over).
+    AsAsked,
+    /// Open a new session (session present = 0): the node that held it is unreachable.
+    Fresh,
+    /// Refuse the CONNECT (Server unavailable), for this reason.
+    Refused(String),
 }
 
 impl Broker {
@@ -288,6 +316,11 @@ impl Broker {
     /// Hands retained messages set here to a cluster from now on.
     pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
         let _ = self.replicator.set(replicator);
+    }
+
+    /// The cluster this broker is part of, if any.
+    pub fn replicator(&self) -> Option<&Arc<dyn Replicator>> {
+        self.replicator.get()
     }
 
     pub fn store(&self) -> Option<&Store> {

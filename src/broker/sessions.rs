@@ -110,6 +110,9 @@ impl Broker {
             let mut watched = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
             watched.push(Arc::downgrade(link));
         }
+        if session.kind == SessionKind::Client {
+            self.session_changed(client_id);
+        }
         Opened {
             session,
             generation,
@@ -238,6 +241,9 @@ impl Broker {
         }
         if let Some(will) = will {
             self.publish(will, now);
+        }
+        if session.kind == SessionKind::Client {
+            self.session_changed(&session.client_id);
         }
     }
 

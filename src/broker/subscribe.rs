@@ -55,6 +55,9 @@ impl Broker {
             (st.add_subscription(filter, subscription), st.stored)
         };
         self.subscribe(session, filter, subscription);
+        if session.kind == SessionKind::Client {
+            self.session_changed(&session.client_id);
+        }
         if stored && self.store.is_some() {
             ops.push(Op::PutSubscription {
                 sid: session.sid.get(),
@@ -84,6 +87,9 @@ impl Broker {
         };
         if existed {
             self.unsubscribe(session, filter);
+            if session.kind == SessionKind::Client {
+                self.session_changed(&session.client_id);
+            }
             if stored && self.store.is_some() {
                 ops.push(Op::DeleteSubscription {
                     sid: session.sid.get(),

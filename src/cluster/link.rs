@@ -296,8 +296,14 @@ pub async fn run(
         retry_timer: Timer::never(),
         retained_digests: RetainedDigests::First,
         ended: None,
+        version: greeting.version,
     };
     link.send(&Frame::Status(cluster.status()));
+    if link.version >= wire::SESSIONS_VERSION {
+        for frame in wire::owner_frames(cluster.all_records()) {
+            link.send(&frame);
+        }
+    }
     std::future::poll_fn(|cx| link.poll_run(cx)).await
 }
 
@@ -329,6 +335,8 @@ struct Link {
     retry_timer: Timer,
     retained_digests: RetainedDigests,
     ended: Option<String>,
+    /// The link version both ends speak.
+    version: u16,
 }
 
 /// How the peer's retained digests compared with this node's: the first, at the
@@ -599,10 +607,34 @@ impl Link {
             Frame::RetainedRequest => self.send_retained(),
             Frame::Status(status) => cluster.peer_status(&self.peer, status),
             Frame::Ping => self.send(&Frame::Pong),
-            Frame::Pong => {}
+            Frame::Pong => {
+                cluster.pongs.notify(usize::MAX);
+            }
             Frame::Hello(_) | Frame::Proof(_) => {
                 self.refuse("a handshake frame after the handshake")
             }
+            Frame::Owners(_) | Frame::Claim { .. } | Frame::Handover { .. } | Frame::Leaving
+                if self.version < wire::SESSIONS_VERSION =>
+            {
+                self.refuse("a session frame on a link of version 1")
+            }
+            Frame::Owners(records) => cluster.records_arrived(&self.peer, records),
+            Frame::Claim {
+                id,
+                client_id,
+                clean_start,
+                epoch,
+            } => {
+                let answer = cluster.claimed_by(&self.peer, id, client_id, clean_start, epoch);
+                self.send(&answer);
+            }
+            Frame::Handover {
+                id,
+                client_id,
+                image,
+                resume,
+            } => cluster.handover_arrived(&self.peer, id, client_id, image, resume),
+            Frame::Leaving => cluster.peer_left(&self.peer),
         }
     }
 

@@ -6,7 +6,8 @@
 //! mutual TLS) link per pair of nodes, the lower name dialling, over which messages
 //! cross between the sessions the broker keeps for each peer; `wire.rs` the datagram
 //! and frame formats; `pipe.rs` the in-memory pipes those sessions are served over;
-//! `clock.rs` the hybrid logical clock of retained messages' last-writer-wins;
+//! `clock.rs` the hybrid logical clock of retained messages' last-writer-wins and of
+//! sessions' ownership; `owners.rs` sessions that follow their clients between nodes;
 //! `settings.rs` the `[cluster]` table. This file ties them together: who the peers
 //! are and what they announced, retained messages replicated to every node, and the
 //! figures the management API, `$SYS` and Prometheus show.
@@ -14,17 +15,18 @@
 mod clock;
 pub mod link;
 pub mod membership;
+mod owners;
 pub mod pipe;
 mod retry;
 pub mod settings;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -37,15 +39,17 @@ use smol::{Async, Executor, Task};
 use crate::broker::session::{
     QueueLimits, SessionKind, peer_inbound_client_id, peer_outbox_client_id,
 };
-use crate::broker::{Broker, Replicator};
+use crate::broker::{Broker, Claim, Claimed, Replicator};
 use crate::message::Message;
 use crate::protocol::{QoS, Topic};
 use crate::throttle::Throttle;
 use clock::Hlc;
 use link::{Greeting, LinkStream};
 use membership::{Command, MemberEvent, NodeId};
-pub use settings::{ClusterSettings, ClusterTable, SharedStrategy};
-use wire::{Frame, NodeStatus, RetainedEntry, RetainedMessage, Route, Stamp};
+pub use settings::{
+    ClusterSettings, ClusterTable, IsolatedStatus, OwnerUnreachable, SharedStrategy,
+};
+use wire::{Frame, NodeStatus, OwnerRecord, RetainedEntry, RetainedMessage, Route, Stamp};
 
 /// How long a deleted retained message's tombstone is kept (from its stamp, so every
 /// node forgets it at about the same time), so that the deletion wins over an older
@@ -78,9 +82,13 @@ struct Peer {
     up: bool,
     /// Since when gossip has said it is down (its routes are kept [`route_hold`]).
     down_since: Option<Instant>,
-    /// The link, while there is one: frames for it.
+    /// The link, while there is one: frames for it, and the link version they speak.
     link: Option<Sender<Frame>>,
+    link_version: u16,
     link_since: Option<SystemTime>,
+    /// It said it was leaving (it stopped on purpose): not a node this one expects
+    /// to see until it is up again.
+    left: bool,
     /// A dial is under way (this node dials peers whose names sort after its own).
     dialing: bool,
     redial_at: Instant,
@@ -101,6 +109,42 @@ struct State {
     clock: u64,
     /// Topic, stamp, deleted.
     stamps: Vec<(String, Stamp, bool)>,
+    /// Who owns each client session (see `owners.rs`).
+    owners: Vec<OwnerRecord>,
+}
+
+/// `cluster.state` as the first cluster release wrote it (no ownership records).
+#[derive(Deserialize)]
+struct StateWithoutOwners {
+    incarnation: u64,
+    clock: u64,
+    stamps: Vec<(String, Stamp, bool)>,
+}
+
+impl State {
+    fn decode(bytes: &[u8]) -> Option<State> {
+        if let Ok(state) = postcard::from_bytes::<State>(bytes) {
+            return Some(state);
+        }
+        let old: StateWithoutOwners = postcard::from_bytes(bytes).ok()?;
+        Some(State {
+            incarnation: old.incarnation,
+            clock: old.clock,
+            stamps: old.stamps,
+            owners: Vec::new(),
+        })
+    }
+}
+
+/// What the cluster counts of sessions moving between nodes.
+#[derive(Default)]
+pub struct SessionMetrics {
+    /// Sessions taken over from another node for a CONNECT here.
+    pub takeovers: AtomicU64,
+    /// CONNECTs whose session's node could not be reached (`on_owner_unreachable`).
+    pub owner_unreachable: AtomicU64,
+    /// Wills of a lost node's clients published here.
+    pub lost_wills: AtomicU64,
 }
 
 pub struct Cluster {
@@ -124,6 +168,19 @@ pub struct Cluster {
     stopping: AtomicBool,
     tasks: Mutex<Vec<Task<()>>>,
     tls: Option<LinkTls>,
+    /// Itself, for the claims the broker asks of it through `&self`.
+    this: Weak<Cluster>,
+    /// Each client session's ownership record, by client id.
+    owners: Mutex<HashMap<String, OwnerRecord>>,
+    /// Client ids whose record may have changed here, for `publish_records`.
+    owners_changed: Mutex<HashSet<String>>,
+    owners_event: Event,
+    /// Claims waiting for their answers, by id.
+    claims: Mutex<HashMap<u64, Sender<owners::Answer>>>,
+    next_claim: AtomicU64,
+    /// Notified when a peer answers a ping (see `hand_off`).
+    pongs: Event,
+    pub metrics: SessionMetrics,
 }
 
 /// A node as the management API lists it.
@@ -185,7 +242,7 @@ impl Cluster {
         let state: State = state_path
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
-            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .and_then(|bytes| State::decode(&bytes))
             .unwrap_or_default();
         let now = SystemTime::now();
         // A restart is a new life of the node that must win over the old one in gossip.
@@ -214,7 +271,20 @@ impl Cluster {
                 false,
             ));
         }
-        let cluster = Arc::new(Cluster {
+        let owners = state
+            .owners
+            .into_iter()
+            .map(|r| (r.client_id.clone(), r))
+            .collect();
+        let cluster = Arc::new_cyclic(|this| Cluster {
+            this: this.clone(),
+            owners: Mutex::new(owners),
+            owners_changed: Mutex::new(HashSet::new()),
+            owners_event: Event::new(),
+            claims: Mutex::new(HashMap::new()),
+            next_claim: AtomicU64::new(0),
+            pongs: Event::new(),
+            metrics: SessionMetrics::default(),
             clock: Hlc::new(state.clock),
             reserved: AtomicU64::new(state.clock),
             settings: settings.clone(),
@@ -244,6 +314,10 @@ impl Cluster {
                 }
             }
         }
+        // The sessions the store kept get records (those the state knew keep theirs).
+        for client_id in broker.client_ids_of(SessionKind::Client) {
+            cluster.session_changed(&client_id);
+        }
         log::info!(
             "cluster: node {} (incarnation {incarnation}) listening on {} (gossip and links), advertised as {}",
             settings.name,
@@ -255,6 +329,7 @@ impl Cluster {
             executor.spawn(cluster.clone().membership_events(event_rx)),
             executor.spawn(cluster.clone().accept_links(listener)),
             executor.spawn(cluster.clone().housekeeping()),
+            executor.spawn(cluster.clone().publish_records()),
         ];
         cluster.lock_tasks().append(&mut tasks);
         Ok(cluster)
@@ -315,6 +390,10 @@ impl Cluster {
     /// does not link again and find nobody serving.
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        // The others stop counting this node at once (`isolated_status`).
+        for (_, link) in self.session_links() {
+            let _ = link.try_send(Frame::Leaving);
+        }
     }
 
     /// Leaves the cluster (SIGTERM): the others hear of it at once, not after failing
@@ -368,7 +447,9 @@ impl Cluster {
                 up: false,
                 down_since: Some(Instant::now()),
                 link: None,
+                link_version: 0,
                 link_since: None,
+                left: false,
                 dialing: false,
                 redial_at: Instant::now(),
                 routes,
@@ -387,6 +468,7 @@ impl Cluster {
                 MemberEvent::Up(id) => {
                     let peer = self.peer_entry(&mut peers, &id.name);
                     peer.up = true;
+                    peer.left = false;
                     peer.down_since = None;
                     peer.redial_at = Instant::now();
                     peer.id = Some(id);
@@ -530,6 +612,7 @@ impl Cluster {
             if let Some(old) = entry.link.replace(frames.clone()) {
                 old.close();
             }
+            entry.link_version = greeting.version;
             entry.link_since = Some(SystemTime::now());
         }
         log::info!(
@@ -627,6 +710,8 @@ impl Cluster {
             }
             let wall = wall_ms(SystemTime::now());
             self.expire_tombstones(wall);
+            self.expire_records(wall);
+            self.publish_lost_wills(now);
             if self
                 .clock
                 .needs_reservation(self.reserved.load(Ordering::Relaxed), wall)
@@ -872,6 +957,7 @@ impl Cluster {
                 .iter()
                 .map(|(t, (s, deleted))| (t.clone(), *s, *deleted))
                 .collect(),
+            owners: self.all_records(),
         };
         let bytes = postcard::to_allocvec(&state).unwrap_or_default();
         let aside = path.with_extension("state.new");
@@ -938,11 +1024,21 @@ impl Cluster {
         out
     }
 
-    /// How many nodes this one sees (itself included), and how many it knew of.
+    /// How many nodes this one sees (itself included), and how many it knew of (a
+    /// node that left on purpose is not counted).
     pub fn reachable(&self) -> (usize, usize) {
         let peers = self.peers();
         let up = peers.values().filter(|p| p.up).count();
-        (up + 1, peers.len() + 1)
+        let known = peers.values().filter(|p| p.up || !p.left).count();
+        (up + 1, known + 1)
+    }
+
+    /// Peer `name` said it is leaving.
+    pub(super) fn peer_left(&self, name: &str) {
+        if let Some(peer) = self.peers().get_mut(name) {
+            peer.left = true;
+        }
+        log::info!("cluster: node {name} is leaving");
     }
 }
 
@@ -957,6 +1053,21 @@ fn retained_message(m: &Message, now: Instant) -> RetainedMessage {
 }
 
 impl Replicator for Cluster {
+    fn session_changed(&self, client_id: &str) {
+        self.owners_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.to_owned());
+        self.owners_event.notify(1);
+    }
+
+    fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
+        match self.this.upgrade() {
+            Some(cluster) => Box::pin(cluster.claim(client_id.to_owned(), clean_start)),
+            None => Box::pin(std::future::ready(Claimed::AsAsked)),
+        }
+    }
+
     /// A retained message set (or deleted) here: stamped and sent to every linked peer.
     fn retained_changed(&self, message: &Arc<Message>) {
         let topic = message.topic.to_string();

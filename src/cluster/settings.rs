@@ -20,6 +20,32 @@ pub enum SharedStrategy {
     Local,
 }
 
+/// What a CONNECT gets when the node holding its session cannot be reached within
+/// `takeover_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerUnreachable {
+    /// The session rebuilt from its replicated record: its subscriptions, session
+    /// present = 1 (what the owner still queued arrives when that node returns).
+    Rebuild,
+    /// A new session: session present = 0.
+    New,
+    /// CONNACK Server unavailable (0x88; 3 for MQTT 3.x).
+    Refuse,
+}
+
+/// When `/status` says 503 because the node is cut off from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolatedStatus {
+    /// While it sees fewer than half the nodes it knew, itself included (never with
+    /// two nodes, which cannot tell a dead peer from a cut link).
+    Minority,
+    /// While it sees no other node.
+    Alone,
+    Never,
+}
+
 /// `[cluster]` as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +66,10 @@ pub struct ClusterTable {
     pub shared_strategy: Option<SharedStrategy>,
     pub join_wait: Option<u64>,
     pub stop_wait: Option<u64>,
+    pub takeover_timeout: Option<f64>,
+    pub on_owner_unreachable: Option<OwnerUnreachable>,
+    pub isolated_status: Option<IsolatedStatus>,
+    pub lost_node_wills_after: Option<u64>,
 }
 
 /// A running cluster's settings, defaults applied and checked.
@@ -68,6 +98,13 @@ pub struct ClusterSettings {
     /// At stop, how long `/status` says 503 before clients are closed, so that a
     /// balancer's health check stops sending new ones here first.
     pub stop_wait: Duration,
+    /// How long a CONNECT waits for the node that holds its session.
+    pub takeover_timeout: Duration,
+    pub on_owner_unreachable: OwnerUnreachable,
+    pub isolated_status: IsolatedStatus,
+    /// How long a node is down before its clients' wills are published elsewhere
+    /// (zero: never).
+    pub lost_node_wills_after: Duration,
 }
 
 impl ClusterTable {
@@ -136,7 +173,19 @@ impl ClusterTable {
         if max_queued_messages == 0 {
             return Err("[cluster] max_queued_messages must be at least 1".into());
         }
+        let takeover_timeout = self.takeover_timeout.unwrap_or(5.0);
+        if !(0.0..=60.0).contains(&takeover_timeout) {
+            return Err(format!(
+                "[cluster] takeover_timeout {takeover_timeout}: seconds from 0 to 60 (a client waits that long for its CONNACK)"
+            ));
+        }
         Ok(ClusterSettings {
+            takeover_timeout: Duration::from_secs_f64(takeover_timeout),
+            on_owner_unreachable: self
+                .on_owner_unreachable
+                .unwrap_or(OwnerUnreachable::Rebuild),
+            isolated_status: self.isolated_status.unwrap_or(IsolatedStatus::Minority),
+            lost_node_wills_after: Duration::from_secs(self.lost_node_wills_after.unwrap_or(60)),
             name: name.to_owned(),
             bind,
             advertise,

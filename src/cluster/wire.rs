@@ -5,12 +5,17 @@
 //! on its own.
 
 use serde::{Deserialize, Serialize};
+
+use crate::broker::{ImageDelivery, SessionImage, SubscriptionList};
 use subtle::ConstantTimeEq;
 
 /// The link protocol versions this build speaks, newest last. A `Hello` names them,
 /// and the two ends use the newest they share, so nodes of mixed versions can run side
 /// by side through a rolling upgrade.
-pub const LINK_VERSIONS: &[u16] = &[1];
+pub const LINK_VERSIONS: &[u16] = &[1, 2];
+/// The first link version with sessions that move between nodes (ownership records,
+/// claims, handovers): a node of version 1 is never sent those frames.
+pub const SESSIONS_VERSION: u16 = 2;
 
 /// The first bytes of every link, so that something else reaching the port (an MQTT
 /// client, a scanner) is told apart at once.
@@ -189,6 +194,86 @@ pub enum Frame {
     Status(NodeStatus),
     Ping,
     Pong,
+    // Link version 2 and later (see [`SESSIONS_VERSION`]).
+    /// Ownership records changed (or all of them, at a link's start).
+    Owners(Vec<OwnerRecord>),
+    /// A client connected to the sender under `client_id`: close any connection
+    /// here, hand over a persistent session (unless `clean_start`), answer `Handover`.
+    Claim {
+        id: u64,
+        client_id: String,
+        clean_start: bool,
+        epoch: u64,
+    },
+    /// The answer to claim `id`: the session's image, or none. Unasked (`id` 0): a
+    /// copy the sender held of a session the receiver owns now (`resume` false: what
+    /// it held is sent again), or a session the sender passes on as it stops (`resume`:
+    /// its messages in flight keep their packet ids).
+    Handover {
+        id: u64,
+        client_id: String,
+        image: Option<SessionImage>,
+        resume: bool,
+    },
+    /// The sender leaves the cluster on purpose (it stops): it no longer counts among
+    /// the nodes a node expects to see.
+    Leaving,
+}
+
+/// Who owns a client session cluster-wide, and what any node needs to answer for it
+/// when the owner cannot: its subscriptions (to rebuild it) and its will (to publish
+/// it should the owner die).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub client_id: String,
+    pub owner: String,
+    /// When the owner's client connected (hybrid logical clock): the later CONNECT wins.
+    pub epoch: u64,
+    /// The record's own version (same clock), for changes under one owner.
+    pub stamp: u64,
+    pub protocol: u8,
+    /// Session Expiry Interval; 0 for a session that ends with its connection.
+    pub expiry: u32,
+    pub subscriptions: SubscriptionList,
+    pub will: Option<ImageDelivery>,
+    /// The session ended: kept a while so that the end wins over an older copy.
+    pub ended: bool,
+}
+
+impl OwnerRecord {
+    /// The order in which records of one client id replace each other.
+    pub fn version(&self) -> (u64, u64, &str) {
+        (self.epoch, self.stamp, &self.owner)
+    }
+}
+
+/// `records` as frames of about [`BATCH_BYTES`] each.
+pub fn owner_frames(records: Vec<OwnerRecord>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for record in records {
+        bytes += record.client_id.len()
+            + record.owner.len()
+            + record
+                .subscriptions
+                .iter()
+                .map(|s| s.0.len() + 8)
+                .sum::<usize>()
+            + record
+                .will
+                .as_ref()
+                .map_or(0, |w| w.payload.len() + w.topic.len())
+            + 48;
+        batch.push(record);
+        if bytes >= BATCH_BYTES {
+            frames.push(Frame::Owners(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        frames.push(Frame::Owners(batch));
+    }
+    frames
 }
 
 /// `entries` as frames of about [`BATCH_BYTES`] each.
@@ -480,7 +565,8 @@ mod tests {
             proof(b"s", Side::Dialler, &t2, true)
         );
         assert_ne!(nonce(), nonce());
-        assert_eq!(common_version(&[1, 2]), Some(1));
+        assert_eq!(common_version(&[1, 2]), Some(2));
+        assert_eq!(common_version(&[1]), Some(1));
         assert_eq!(common_version(&[7]), None);
     }
 

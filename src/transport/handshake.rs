@@ -17,7 +17,7 @@ use smol::future::FutureExt;
 use super::Stream;
 use super::connection::{Connected, ConnectionConfig, flush_with_timeout, poll_read_some};
 use super::proxy;
-use crate::broker::{self, Arrival, Broker, Client, ConnectOutcome, Refusal};
+use crate::broker::{self, Admitted, Arrival, Broker, Claimed, Client, Refusal, Role};
 use crate::protocol::{self, DecodeError, ReasonCode};
 use crate::throttle::Throttle;
 
@@ -35,6 +35,28 @@ pub(super) struct Start<S> {
 
 /// Refusals for limits come in floods: their log line is throttled.
 static LIMIT_REFUSALS: Throttle = Throttle::new();
+
+/// In a cluster, takes a network client's session from whichever node holds it
+/// before it is opened here (see `broker::Replicator::claim`).
+async fn claim(broker: &Broker, mut admitted: Admitted) -> Result<Admitted, Refusal> {
+    let Some(cluster) = broker.replicator() else {
+        return Ok(admitted);
+    };
+    if admitted.role() != Role::Network {
+        return Ok(admitted);
+    }
+    match cluster
+        .claim(admitted.client_id(), admitted.clean_start())
+        .await
+    {
+        Claimed::AsAsked => Ok(admitted),
+        Claimed::Fresh => {
+            admitted.start_fresh();
+            Ok(admitted)
+        }
+        Claimed::Refused(reason) => Err(admitted.refuse_unavailable(reason)),
+    }
+}
 
 /// Reads and answers CONNECT: the connection with its accepted client and what
 /// arrived after CONNECT, or `None` when it was refused or closed.
@@ -117,9 +139,13 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
         wall: SystemTime::now(),
         entropy: RandomState::new().hash_one(Instant::now()),
     };
-    let client = match Client::connect(broker, arrival, connect, Instant::now()) {
-        ConnectOutcome::Accepted(client) => *client,
-        ConnectOutcome::Refused(refusal) => {
+    let admitted = match Client::admit(broker, arrival, connect) {
+        Ok(admitted) => claim(broker, admitted).await,
+        Err(refusal) => Err(refusal),
+    };
+    let client = match admitted {
+        Ok(admitted) => *admitted.open(Instant::now()),
+        Err(refusal) => {
             let Refusal {
                 code,
                 reason,

@@ -13,6 +13,7 @@ use crate::auth::AuthPolicy;
 use crate::broker::link::{Link, LinkInfo, ListenerName, WillView};
 use crate::broker::session::RESERVED_CLIENT_ID_PREFIXES;
 use crate::broker::{Broker, count};
+use crate::message::Message;
 use crate::protocol::*;
 
 /// The result of a CONNECT: an accepted client (its CONNACK already in `out`), or a
@@ -107,7 +108,7 @@ fn refuse(
     limit: usize,
     code: ReasonCode,
     reason: impl Into<String>,
-) -> ConnectOutcome {
+) -> Refusal {
     let reason = reason.into();
     let mut connack = BytesMut::new();
     let properties = Properties::from(PropertyValues {
@@ -120,13 +121,13 @@ fn refuse(
         properties,
     });
     encode_within(&packet, version, limit, &mut connack);
-    ConnectOutcome::Refused(Refusal {
+    Refusal {
         code,
         reason,
         connack,
         flood: false,
         delay: None,
-    })
+    }
 }
 
 /// Mosquitto's rules: no user name needs `allow_anonymous`; a user name is checked
@@ -177,6 +178,146 @@ pub fn answer_malformed(e: &ConnectError) -> BytesMut {
     connack
 }
 
+/// A CONNECT that passed every check, before its session is opened: a cluster takes
+/// the session from whichever node holds it in between (see `Replicator::claim`).
+pub struct Admitted {
+    broker: Arc<Broker>,
+    connect: Connect,
+    client_id: String,
+    expiry: u32,
+    keep_alive: u16,
+    connack: Packet,
+    peer: SocketAddr,
+    listener: ListenerName,
+    wall: SystemTime,
+    role: Role,
+    auth: Arc<AuthPolicy>,
+    fresh: bool,
+}
+
+impl Admitted {
+    /// The client identifier the session is opened under (an assigned one included).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn clean_start(&self) -> bool {
+        self.connect.clean_start
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Opens a new session whatever the CONNECT asked (session present = 0), keeping
+    /// its expiry: a cluster that could not reach the session's owner was told to.
+    pub fn start_fresh(&mut self) {
+        self.fresh = true;
+    }
+
+    /// Refuses the CONNECT after all (v5 0x88 Server unavailable, 3.x return code 3):
+    /// a cluster could not reach the node that holds its session and was told to
+    /// refuse (`on_owner_unreachable = "refuse"`).
+    pub fn refuse_unavailable(self, reason: impl Into<String>) -> Refusal {
+        let limit = self
+            .connect
+            .properties
+            .maximum_packet_size
+            .unwrap_or(u32::MAX);
+        refuse(
+            self.connect.protocol,
+            limit as usize,
+            ReasonCode::SERVER_UNAVAILABLE,
+            reason,
+        )
+    }
+
+    /// Opens (or resumes, or takes over) the session and writes the CONNACK.
+    pub fn open(self, now: Instant) -> Box<Client> {
+        let Admitted {
+            broker,
+            mut connect,
+            client_id,
+            expiry,
+            keep_alive,
+            mut connack,
+            peer,
+            listener,
+            wall,
+            role,
+            auth,
+            fresh,
+        } = self;
+        let broker = &broker;
+        let settings = &broker.settings;
+        let v = connect.protocol;
+        let info = LinkInfo {
+            username: connect.username.take(),
+            peer,
+            listener,
+            protocol: v,
+            keep_alive,
+            clean_start: connect.clean_start,
+            will: connect.will.as_ref().map(|w| WillView {
+                topic: w.topic.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                delay: w.properties.will_delay_interval.unwrap_or(0),
+            }),
+        };
+        let link = Arc::new(Link::new(info, broker.clock_ms(now), wall));
+        let clean_start = connect.clean_start || fresh;
+        let opened = broker.open_session(&client_id, clean_start, v, expiry, &link, now);
+        if let (Some(will), Some(_)) = (&connect.will, broker.replicator()) {
+            let origin = Some(opened.session.client_id.clone());
+            let message = Message::from_will(will.clone(), origin, now);
+            opened.session.lock().set_declared_will(Some(message));
+            broker.session_changed(&client_id);
+        }
+        if role == Role::Network {
+            count(&broker.metrics.connections);
+        }
+        broker
+            .metrics
+            .connected(role)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let cp = &connect.properties;
+        let mut client = Client {
+            broker: broker.clone(),
+            session: opened.session,
+            link,
+            auth,
+            acl_refusals: 0,
+            generation: opened.generation,
+            version: v,
+            bridge: connect.bridge,
+            role,
+            will: connect.will.map(Box::new),
+            peer_receive_maximum: match v {
+                ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
+                _ => settings.max_inflight.max(1),
+            },
+            peer_max_packet_size: cp.maximum_packet_size.unwrap_or(u32::MAX),
+            peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
+            aliases: None,
+            resend_inflight: opened.present,
+            expiry_was_zero: expiry == 0,
+            backpressure: None,
+            batch: None,
+            closing: None,
+            out: BytesMut::new(),
+            hold: None,
+        };
+        // The CONNACK waits for the session to be stored.
+        client.hold_for(opened.ticket);
+        if let Packet::ConnAck(c) = &mut connack {
+            c.session_present = opened.present;
+        }
+        client.send(&connack);
+        Box::new(client)
+    }
+}
+
 impl Client {
     /// Handles CONNECT: every reason to refuse it (the transport's, the listener's,
     /// authentication, the client identifier), the session (new, resumed or taken
@@ -184,9 +325,21 @@ impl Client {
     pub fn connect(
         broker: &Arc<Broker>,
         arrival: Arrival<'_>,
-        mut connect: Connect,
+        connect: Connect,
         now: Instant,
     ) -> ConnectOutcome {
+        match Client::admit(broker, arrival, connect) {
+            Ok(admitted) => ConnectOutcome::Accepted(admitted.open(now)),
+            Err(refusal) => ConnectOutcome::Refused(refusal),
+        }
+    }
+
+    /// Every reason to refuse a CONNECT, and what an accepted one is granted.
+    pub fn admit(
+        broker: &Arc<Broker>,
+        arrival: Arrival<'_>,
+        mut connect: Connect,
+    ) -> Result<Admitted, Refusal> {
         let settings = &broker.settings;
         let v = connect.protocol;
         let v5 = v == ProtocolVersion::V5;
@@ -221,27 +374,25 @@ impl Client {
             None => None,
         };
         if let Some((code, why)) = refusal {
-            let mut outcome = refuse(v, limit, code, why);
-            if let ConnectOutcome::Refused(r) = &mut outcome {
-                r.flood = true;
-            }
-            return outcome;
+            let mut refusal = refuse(v, limit, code, why);
+            refusal.flood = true;
+            return Err(refusal);
         }
         if broker.is_shutting_down() {
-            return refuse(
+            return Err(refuse(
                 v,
                 limit,
                 ReasonCode::SERVER_UNAVAILABLE,
                 "server is shutting down",
-            );
+            ));
         }
         if let Some(method) = &connect.properties.authentication_method {
-            return refuse(
+            return Err(refuse(
                 v,
                 limit,
                 ReasonCode::BAD_AUTHENTICATION_METHOD,
                 format!("authentication method {method:?} is not supported"),
-            );
+            ));
         }
         match identity {
             Some(user) => {
@@ -250,12 +401,10 @@ impl Client {
             }
             None => {
                 if let Err((code, reason)) = authenticate(auth, &connect) {
-                    let mut outcome = refuse(v, limit, code, reason);
-                    if let ConnectOutcome::Refused(r) = &mut outcome {
-                        r.delay = (code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
-                            .then_some(WRONG_PASSWORD_DELAY);
-                    }
-                    return outcome;
+                    let mut refusal = refuse(v, limit, code, reason);
+                    refusal.delay = (code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                        .then_some(WRONG_PASSWORD_DELAY);
+                    return Err(refusal);
                 }
             }
         }
@@ -267,12 +416,12 @@ impl Client {
                 ProtocolVersion::V5 => false,
             };
             if refused {
-                return refuse(
+                return Err(refuse(
                     v,
                     limit,
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "empty client identifier needs clean session",
-                );
+                ));
             }
             let id = assign_client_id(arrival.entropy);
             if v5 {
@@ -283,7 +432,7 @@ impl Client {
             connect.client_id.clone()
         };
         if client_id.len() > settings.max_client_id_len {
-            return refuse(
+            return Err(refuse(
                 v,
                 limit,
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
@@ -291,7 +440,7 @@ impl Client {
                     "client identifier longer than max_client_id_len {}",
                     settings.max_client_id_len
                 ),
-            );
+            ));
         }
         let expiry = match v {
             ProtocolVersion::V5 => {
@@ -321,7 +470,7 @@ impl Client {
             }
             properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
         }
-        let mut connack = Packet::ConnAck(ConnAck {
+        let connack = Packet::ConnAck(ConnAck {
             session_present: false,
             code: ReasonCode::SUCCESS,
             properties,
@@ -332,7 +481,7 @@ impl Client {
         let mut encoded = BytesMut::new();
         encode(&connack, v, &mut encoded);
         if encoded.len() > limit {
-            return ConnectOutcome::Refused(Refusal {
+            return Err(Refusal {
                 code: ReasonCode::PACKET_TOO_LARGE,
                 reason: format!(
                     "its CONNACK of {} bytes is larger than the client's Maximum Packet Size of {peer_max_packet_size}, so none is sent",
@@ -343,62 +492,19 @@ impl Client {
                 delay: None,
             });
         }
-        let info = LinkInfo {
-            username: connect.username.take(),
+        Ok(Admitted {
+            broker: broker.clone(),
+            connect,
+            client_id,
+            expiry,
+            keep_alive,
+            connack,
             peer,
             listener: listener.clone(),
-            protocol: v,
-            keep_alive,
-            clean_start: connect.clean_start,
-            will: connect.will.as_ref().map(|w| WillView {
-                topic: w.topic.clone(),
-                qos: w.qos,
-                retain: w.retain,
-                delay: w.properties.will_delay_interval.unwrap_or(0),
-            }),
-        };
-        let link = Arc::new(Link::new(info, broker.clock_ms(now), arrival.wall));
-        let opened = broker.open_session(&client_id, connect.clean_start, v, expiry, &link, now);
-        if arrival.role == Role::Network {
-            count(&broker.metrics.connections);
-        }
-        broker
-            .metrics
-            .connected(arrival.role)
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let cp = &connect.properties;
-        let mut client = Client {
-            broker: broker.clone(),
-            session: opened.session,
-            link,
-            auth: auth.clone(),
-            acl_refusals: 0,
-            generation: opened.generation,
-            version: v,
-            bridge: connect.bridge,
+            wall: arrival.wall,
             role: arrival.role,
-            will: connect.will.map(Box::new),
-            peer_receive_maximum: match v {
-                ProtocolVersion::V5 => cp.receive_maximum.unwrap_or(u16::MAX),
-                _ => settings.max_inflight.max(1),
-            },
-            peer_max_packet_size: cp.maximum_packet_size.unwrap_or(u32::MAX),
-            peer_topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
-            aliases: None,
-            resend_inflight: opened.present,
-            expiry_was_zero: expiry == 0,
-            backpressure: None,
-            batch: None,
-            closing: None,
-            out: BytesMut::new(),
-            hold: None,
-        };
-        // The CONNACK waits for the session to be stored.
-        client.hold_for(opened.ticket);
-        if let Packet::ConnAck(c) = &mut connack {
-            c.session_present = opened.present;
-        }
-        client.send(&connack);
-        ConnectOutcome::Accepted(Box::new(client))
+            auth: auth.clone(),
+            fresh: false,
+        })
     }
 }

@@ -69,6 +69,7 @@ impl Client {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
                 st.link = None;
+                st.set_declared_will(None);
             }
         }
         let will_delay = self
@@ -90,6 +91,7 @@ impl Client {
             }
         }
         if !taken_over {
+            broker.session_changed(&self.session.client_id);
             self.store_disconnected(now);
             let st = self.session.lock();
             if st.expiry_interval == 0 {

@@ -17,7 +17,7 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
-pub use connect::{Arrival, ConnectOutcome, Refusal, Role, answer_malformed};
+pub use connect::{Admitted, Arrival, ConnectOutcome, Refusal, Role, answer_malformed};
 pub use hold::Held;
 
 use std::borrow::Cow;

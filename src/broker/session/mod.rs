@@ -251,6 +251,9 @@ impl CloseReason {
 struct Parked {
     /// A will waiting for its delay (or the session's end) before it is published.
     will: Option<Box<(Message, Instant)>>,
+    /// In a cluster, the will of the connection attached now (the connection holds
+    /// it; this copy is what the other nodes are told, should this node die).
+    declared_will: Option<Box<Message>>,
     /// Deliveries an earlier run stored that stay on disk until the session resumes:
     /// how many, and their bytes (counted against the queue limits meanwhile).
     backlog: Option<(usize, usize)>,
@@ -296,11 +299,28 @@ impl SessionState {
         backlog
     }
 
+    /// In a cluster: the will of the connection attached now (see `Parked`).
+    pub fn declared_will(&self) -> Option<&Message> {
+        self.parked.as_ref()?.declared_will.as_deref()
+    }
+
+    pub fn set_declared_will(&mut self, will: Option<Message>) {
+        match will {
+            Some(will) => self.parked.get_or_insert_default().declared_will = Some(Box::new(will)),
+            None => {
+                if let Some(parked) = self.parked.as_mut() {
+                    parked.declared_will = None;
+                }
+                self.tidy_parked();
+            }
+        }
+    }
+
     fn tidy_parked(&mut self) {
         if self
             .parked
             .as_ref()
-            .is_some_and(|p| p.will.is_none() && p.backlog.is_none())
+            .is_some_and(|p| p.will.is_none() && p.backlog.is_none() && p.declared_will.is_none())
         {
             self.parked = None;
         }
