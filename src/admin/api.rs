@@ -688,7 +688,8 @@ impl Admin {
                        "sessions_owned": cluster.sessions_owned(),
                        "takeovers": m.takeovers.load(Ordering::Relaxed),
                        "owner_unreachable": m.owner_unreachable.load(Ordering::Relaxed),
-                       "lost_node_wills": m.lost_wills.load(Ordering::Relaxed)})
+                       "lost_node_wills": m.lost_wills.load(Ordering::Relaxed),
+                       "redirected": m.redirected.load(Ordering::Relaxed)})
             }
         }
     }

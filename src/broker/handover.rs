@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,8 +19,67 @@ use super::Broker;
 use super::restore::restore_backlog;
 use super::session::{CloseReason, Inflight, Session, SessionKind, Subscription, add_op};
 use crate::message::{Delivery, Message, SmallStr, Stage, Via};
-use crate::protocol::{ProtocolVersion, QoS, SubscriptionOptions, Topic};
+use crate::protocol::{ProtocolVersion, QoS, SubscriptionOptions, Topic, topic};
 use crate::store::Op;
+
+/// How long, after the node a session moved to announced its routes, this node still
+/// passes on what matches them: what the other nodes sent before they learned those
+/// routes is on its way (announcements go out 50 ms apart, and a link may be loaded).
+/// What arrives later went to the new node directly.
+const REDIRECT_AFTER_ANNOUNCED: Duration = Duration::from_millis(250);
+
+/// How long a node waits at most for that announcement (the new node may be gone).
+const REDIRECT_AT_MOST: Duration = Duration::from_secs(10);
+
+/// A session handed to node `to`, a moment ago. Its filters stay among the routes this
+/// node announces until `to` announces them, so that no node is left without a route
+/// for them in between; what reaches this node for the session meanwhile goes on to
+/// `to` (the messages follow the session itself on the same link, so they arrive
+/// after it).
+pub(super) struct Moved {
+    client_id: String,
+    to: String,
+    protocol: u8,
+    expiry: u32,
+    subscriptions: Vec<(String, Subscription)>,
+    /// The filters this node still announces for it.
+    held: Vec<String>,
+    /// When `to` announced them.
+    announced: Option<Instant>,
+    since: Instant,
+}
+
+impl Moved {
+    fn redirects(&self, now: Instant) -> bool {
+        match self.announced {
+            Some(at) => now < at + REDIRECT_AFTER_ANNOUNCED,
+            None => now < self.since + REDIRECT_AT_MOST,
+        }
+    }
+
+    /// What the session would have received of `message` here, as its subscriptions
+    /// make it (highest QoS, every identifier, no-local, retain as published).
+    fn delivery(&self, message: &Message, now: Instant) -> Option<ImageDelivery> {
+        let mut delivery: Option<ImageDelivery> = None;
+        for (filter, s) in &self.subscriptions {
+            let o = &s.options;
+            if !topic::matches(filter, message.topic.as_str())
+                || (o.no_local && message.origin.as_deref() == Some(self.client_id.as_str()))
+            {
+                continue;
+            }
+            let d = delivery.get_or_insert_with(|| ImageDelivery {
+                qos: 0,
+                retain: false,
+                ..ImageDelivery::of_message(message, now)
+            });
+            d.qos = d.qos.max(message.qos.min(o.qos) as u8);
+            d.retain |= o.retain_as_published && message.retain;
+            d.subscription_ids.extend(s.id);
+        }
+        delivery
+    }
+}
 
 /// What a persistent session holds, as it moves to another node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -176,17 +236,19 @@ impl ImageDelivery {
 }
 
 impl Broker {
-    /// Gives up the session of `client_id` to another node, where its client connected
+    /// Gives up the session of `client_id` to node `to`, where its client connected
     /// (`clean_start` as that CONNECT asked), or where it goes while this node stops.
     /// A connection still attached here is closed for `reason` (0x8E session taken
     /// over, 0x8B server shutting down). A persistent session resumed there comes
     /// back as its image and ends here without its will (the old connection's own will
     /// is published as it closes, as on a takeover within one node); otherwise the
     /// session ends here as a clean start would end it, will and all, and `None` is
-    /// returned.
+    /// returned. For [`REDIRECT_FOR`], what a peer forwards here for the session that
+    /// moved goes on to `to` ([`Replicator::redirect`](super::Replicator::redirect)).
     pub fn release_session(
         &self,
         client_id: &str,
+        to: &str,
         clean_start: bool,
         reason: CloseReason,
         now: Instant,
@@ -232,11 +294,17 @@ impl Broker {
                 .map(|(filter, s)| (filter.to_owned(), s.options.to_byte(), s.id))
                 .collect();
             let filters = st.subscriptions.take_filters();
+            let mut held = Vec::new();
             {
                 let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
-                for filter in &filters {
-                    if router.unsubscribe(filter, &session.client_id) {
-                        self.route_removed(&session, filter);
+                for filter in filters {
+                    if !router.unsubscribe(&filter, &session.client_id) {
+                        continue;
+                    }
+                    if filter.starts_with("$share/") {
+                        self.route_removed(&session, &filter);
+                    } else {
+                        held.push(filter.to_string());
                     }
                 }
             }
@@ -276,6 +344,25 @@ impl Broker {
                     sid: session.sid.get(),
                 }]);
             }
+            let subscriptions = image
+                .subscriptions
+                .iter()
+                .filter(|(filter, ..)| !filter.starts_with("$share/"))
+                .filter_map(|(filter, options, id)| {
+                    let options = SubscriptionOptions::from_byte(*options)?;
+                    Some((filter.clone(), Subscription { options, id: *id }))
+                })
+                .collect();
+            self.moved_to(Moved {
+                client_id: client_id.to_owned(),
+                to: to.to_owned(),
+                protocol: image.protocol,
+                expiry: image.expiry,
+                subscriptions,
+                held,
+                announced: None,
+                since: now,
+            });
             image
         };
         self.session_changed(client_id);
@@ -290,9 +377,19 @@ impl Broker {
     /// elsewhere) joins the end of the queue of the session here, in flight or not, to
     /// be sent again (QoS 1 may repeat; nothing is lost).
     pub fn adopt_session(&self, client_id: &str, image: SessionImage, how: Adopt, now: Instant) {
+        self.forget_moved(client_id);
         let existing = self.sessions().get(client_id).cloned();
         let session = match existing {
             Some(s) if s.kind == SessionKind::Client && s.lock().is_persistent() => s,
+            Some(s) if how == Adopt::Stale && s.kind == SessionKind::Client => {
+                // Its client started clean here since: what the copy held was for a
+                // session that has ended.
+                log::info!(
+                    "client_id={client_id}: {} messages of a session that ended are dropped (its client started a clean session)",
+                    image.messages()
+                );
+                return;
+            }
             other => {
                 if let Some(old) = other {
                     self.remove_session(&old, now);
@@ -405,6 +502,102 @@ impl Broker {
             session.notify_owner();
         }
         self.session_changed(client_id);
+    }
+
+    fn moved(&self) -> std::sync::MutexGuard<'_, Vec<Moved>> {
+        self.moved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn moved_to(&self, moved: Moved) {
+        let mut all = self.moved();
+        self.forget_moved_where(&mut all, |m| m.client_id == moved.client_id);
+        all.push(moved);
+        self.moving.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops the entries `which` picks, and the routes they held.
+    fn forget_moved_where(&self, all: &mut Vec<Moved>, which: impl Fn(&Moved) -> bool) {
+        all.retain_mut(|m| {
+            if !which(m) {
+                return true;
+            }
+            self.release_held(m);
+            false
+        });
+        self.moving.store(!all.is_empty(), Ordering::Relaxed);
+    }
+
+    fn release_held(&self, moved: &mut Moved) {
+        if self.settings.track_routes {
+            let mut routes = self.local_routes();
+            for filter in moved.held.drain(..) {
+                routes.remove(&filter);
+            }
+        }
+    }
+
+    /// The session of `client_id` is here again, or its client connected here: what
+    /// peers forward for it stays.
+    pub fn forget_moved(&self, client_id: &str) {
+        if self.moving.load(Ordering::Relaxed) {
+            self.forget_moved_where(&mut self.moved(), |m| m.client_id == client_id);
+        }
+    }
+
+    /// Node `to` announced its routes (`announces` says whether a filter is among
+    /// them): sessions that moved there whose filters it announces need no route here
+    /// any more.
+    pub fn moved_announced(&self, to: &str, announces: impl Fn(&str) -> bool, now: Instant) {
+        if !self.moving.load(Ordering::Relaxed) {
+            return;
+        }
+        for m in self.moved().iter_mut() {
+            if m.to == to && m.announced.is_none() && m.held.iter().all(|f| announces(f)) {
+                m.announced = Some(now);
+                self.release_held(m);
+            }
+        }
+    }
+
+    /// Forgets the moves that are over (see [`REDIRECT_AFTER_ANNOUNCED`]).
+    pub(super) fn expire_moved(&self, now: Instant) {
+        if self.moving.load(Ordering::Relaxed) {
+            self.forget_moved_where(&mut self.moved(), |m| !m.redirects(now));
+        }
+    }
+
+    /// Passes on, to where they went, what `messages` hold for sessions that moved
+    /// away from here a moment ago (see [`Broker::release_session`]). A bridge's
+    /// message is left out (every node has its own copy), and so is one for a shared
+    /// group (the node it came from picked the member).
+    pub(super) fn redirect_moved(&self, messages: &[Arc<Message>]) {
+        let Some(replicator) = self.replicator.get() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        {
+            let all = self.moved();
+            for message in messages {
+                if !matches!(message.via, Via::Client | Via::Peer { shared: None }) {
+                    continue;
+                }
+                for moved in all.iter().filter(|m| m.redirects(now)) {
+                    if let Some(delivery) = moved.delivery(message, now) {
+                        let image = SessionImage {
+                            protocol: moved.protocol,
+                            expiry: moved.expiry,
+                            queue: vec![delivery],
+                            ..SessionImage::default()
+                        };
+                        out.push((moved.to.clone(), moved.client_id.clone(), message, image));
+                    }
+                }
+            }
+        }
+        for (to, client_id, message, image) in out {
+            replicator.redirect(&to, &client_id, message, image);
+        }
     }
 
     /// A new persistent session for `client_id`, offline, as `image` describes it,

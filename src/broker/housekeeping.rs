@@ -48,6 +48,7 @@ impl Broker {
         }
         self.wake_silent(now);
         self.shrink_grown_queues();
+        self.expire_moved(now);
         self.retained
             .write()
             .unwrap_or_else(|p| p.into_inner())

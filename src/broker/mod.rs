@@ -207,6 +207,10 @@ pub struct Broker {
     recent: Mutex<RecentTopics>,
     taps: RwLock<Vec<Arc<Tap>>>,
     tapped: AtomicBool,
+    /// Sessions handed to another node a moment ago (see `handover.rs`), and whether
+    /// there are any: what peers still forward here for them follows them.
+    moved: Mutex<Vec<handover::Moved>>,
+    moving: AtomicBool,
 }
 
 /// What a cluster does with this node's state: it is told of each retained message
@@ -224,6 +228,10 @@ pub trait Replicator: Send + Sync {
     /// from whichever other node holds it (a connection there is closed, a persistent
     /// session handed over with [`Broker::adopt_session`]) before it is opened here.
     fn claim(&self, client_id: &str, clean_start: bool) -> Claim;
+    /// `message` for the session of `client_id`, which moved to node `to` a moment ago
+    /// (see [`Broker::release_session`]), as that session receives it (`image`): send
+    /// it there, unless it went there already.
+    fn redirect(&self, to: &str, client_id: &str, message: &Message, image: SessionImage);
 }
 
 /// A claim under way; see [`Replicator::claim`].
@@ -283,6 +291,8 @@ impl Broker {
             recent: Mutex::new(recent),
             taps: RwLock::new(Vec::new()),
             tapped: AtomicBool::new(false),
+            moved: Mutex::new(Vec::new()),
+            moving: AtomicBool::new(false),
         });
         if let Some(loaded) = loaded {
             broker.restore(loaded);

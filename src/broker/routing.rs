@@ -142,6 +142,9 @@ impl Broker {
                 self.set_retained(message, ops, now);
             }
         }
+        if self.moving.load(Ordering::Relaxed) {
+            self.redirect_moved(&messages);
+        }
         let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
         let mut slots: HashMap<*const Session, usize> = HashMap::new();
         {

@@ -453,8 +453,10 @@ impl Link {
                         Poll::Pending => break,
                     }
                 }
+                // After the frames queued before a change of routes: a peer learns where
+                // a session went (`Owners`) before it learns that it left here.
+                progress |= self.poll_routes(cx);
             }
-            progress |= self.poll_routes(cx);
             progress |= self.poll_retries(cx);
             if Pin::new(&mut self.heartbeat).poll(cx).is_ready() {
                 if self.last_heard.elapsed() > SILENCE {

@@ -39,7 +39,7 @@ use smol::{Async, Executor, Task};
 use crate::broker::session::{
     QueueLimits, SessionKind, peer_inbound_client_id, peer_outbox_client_id,
 };
-use crate::broker::{Broker, Claim, Claimed, Replicator};
+use crate::broker::{Broker, Claim, Claimed, Replicator, SessionImage};
 use crate::message::Message;
 use crate::protocol::{QoS, Topic};
 use crate::throttle::Throttle;
@@ -145,6 +145,8 @@ pub struct SessionMetrics {
     pub owner_unreachable: AtomicU64,
     /// Wills of a lost node's clients published here.
     pub lost_wills: AtomicU64,
+    /// Messages a peer forwarded here for a session that had just moved, passed on.
+    pub redirected: AtomicU64,
 }
 
 pub struct Cluster {
@@ -825,6 +827,8 @@ impl Cluster {
             (peer.outbox.clone(), routes)
         };
         self.broker.set_peer_routes(&outbox, &routes, now);
+        self.broker
+            .moved_announced(name, |filter| routes.iter().any(|(f, _)| f == filter), now);
         log::debug!(
             "cluster: node {name} routes at version {version}: {} ({})",
             routes.len(),
@@ -1059,6 +1063,10 @@ impl Replicator for Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(client_id.to_owned());
         self.owners_event.notify(1);
+    }
+
+    fn redirect(&self, to: &str, client_id: &str, message: &Message, image: SessionImage) {
+        self.redirect_moved(to, client_id, message, image);
     }
 
     fn claim(&self, client_id: &str, clean_start: bool) -> Claim {

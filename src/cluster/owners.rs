@@ -23,17 +23,23 @@ use smol::channel::{Receiver, bounded};
 use smol::future::FutureExt;
 
 use super::settings::OwnerUnreachable;
-use super::wire::{self, Frame, OwnerRecord, Route};
+use super::wire::{self, Frame, OwnerRecord};
 use super::{Cluster, TOMBSTONE_KEEP_MS, clock, wall_ms};
 use crate::broker::session::CloseReason;
 use crate::broker::session::SessionKind;
-use crate::broker::{Adopt, Claimed, SessionImage, SubscriptionList};
+use crate::broker::{Adopt, Claimed, SessionImage};
+use crate::message::{Message, Via};
+use crate::protocol::topic;
 
 /// An answer to a claim: the node, and the session it gave up (if it held one).
 pub(super) type Answer = (String, Option<SessionImage>);
 
 /// How often a claim looks again for the owner's link while it waits.
 const CLAIM_POLL: Duration = Duration::from_millis(100);
+
+/// How long a stopping node that handed its sessions on keeps its links: a few route
+/// announcements and link delays.
+const ROUTES_SETTLE: Duration = Duration::from_millis(300);
 
 impl Cluster {
     pub(super) fn owners(&self) -> MutexGuard<'_, HashMap<String, OwnerRecord>> {
@@ -64,6 +70,7 @@ impl Cluster {
         let started = Instant::now();
         let me = self.settings.name.clone();
         let epoch = self.clock.tick(wall_ms(SystemTime::now()));
+        self.broker.forget_moved(&client_id);
         let record = {
             let mut owners = self.owners();
             let record = owners.get(&client_id).cloned();
@@ -257,15 +264,27 @@ impl Cluster {
                 self.state_dirty.store(true, Ordering::Relaxed);
             }
         }
-        // What matches its filters goes to the claimer from before the session leaves
-        // the router here, so that nothing published meanwhile misses it.
+        // The other nodes learn where the session goes at once (the claimer tells them
+        // only once it has the session).
         if !clean_start {
-            if let Some(record) = self.broker.session_record(&client_id, Instant::now()) {
-                self.route_ahead(from, &record.subscriptions);
+            if let Some(here) = self.broker.session_record(&client_id, Instant::now()) {
+                let moved = self.owners().get(&client_id).cloned().map(|r| OwnerRecord {
+                    subscriptions: here.subscriptions,
+                    protocol: here.protocol,
+                    expiry: here.expiry,
+                    ended: here.expiry == 0,
+                    ..r
+                });
+                for (name, link) in self.session_links() {
+                    if let (Some(record), true) = (&moved, name != from) {
+                        let _ = link.try_send(Frame::Owners(vec![record.clone()]));
+                    }
+                }
             }
         }
         let image = self.broker.release_session(
             &client_id,
+            from,
             clean_start,
             CloseReason::TakenOver,
             Instant::now(),
@@ -284,39 +303,50 @@ impl Cluster {
         }
     }
 
-    /// Sends what matches a session's filters to `peer`, where the session goes, until
-    /// the peer's own routes say so.
-    fn route_ahead(&self, peer: &str, subscriptions: &SubscriptionList) {
-        let (outbox, routes) = {
-            let mut peers = self.peers();
-            let Some(p) = peers.get_mut(peer) else {
+    /// `message` for the session of `client_id`, which moved to `to` a moment ago,
+    /// sent there (see `Broker::release_session`); unless it was published here and
+    /// this node forwarded it there already, by a route `to` announces.
+    pub(super) fn redirect_moved(
+        &self,
+        to: &str,
+        client_id: &str,
+        message: &Message,
+        image: SessionImage,
+    ) {
+        let topic = message.topic.as_str();
+        let link = {
+            let peers = self.peers();
+            let Some(peer) = peers.get(to) else {
                 return;
             };
-            let mut added = false;
-            for (filter, _, _) in subscriptions {
-                if filter.starts_with("$share/") || p.routes.contains_key(filter) {
-                    continue;
-                }
-                let route = Route {
-                    filter: filter.clone(),
-                    shared: None,
-                    members: 1,
-                };
-                p.routes.insert(filter.clone(), route);
-                added = true;
-            }
-            if !added {
+            let forwarded = message.via == Via::Client
+                && peer
+                    .routes
+                    .values()
+                    .any(|r| r.shared.is_none() && topic::matches(&r.filter, topic));
+            if forwarded {
                 return;
             }
-            let routes: Vec<(String, Option<u32>)> = p
-                .routes
-                .values()
-                .map(|r| (r.filter.clone(), r.shared))
-                .collect();
-            (p.outbox.clone(), routes)
+            peer.link.clone()
         };
-        self.broker
-            .set_peer_routes(&outbox, &routes, Instant::now());
+        let Some(link) = link else {
+            log::warn!(
+                "client_id={client_id}: a message on {topic:?} for its session, which moved to node {to}, is lost: no link to that node"
+            );
+            return;
+        };
+        self.metrics.redirected.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Handover {
+            id: 0,
+            client_id: client_id.to_owned(),
+            image: Some(image),
+            resume: false,
+        };
+        if link.try_send(frame).is_err() {
+            log::warn!(
+                "client_id={client_id}: a message on {topic:?} for its session, which moved to node {to}, is lost: the link's queue is full"
+            );
+        }
     }
 
     /// Peer `from` answered claim `id` (or, with 0, handed over a session unasked).
@@ -336,16 +366,25 @@ impl Cluster {
             },
             None => image,
         };
-        // Nobody waits for it (a stale copy, a stopping node's session, or a claim that
-        // gave up): its messages go to the session here all the same.
+        // Nobody waits for it (a stale copy, a stopping node's session, a message that
+        // followed the session, or a claim that gave up): its messages go to the
+        // session here all the same.
         if let Some(image) = image {
-            log::info!(
-                "client_id={client_id}: node {from} handed over {} ({} messages)",
-                if resume {
-                    "the session as it stops"
-                } else {
-                    "a copy of the session it held"
-                },
+            let what = if resume {
+                "the session as it stops"
+            } else if image.subscriptions.is_empty() {
+                "messages that followed the session"
+            } else {
+                "a copy of the session it held"
+            };
+            let level = if image.subscriptions.is_empty() && !resume {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
+                "client_id={client_id}: node {from} handed over {what} ({} messages)",
                 image.messages()
             );
             let how = if resume { Adopt::Resumed } else { Adopt::Stale };
@@ -364,13 +403,12 @@ impl Cluster {
             let mut owners = self.owners();
             for record in records {
                 self.clock.observe(record.stamp);
-                let newer = owners
-                    .get(&record.client_id)
-                    .is_none_or(|r| record.version() > r.version());
-                if newer {
-                    owners.insert(record.client_id.clone(), record);
-                    self.state_dirty.store(true, Ordering::Relaxed);
+                let old = owners.get(&record.client_id);
+                if old.is_some_and(|r| record.version() <= r.version()) {
+                    continue;
                 }
+                owners.insert(record.client_id.clone(), record);
+                self.state_dirty.store(true, Ordering::Relaxed);
             }
             for record in owners.values() {
                 if record.owner != me
@@ -391,9 +429,9 @@ impl Cluster {
             let Some((_, link)) = links.iter().find(|(name, _)| *name == owner) else {
                 continue;
             };
-            let image = self
-                .broker
-                .release_session(&client_id, false, CloseReason::TakenOver, now);
+            let image =
+                self.broker
+                    .release_session(&client_id, &owner, false, CloseReason::TakenOver, now);
             log::info!(
                 "client_id={client_id}: node {owner} owns the session (record from {from}): the copy held here goes there"
             );
@@ -473,7 +511,14 @@ impl Cluster {
                 },
                 (None, _) => continue,
             };
-            if owners.get(&client_id) == Some(&record) {
+            // Unchanged but for its stamp (a message joined its queue, say).
+            let same = owners.get(&client_id).is_some_and(|r| {
+                *r == OwnerRecord {
+                    stamp: r.stamp,
+                    ..record.clone()
+                }
+            });
+            if same {
                 continue;
             }
             owners.insert(client_id, record.clone());
@@ -591,11 +636,22 @@ impl Cluster {
                 record.stamp = self.clock.tick(wall_ms(SystemTime::now()));
                 record.clone()
             };
-            if let Some(here) = self.broker.session_record(&client_id, Instant::now()) {
-                self.route_ahead(&target, &here.subscriptions);
+            let Some(here) = self.broker.session_record(&client_id, Instant::now()) else {
+                continue;
+            };
+            let record = OwnerRecord {
+                subscriptions: here.subscriptions,
+                ..record
+            };
+            // Every node learns where the session went before its client reconnects.
+            for (name, other) in self.session_links() {
+                if name != target {
+                    let _ = other.try_send(Frame::Owners(vec![record.clone()]));
+                }
             }
             let image = self.broker.release_session(
                 &client_id,
+                &target,
                 false,
                 CloseReason::ShuttingDown,
                 Instant::now(),
@@ -604,12 +660,6 @@ impl Cluster {
                 continue;
             };
             handed = (handed.0 + 1, handed.1 + image.messages());
-            // Every node learns where the session went before its client reconnects.
-            for (name, other) in self.session_links() {
-                if name != target {
-                    let _ = other.try_send(Frame::Owners(vec![record.clone()]));
-                }
-            }
             let _ = link.send(Frame::Owners(vec![record])).await;
             let _ = link
                 .send(Frame::Handover {
@@ -646,6 +696,9 @@ impl Cluster {
             },
             started.elapsed()
         );
+        // The peers learn that this node's routes changed (announcements are 50 ms
+        // apart) while what they forwarded before still arrives and is passed on.
+        smol::Timer::after(ROUTES_SETTLE).await;
     }
 
     /// The client sessions each node owns by the records here (ended ones left out).

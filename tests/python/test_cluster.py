@@ -415,7 +415,8 @@ def test_what_waits_for_a_node_is_bounded_and_never_acknowledged_then_dropped(ma
     n1, n2 = c.nodes
     Paho(n2, "away", protocol=V311, clean_start=False).subscribe("held/#", qos=1)
     wait_route(n1, "held/#", "n2")
-    n2.stop()
+    # Killed: a node that stops on purpose hands its sessions to n1 (test_cluster_sessions).
+    n2.stop(signal.SIGKILL)
     n1.wait_for_log(r"cluster: node n2 at .* is down", 10)
     v5 = RawClient(n1.host, n1.port, version=5)
     v5.connect("filler")
