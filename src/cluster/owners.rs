@@ -34,6 +34,11 @@ use crate::protocol::topic;
 /// An answer to a claim: the node, and the session it gave up (if it held one).
 pub(super) type Answer = (String, Option<SessionImage>);
 
+/// How long a claim waits for the nodes that do not hold the session by its record:
+/// a linked node answers in milliseconds; one that does not is cut off, and a CONNECT
+/// is not kept waiting for it.
+const OTHERS_PATIENCE: Duration = Duration::from_millis(500);
+
 /// How often a claim looks again for the owner's link while it waits.
 const CLAIM_POLL: Duration = Duration::from_millis(100);
 
@@ -102,6 +107,7 @@ impl Cluster {
         let (answers, answer_rx): (_, Receiver<Answer>) = bounded(8);
         self.claims().insert(id, answers);
         let deadline = started + self.settings.takeover_timeout;
+        let others_deadline = started + OTHERS_PATIENCE.min(self.settings.takeover_timeout);
         let (mut asked, mut answered) = (BTreeSet::new(), BTreeSet::new());
         let mut images = Vec::new();
         loop {
@@ -119,19 +125,17 @@ impl Cluster {
                     asked.insert(name);
                 }
             }
-            let owner_done = owner.as_ref().is_none_or(|o| answered.contains(o));
-            if owner_done && answered.is_superset(&asked) {
-                break;
-            }
+            let now = Instant::now();
+            // The others are asked in case one of them holds the client's connection
+            // (a clean session has no record); a node cut off from here answers when
+            // its link is back, and its connection then closes (the later CONNECT wins).
+            let others_done = answered.is_superset(&asked) || now >= others_deadline;
             // An owner gossip says is down is not waited for: it is not coming back
             // within a CONNECT's patience.
-            if let Some(o) = &owner {
-                if !asked.contains(o) && !self.peer_is_up(o) {
-                    break;
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
+            let owner_done = owner
+                .as_ref()
+                .is_none_or(|o| answered.contains(o) || !self.peer_is_up(o));
+            if (owner_done && others_done) || now >= deadline {
                 break;
             }
             let wake = deadline.min(now + CLAIM_POLL);
@@ -179,8 +183,12 @@ impl Cluster {
             .fetch_add(1, Ordering::Relaxed);
         let policy = self.settings.on_owner_unreachable;
         log::warn!(
-            "client_id={client_id}: its session's node {owner} did not answer within {:?}: {}",
-            self.settings.takeover_timeout,
+            "client_id={client_id}: its session's node {owner} {} (on_owner_unreachable): {}",
+            if self.peer_is_up(&owner) {
+                format!("did not answer within {:?}", self.settings.takeover_timeout)
+            } else {
+                "is down".to_owned()
+            },
             match policy {
                 OwnerUnreachable::Rebuild => "rebuilt from its record (subscriptions only)",
                 OwnerUnreachable::New => "a new session",
