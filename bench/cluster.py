@@ -16,7 +16,9 @@ Figures:
 - the time a node started next to a node holding 10 000 routes takes to hold them all,
   from its exec;
 - memory per route: RSS on the node that receives 10 000 routes, and on the node whose
-  clients hold them beyond what the same subscriptions cost a single node.
+  clients hold them beyond what the same subscriptions cost a single node;
+- takeover: a persistent session with 0, 1 000 and 100 000 queued messages on node 1,
+  its client's CONNECT on node 2 to the CONNACK (session present = 1).
 """
 
 import argparse
@@ -26,7 +28,9 @@ import pathlib
 import platform
 import re
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +44,7 @@ from compare import BENCH, RESULTS, ROOT, TERN, free_port, parse, raise_nofile, 
 
 SECRET = "bench-cluster-secret-0123"
 ROUTES = 10_000
+TAKEOVER_QUEUES = (0, 1_000, 100_000)
 
 
 def node_config(i, peers, port):
@@ -53,7 +58,8 @@ def node_config(i, peers, port):
         seeds = ", ".join(f'"127.0.0.{j + 1}:5370"' for j in peers)
         text += (f'[cluster]\nbind = "{addr}:5370"\nseeds = [{seeds}]\nsecret = "{SECRET}"\n'
                  "join_wait = 3\nstop_wait = 0\nmax_queued_messages = 10000000\n"
-                 "max_queued_bytes = 17179869184\n")
+                 "max_queued_bytes = 17179869184\n"
+                 f"[limits]\nmax_queued_messages = {max(TAKEOVER_QUEUES) * 2}\n")
     return text
 
 
@@ -223,6 +229,54 @@ def routes_and_memory(workdir):
             "single_b_per_sub": f"{single_per_sub:.0f}"}
 
 
+def connect_packet(client_id):
+    """An MQTT 3.1.1 CONNECT that resumes the session of `client_id`."""
+    body = b"\x00\x04MQTT\x04\x00\x00\x3c" + struct.pack(">H", len(client_id)) + client_id.encode()
+    return bytes([0x10, len(body)]) + body
+
+
+def takeover(workdir, queued):
+    """Milliseconds from a CONNECT on node 2 to its CONNACK, for a persistent session
+    on node 1 holding `queued` QoS 1 messages."""
+    nodes = cluster(workdir)
+    n1, n2 = nodes
+    try:
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mover",
+                          protocol=mqtt.MQTTv311, clean_session=False)
+        subacked = threading.Event()
+        sub.on_subscribe = lambda *a: subacked.set()
+        sub.connect(n1.addr, n1.port)
+        sub.loop_start()
+        sub.subscribe("bench/#", 1)
+        assert subacked.wait(10), "no SUBACK"
+        sub.disconnect()
+        sub.loop_stop()
+        if queued:
+            out = subprocess.run([str(BENCH), "publish", "--addr", f"{n1.addr}:{n1.port}",
+                                  "--count", str(queued)],
+                                 capture_output=True, text=True, timeout=300)
+            if out.returncode != 0:
+                return {"error": out.stderr.strip()[:200]}
+        time.sleep(1.0)
+        s = socket.create_connection((n2.addr, n2.port), timeout=30)
+        t0 = time.monotonic()
+        s.sendall(connect_packet("mover"))
+        connack = b""
+        while len(connack) < 4:
+            chunk = s.recv(4 - len(connack))
+            if not chunk:
+                return {"error": "closed before CONNACK"}
+            connack += chunk
+        took = (time.monotonic() - t0) * 1000
+        s.close()
+        if connack[0] != 0x20 or connack[2] != 1 or connack[3] != 0:
+            return {"error": f"CONNACK {connack.hex()}"}
+        return {"ms": f"{took:.1f}"}
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 def median(runs, key):
     values = [float(r[key]) for r in runs if key in r]
     return statistics.median(values) if values else None
@@ -271,6 +325,14 @@ def main():
             results.setdefault(("routes", ""), []).append(fields)
             raw.append(f"round={r} scenario=routes " + " ".join(f"{k}={v}" for k, v in fields.items()))
             print(raw[-1], flush=True)
+            for queued in TAKEOVER_QUEUES:
+                workdir = pathlib.Path(tmp) / f"takeover-{queued}-{r}"
+                workdir.mkdir()
+                fields = takeover(workdir, queued)
+                results.setdefault(("takeover", queued), []).append(fields)
+                raw.append(f"round={r} scenario=takeover queued={queued} "
+                           + " ".join(f"{k}={v}" for k, v in fields.items()))
+                print(raw[-1], flush=True)
 
     rows = []
     for scenario, unit in (("fanin-qos0", "msg/s"), ("fanin-qos1", "msg/s"), ("fanout", "deliveries/s")):
@@ -292,6 +354,10 @@ def main():
         f"| memory per filter on the node whose clients hold it, beyond a single node's | B RSS | "
         f"{fmt(median(routes, 'single_b_per_sub'))} per subscription | +{fmt(median(routes, 'holder_extra_b_per_route'))} | |",
     ]
+    for queued in TAKEOVER_QUEUES:
+        rows.append(f"| a persistent session with {queued:,} queued QoS 1 messages on node 1: its CONNECT "
+                    f"on node 2 to CONNACK (session present) | ms | – | "
+                    f"{fmt(median(results[('takeover', queued)], 'ms'))} | |")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     table = (f"Measured {now} on {platform.machine()}, {os.cpu_count()} cores; {rounds} round(s), "
              f"{duration:g} s per throughput run, medians; the two nodes on 127.0.0.2 and .3 of the same "
