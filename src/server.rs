@@ -270,9 +270,12 @@ pub fn run(config: Config) -> Result<(), String> {
         log::info!("cluster: /status says 503; closing clients in {wait:?}");
         thread::sleep(wait);
         cluster.begin_stop();
+        // No client may connect (and claim a session back) while they are handed on.
+        drop(accept_tasks);
         smol::block_on(cluster.hand_off());
+    } else {
+        drop(accept_tasks);
     }
-    drop(accept_tasks);
     broker.shut_down();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let connected = |m: &crate::broker::Metrics| {

@@ -7,7 +7,7 @@
 //! The image is plain data, encoded by whoever carries it; no clock crosses over
 //! (a message's expiry travels as the seconds it has left).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ pub(super) struct Moved {
     /// When `to` announced them.
     announced: Option<Instant>,
     since: Instant,
+    /// The session as it was here: a publisher that found it in the router just before
+    /// it left may still queue a message on it, which goes on to `to` as well.
+    session: Arc<Session>,
 }
 
 impl Moved {
@@ -132,6 +135,23 @@ impl SessionImage {
             protocol,
             expiry,
             subscriptions,
+            ..SessionImage::default()
+        }
+    }
+
+    /// Its messages, in flight or queued, all as queued (to be sent again).
+    fn messages_only(self) -> SessionImage {
+        let mut queue: Vec<ImageDelivery> = self
+            .inflight
+            .into_iter()
+            .filter(|(_, stage, _)| stage_of(*stage) != Stage::AwaitingPubComp)
+            .map(|(_, _, d)| d)
+            .collect();
+        queue.extend(self.queue);
+        SessionImage {
+            protocol: self.protocol,
+            expiry: self.expiry,
+            queue,
             ..SessionImage::default()
         }
     }
@@ -293,6 +313,24 @@ impl Broker {
                 .iter()
                 .map(|(filter, s)| (filter.to_owned(), s.options.to_byte(), s.id))
                 .collect();
+            // Known as moved before it leaves the router: a publisher that no longer
+            // finds it there finds it here (see `route`).
+            self.moved_to(Moved {
+                client_id: client_id.to_owned(),
+                to: to.to_owned(),
+                protocol: st.protocol.level(),
+                expiry: st.expiry_interval,
+                subscriptions: st
+                    .subscriptions
+                    .iter()
+                    .filter(|(filter, _)| !filter.starts_with("$share/"))
+                    .map(|(filter, s)| (filter.to_owned(), s))
+                    .collect(),
+                held: Vec::new(),
+                announced: None,
+                since: now,
+                session: session.clone(),
+            });
             let filters = st.subscriptions.take_filters();
             let mut held = Vec::new();
             {
@@ -308,12 +346,19 @@ impl Broker {
                     }
                 }
             }
+            if let Some(moved) = self.moved().get_mut(client_id) {
+                moved.held = held;
+            }
             if let (Some(_), Some(store)) = (st.take_backlog(), &self.store) {
                 match store.load_backlog(session.sid.get()) {
                     Ok(stored) => restore_backlog(&mut st, stored),
                     Err(e) => log::error!("client_id={client_id}: {e}"),
                 }
             }
+            // Its connection's will is published or dropped as the session goes on
+            // elsewhere (see `Client::connection_lost`); one waiting for its delay is
+            // dropped, as on a resume within its delay.
+            st.moved_away = true;
             let _ = st.take_pending_will();
             let inflight = st
                 .inflight
@@ -344,25 +389,6 @@ impl Broker {
                     sid: session.sid.get(),
                 }]);
             }
-            let subscriptions = image
-                .subscriptions
-                .iter()
-                .filter(|(filter, ..)| !filter.starts_with("$share/"))
-                .filter_map(|(filter, options, id)| {
-                    let options = SubscriptionOptions::from_byte(*options)?;
-                    Some((filter.clone(), Subscription { options, id: *id }))
-                })
-                .collect();
-            self.moved_to(Moved {
-                client_id: client_id.to_owned(),
-                to: to.to_owned(),
-                protocol: image.protocol,
-                expiry: image.expiry,
-                subscriptions,
-                held,
-                announced: None,
-                since: now,
-            });
             image
         };
         self.session_changed(client_id);
@@ -377,11 +403,27 @@ impl Broker {
     /// elsewhere) joins the end of the queue of the session here, in flight or not, to
     /// be sent again (QoS 1 may repeat; nothing is lost).
     pub fn adopt_session(&self, client_id: &str, image: SessionImage, how: Adopt, now: Instant) {
-        self.forget_moved(client_id);
-        let existing = self.sessions().get(client_id).cloned();
-        let session = match existing {
-            Some(s) if s.kind == SessionKind::Client && s.lock().is_persistent() => s,
-            Some(s) if how == Adopt::Stale && s.kind == SessionKind::Client => {
+        let existing = self
+            .sessions()
+            .get(client_id)
+            .filter(|s| s.kind == SessionKind::Client)
+            .cloned();
+        let state = existing.as_ref().map(|s| {
+            let st = s.lock();
+            (st.is_persistent(), st.connected)
+        });
+        // A connection here has the session already (it came back before this did):
+        // what the image holds joins it as messages only.
+        let how = match (how, state) {
+            (Adopt::Resumed, Some((_, true))) => Adopt::Stale,
+            (how, _) => how,
+        };
+        if how == Adopt::Resumed {
+            self.forget_moved(client_id);
+        }
+        let session = match (existing, state) {
+            (Some(s), Some((true, _))) => s,
+            (Some(_), _) if how == Adopt::Stale => {
                 // Its client started clean here since: what the copy held was for a
                 // session that has ended.
                 log::info!(
@@ -390,14 +432,28 @@ impl Broker {
                 );
                 return;
             }
-            other => {
-                if let Some(old) = other {
+            (existing, _) => {
+                if let Some(to) = self.moved_where(client_id).filter(|_| how == Adopt::Stale) {
+                    // The session moved on from here: so do its messages.
+                    if let Some(replicator) = self.replicator.get() {
+                        replicator.redirect(&to, client_id, image.messages_only(), None);
+                    }
+                    return;
+                }
+                if let Some(old) = existing {
                     self.remove_session(&old, now);
                 }
                 self.new_offline_session(client_id, &image, now)
             }
         };
-        for (filter, options, id) in &image.subscriptions {
+        // A stale copy's subscriptions are not the client's any more: the session
+        // here has what it subscribed to since.
+        let subscriptions = if how == Adopt::Resumed {
+            image.subscriptions.as_slice()
+        } else {
+            &[]
+        };
+        for (filter, options, id) in subscriptions {
             let Some(options) = SubscriptionOptions::from_byte(*options) else {
                 continue;
             };
@@ -481,7 +537,13 @@ impl Broker {
             }
         }
         let mut qos2 = st.inbound_qos2.take();
-        for packet_id in image.inbound_qos2 {
+        // A stale copy's: the client has used those packet ids since.
+        let inbound_qos2 = if how == Adopt::Resumed {
+            image.inbound_qos2
+        } else {
+            Vec::new()
+        };
+        for packet_id in inbound_qos2 {
             if !qos2.contains(&packet_id) {
                 qos2.push(packet_id);
                 if store.is_some() {
@@ -504,27 +566,16 @@ impl Broker {
         self.session_changed(client_id);
     }
 
-    fn moved(&self) -> std::sync::MutexGuard<'_, Vec<Moved>> {
+    fn moved(&self) -> std::sync::MutexGuard<'_, HashMap<String, Moved>> {
         self.moved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn moved_to(&self, moved: Moved) {
         let mut all = self.moved();
-        self.forget_moved_where(&mut all, |m| m.client_id == moved.client_id);
-        all.push(moved);
-        self.moving.store(true, Ordering::Relaxed);
-    }
-
-    /// Drops the entries `which` picks, and the routes they held.
-    fn forget_moved_where(&self, all: &mut Vec<Moved>, which: impl Fn(&Moved) -> bool) {
-        all.retain_mut(|m| {
-            if !which(m) {
-                return true;
-            }
-            self.release_held(m);
-            false
-        });
-        self.moving.store(!all.is_empty(), Ordering::Relaxed);
+        if let Some(mut old) = all.insert(moved.client_id.clone(), moved) {
+            self.release_held(&mut old);
+        }
+        self.moving.store(true, Ordering::SeqCst);
     }
 
     fn release_held(&self, moved: &mut Moved) {
@@ -539,19 +590,32 @@ impl Broker {
     /// The session of `client_id` is here again, or its client connected here: what
     /// peers forward for it stays.
     pub fn forget_moved(&self, client_id: &str) {
-        if self.moving.load(Ordering::Relaxed) {
-            self.forget_moved_where(&mut self.moved(), |m| m.client_id == client_id);
+        if !self.moving.load(Ordering::SeqCst) {
+            return;
         }
+        let mut all = self.moved();
+        if let Some(mut old) = all.remove(client_id) {
+            self.release_held(&mut old);
+        }
+        self.moving.store(!all.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Where the session of `client_id` went a moment ago, if it did.
+    pub(super) fn moved_where(&self, client_id: &str) -> Option<String> {
+        if !self.moving.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.moved().get(client_id).map(|m| m.to.clone())
     }
 
     /// Node `to` announced its routes (`announces` says whether a filter is among
     /// them): sessions that moved there whose filters it announces need no route here
     /// any more.
     pub fn moved_announced(&self, to: &str, announces: impl Fn(&str) -> bool, now: Instant) {
-        if !self.moving.load(Ordering::Relaxed) {
+        if !self.moving.load(Ordering::SeqCst) {
             return;
         }
-        for m in self.moved().iter_mut() {
+        for m in self.moved().values_mut() {
             if m.to == to && m.announced.is_none() && m.held.iter().all(|f| announces(f)) {
                 m.announced = Some(now);
                 self.release_held(m);
@@ -559,18 +623,67 @@ impl Broker {
         }
     }
 
-    /// Forgets the moves that are over (see [`REDIRECT_AFTER_ANNOUNCED`]).
+    /// Every second: what a publisher queued on a session just as it left goes on to
+    /// where it went, and the moves that are over are forgotten (see
+    /// [`REDIRECT_AFTER_ANNOUNCED`]).
     pub(super) fn expire_moved(&self, now: Instant) {
-        if self.moving.load(Ordering::Relaxed) {
-            self.forget_moved_where(&mut self.moved(), |m| !m.redirects(now));
+        if !self.moving.load(Ordering::SeqCst) {
+            return;
         }
+        let left: Vec<(String, String, u8, u32, Arc<Session>)> = self
+            .moved()
+            .values()
+            .map(|m| {
+                (
+                    m.client_id.clone(),
+                    m.to.clone(),
+                    m.protocol,
+                    m.expiry,
+                    m.session.clone(),
+                )
+            })
+            .collect();
+        if let Some(replicator) = self.replicator.get() {
+            for (client_id, to, protocol, expiry, session) in left {
+                let mut queue = Vec::new();
+                {
+                    let mut st = session.lock();
+                    while let Some(d) = st.pop_queued() {
+                        queue.push(ImageDelivery::of(&d, now));
+                    }
+                }
+                if !queue.is_empty() {
+                    let image = SessionImage {
+                        protocol,
+                        expiry,
+                        queue,
+                        ..SessionImage::default()
+                    };
+                    replicator.redirect(&to, &client_id, image, None);
+                }
+            }
+        }
+        let mut all = self.moved();
+        all.retain(|_, m| {
+            if m.redirects(now) {
+                return true;
+            }
+            self.release_held(m);
+            false
+        });
+        self.moving.store(!all.is_empty(), Ordering::SeqCst);
     }
 
     /// Passes on, to where they went, what `messages` hold for sessions that moved
-    /// away from here a moment ago (see [`Broker::release_session`]). A bridge's
-    /// message is left out (every node has its own copy), and so is one for a shared
-    /// group (the node it came from picked the member).
-    pub(super) fn redirect_moved(&self, messages: &[Arc<Message>]) {
+    /// away from here a moment ago (see [`Broker::release_session`]), but for a session
+    /// `matched` still found here for that message. A bridge's message is left out
+    /// (every node has its own copy), and so is one for a shared group (the node it
+    /// came from picked the member).
+    pub(super) fn redirect_moved(
+        &self,
+        messages: &[Arc<Message>],
+        matched: impl Fn(&Session, &Message) -> bool,
+    ) {
         let Some(replicator) = self.replicator.get() else {
             return;
         };
@@ -582,7 +695,10 @@ impl Broker {
                 if !matches!(message.via, Via::Client | Via::Peer { shared: None }) {
                     continue;
                 }
-                for moved in all.iter().filter(|m| m.redirects(now)) {
+                for moved in all.values().filter(|m| m.redirects(now)) {
+                    if matched(&moved.session, message) {
+                        continue;
+                    }
                     if let Some(delivery) = moved.delivery(message, now) {
                         let image = SessionImage {
                             protocol: moved.protocol,
@@ -596,7 +712,8 @@ impl Broker {
             }
         }
         for (to, client_id, message, image) in out {
-            replicator.redirect(&to, &client_id, message, image);
+            let published_here = (message.via == Via::Client).then(|| message.topic.as_str());
+            replicator.redirect(&to, &client_id, image, published_here);
         }
     }
 

@@ -35,6 +35,7 @@ pub mod topics;
 #[cfg(test)]
 mod spec;
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
@@ -209,7 +210,7 @@ pub struct Broker {
     tapped: AtomicBool,
     /// Sessions handed to another node a moment ago (see `handover.rs`), and whether
     /// there are any: what peers still forward here for them follows them.
-    moved: Mutex<Vec<handover::Moved>>,
+    moved: Mutex<HashMap<String, handover::Moved>>,
     moving: AtomicBool,
 }
 
@@ -228,10 +229,17 @@ pub trait Replicator: Send + Sync {
     /// from whichever other node holds it (a connection there is closed, a persistent
     /// session handed over with [`Broker::adopt_session`]) before it is opened here.
     fn claim(&self, client_id: &str, clean_start: bool) -> Claim;
-    /// `message` for the session of `client_id`, which moved to node `to` a moment ago
-    /// (see [`Broker::release_session`]), as that session receives it (`image`): send
-    /// it there, unless it went there already.
-    fn redirect(&self, to: &str, client_id: &str, message: &Message, image: SessionImage);
+    /// Messages for the session of `client_id`, which moved to node `to` a moment ago
+    /// (see [`Broker::release_session`]), as that session receives them (`image`): send
+    /// them there. One `published_here` on that topic went there already if `to`
+    /// announces a route for it (this node forwarded it).
+    fn redirect(
+        &self,
+        to: &str,
+        client_id: &str,
+        image: SessionImage,
+        published_here: Option<&str>,
+    );
 }
 
 /// A claim under way; see [`Replicator::claim`].
@@ -291,7 +299,7 @@ impl Broker {
             recent: Mutex::new(recent),
             taps: RwLock::new(Vec::new()),
             tapped: AtomicBool::new(false),
-            moved: Mutex::new(Vec::new()),
+            moved: Mutex::new(HashMap::new()),
             moving: AtomicBool::new(false),
         });
         if let Some(loaded) = loaded {

@@ -142,9 +142,6 @@ impl Broker {
                 self.set_retained(message, ops, now);
             }
         }
-        if self.moving.load(Ordering::Relaxed) {
-            self.redirect_moved(&messages);
-        }
         let mut staged: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
         let mut slots: HashMap<*const Session, usize> = HashMap::new();
         {
@@ -190,6 +187,19 @@ impl Broker {
                 }
                 reached.push(Reached::Sessions(n));
             }
+        }
+        // After the router was read: a session that left it was known as moved first.
+        if self.moving.load(Ordering::SeqCst) {
+            self.redirect_moved(&messages, |session, message| {
+                slots
+                    .get(&(session as *const Session))
+                    .is_some_and(|&slot| {
+                        staged[slot]
+                            .1
+                            .iter()
+                            .any(|d| std::ptr::eq(&*d.message, message))
+                    })
+            });
         }
         let limits = self.queue_limits();
         let mut pressure = None;

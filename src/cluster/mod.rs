@@ -178,7 +178,7 @@ pub struct Cluster {
     owners_changed: Mutex<HashSet<String>>,
     owners_event: Event,
     /// Claims waiting for their answers, by id.
-    claims: Mutex<HashMap<u64, Sender<owners::Answer>>>,
+    claims: Mutex<HashMap<u64, owners::Claiming>>,
     next_claim: AtomicU64,
     /// Notified when a peer answers a ping (see `hand_off`).
     pongs: Event,
@@ -1065,8 +1065,14 @@ impl Replicator for Cluster {
         self.owners_event.notify(1);
     }
 
-    fn redirect(&self, to: &str, client_id: &str, message: &Message, image: SessionImage) {
-        self.redirect_moved(to, client_id, message, image);
+    fn redirect(
+        &self,
+        to: &str,
+        client_id: &str,
+        image: SessionImage,
+        published_here: Option<&str>,
+    ) {
+        self.redirect_moved(to, client_id, image, published_here);
     }
 
     fn claim(&self, client_id: &str, clean_start: bool) -> Claim {

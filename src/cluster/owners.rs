@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use smol::channel::{Receiver, bounded};
 use smol::future::FutureExt;
 
 use super::settings::OwnerUnreachable;
@@ -28,11 +27,16 @@ use super::{Cluster, TOMBSTONE_KEEP_MS, clock, wall_ms};
 use crate::broker::session::CloseReason;
 use crate::broker::session::SessionKind;
 use crate::broker::{Adopt, Claimed, SessionImage};
-use crate::message::{Message, Via};
 use crate::protocol::topic;
 
-/// An answer to a claim: the node, and the session it gave up (if it held one).
-pub(super) type Answer = (String, Option<SessionImage>);
+/// A claim waiting for answers: the node that owns the session by its record (if
+/// any), whether an image was taken as the session resumed, and where to tell the
+/// claim of each answer (the node, and how many messages it handed over, if any).
+pub(super) struct Claiming {
+    owner: Option<String>,
+    resumed: bool,
+    answers: smol::channel::Sender<(String, Option<usize>)>,
+}
 
 /// How long a claim waits for the nodes that do not hold the session by its record:
 /// a linked node answers in milliseconds; one that does not is cut off, and a CONNECT
@@ -51,7 +55,7 @@ impl Cluster {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn claims(&self) -> MutexGuard<'_, HashMap<u64, smol::channel::Sender<Answer>>> {
+    fn claims(&self) -> MutexGuard<'_, HashMap<u64, Claiming>> {
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -79,22 +83,27 @@ impl Cluster {
         let record = {
             let mut owners = self.owners();
             let record = owners.get(&client_id).cloned();
-            let mine = owners
-                .entry(client_id.clone())
-                .or_insert_with(|| OwnerRecord {
-                    client_id: client_id.clone(),
-                    owner: me.clone(),
-                    epoch,
-                    stamp: epoch,
-                    protocol: 0,
-                    expiry: 0,
-                    subscriptions: Vec::new(),
-                    will: None,
-                    ended: true,
-                });
-            mine.owner = me.clone();
-            mine.epoch = epoch;
-            mine.stamp = epoch;
+            // The epoch of this CONNECT, for the session it opens; a clean start with
+            // no record leaves none (one with a will gets one as it opens: see
+            // `refresh_records`), so client ids that come and go do not pile up.
+            if record.is_some() || !clean_start {
+                let mine = owners
+                    .entry(client_id.clone())
+                    .or_insert_with(|| OwnerRecord {
+                        client_id: client_id.clone(),
+                        owner: me.clone(),
+                        epoch,
+                        stamp: epoch,
+                        protocol: 0,
+                        expiry: 0,
+                        subscriptions: Vec::new(),
+                        will: None,
+                        ended: true,
+                    });
+                mine.owner = me.clone();
+                mine.epoch = epoch;
+                mine.stamp = epoch;
+            }
             record
         };
         // Whose answer decides: the owner of record, when another node holds a session
@@ -104,12 +113,17 @@ impl Cluster {
             .filter(|r| !r.ended && r.owner != me && r.expiry > 0)
             .map(|r| r.owner.clone());
         let id = self.next_claim.fetch_add(1, Ordering::Relaxed) + 1;
-        let (answers, answer_rx): (_, Receiver<Answer>) = bounded(8);
-        self.claims().insert(id, answers);
+        let (answers, answer_rx) = smol::channel::unbounded();
+        let claiming = Claiming {
+            owner: owner.clone(),
+            resumed: false,
+            answers,
+        };
+        self.claims().insert(id, claiming);
         let deadline = started + self.settings.takeover_timeout;
         let others_deadline = started + OTHERS_PATIENCE.min(self.settings.takeover_timeout);
         let (mut asked, mut answered) = (BTreeSet::new(), BTreeSet::new());
-        let mut images = Vec::new();
+        let mut handed = Vec::new();
         loop {
             for (name, link) in self.session_links() {
                 if asked.contains(&name) {
@@ -146,29 +160,20 @@ impl Cluster {
                     Err(smol::channel::RecvError)
                 })
                 .await;
-            if let Ok((from, image)) = answer {
+            if let Ok((from, messages)) = answer {
+                handed.extend(messages);
                 answered.insert(from);
-                images.extend(image);
             }
         }
-        self.claims().remove(&id);
+        let resumed = self.claims().remove(&id).is_some_and(|c| c.resumed);
         let now = Instant::now();
-        let mut images = images.into_iter();
-        if let Some(image) = images.next() {
+        if resumed {
             log::info!(
                 "client_id={client_id}: session taken over from another node ({} messages) in {:?}",
-                image.messages(),
+                handed.iter().sum::<usize>(),
                 started.elapsed()
             );
             self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
-            self.broker
-                .adopt_session(&client_id, image, Adopt::Resumed, now);
-            // Two nodes held a copy (a partition healed under it): the other's messages
-            // are delivered too.
-            for stale in images {
-                self.broker
-                    .adopt_session(&client_id, stale, Adopt::Stale, now);
-            }
             return Claimed::AsAsked;
         }
         let (Some(owner), Some(record)) = (owner, record) else {
@@ -248,9 +253,12 @@ impl Cluster {
                     resume: true,
                 };
             }
-            let newer = owners
-                .get(&client_id)
-                .is_none_or(|r| (epoch, from) > (r.epoch, r.owner.as_str()));
+            // A clean start makes no record where there was none (as on the claimer's
+            // side, see `claim`): the record its connection may get comes from there.
+            let newer = match owners.get(&client_id) {
+                Some(r) => (epoch, from) > (r.epoch, r.owner.as_str()),
+                None => !clean_start,
+            };
             if newer {
                 let record = owners
                     .entry(client_id.clone())
@@ -311,27 +319,26 @@ impl Cluster {
         }
     }
 
-    /// `message` for the session of `client_id`, which moved to `to` a moment ago,
-    /// sent there (see `Broker::release_session`); unless it was published here and
-    /// this node forwarded it there already, by a route `to` announces.
+    /// Messages for the session of `client_id`, which moved to `to` a moment ago, sent
+    /// there (see `Broker::release_session`); but for one published here on a topic
+    /// `to` announces a route for, which this node forwarded there already.
     pub(super) fn redirect_moved(
         &self,
         to: &str,
         client_id: &str,
-        message: &Message,
         image: SessionImage,
+        published_here: Option<&str>,
     ) {
-        let topic = message.topic.as_str();
         let link = {
             let peers = self.peers();
             let Some(peer) = peers.get(to) else {
                 return;
             };
-            let forwarded = message.via == Via::Client
-                && peer
-                    .routes
+            let forwarded = published_here.is_some_and(|topic| {
+                peer.routes
                     .values()
-                    .any(|r| r.shared.is_none() && topic::matches(&r.filter, topic));
+                    .any(|r| r.shared.is_none() && topic::matches(&r.filter, topic))
+            });
             if forwarded {
                 return;
             }
@@ -339,11 +346,15 @@ impl Cluster {
         };
         let Some(link) = link else {
             log::warn!(
-                "client_id={client_id}: a message on {topic:?} for its session, which moved to node {to}, is lost: no link to that node"
+                "client_id={client_id}: {} messages for its session, which moved to node {to}, are lost: no link to that node",
+                image.messages()
             );
             return;
         };
-        self.metrics.redirected.fetch_add(1, Ordering::Relaxed);
+        let messages = image.messages();
+        self.metrics
+            .redirected
+            .fetch_add(messages as u64, Ordering::Relaxed);
         let frame = Frame::Handover {
             id: 0,
             client_id: client_id.to_owned(),
@@ -352,7 +363,7 @@ impl Cluster {
         };
         if link.try_send(frame).is_err() {
             log::warn!(
-                "client_id={client_id}: a message on {topic:?} for its session, which moved to node {to}, is lost: the link's queue is full"
+                "client_id={client_id}: {messages} messages for its session, which moved to node {to}, are lost: the link's queue is full"
             );
         }
     }
@@ -366,14 +377,39 @@ impl Cluster {
         image: Option<SessionImage>,
         resume: bool,
     ) {
-        let waiting = self.claims().get(&id).cloned().filter(|_| id != 0);
-        let image = match waiting {
-            Some(claim) => match claim.try_send((from.to_owned(), image)) {
-                Ok(()) => return,
-                Err(e) => e.into_inner().1,
-            },
-            None => image,
-        };
+        // The answer to a claim under way is taken here, on the link's task: the
+        // session is in the router before anything the peer sent after its answer.
+        let answered = (id != 0)
+            .then(|| {
+                let mut claims = self.claims();
+                let claim = claims.get_mut(&id)?;
+                let messages = image.as_ref().map(SessionImage::messages);
+                // The owner's image resumes the session (or the first one, when no
+                // node owned it by the record); any other copy joins it as messages.
+                let how = image.as_ref().map(|_| {
+                    let resumes =
+                        !claim.resumed && claim.owner.as_deref().is_none_or(|owner| owner == from);
+                    claim.resumed |= resumes;
+                    if resumes {
+                        Adopt::Resumed
+                    } else {
+                        Adopt::Stale
+                    }
+                });
+                let _ = claim.answers.try_send((from.to_owned(), messages));
+                Some(how)
+            })
+            .flatten();
+        if let Some(how) = answered {
+            if let (Some(image), Some(how)) = (image, how) {
+                self.broker
+                    .adopt_session(&client_id, image, how, Instant::now());
+            }
+            return;
+        }
+        // An answer to a claim that gave up is a copy of the session: the client may
+        // have a new session here by now.
+        let resume = resume && id == 0;
         // Nobody waits for it (a stale copy, a stopping node's session, a message that
         // followed the session, or a claim that gave up): its messages go to the
         // session here all the same.
@@ -570,7 +606,11 @@ impl Cluster {
                 .chain(std::iter::once(self.settings.name.as_str()))
                 .min()
                 .unwrap_or_default();
-            if first_live != self.settings.name {
+            // Not from a minority cut off from the rest: their clients may be alive
+            // over there (two nodes cannot tell; see docs/deployment.md).
+            let seen = 1 + peers.values().filter(|p| p.up).count();
+            let known = 1 + peers.values().filter(|p| p.up || !p.left).count();
+            if first_live != self.settings.name || seen * 2 < known {
                 return;
             }
             peers
@@ -632,24 +672,38 @@ impl Cluster {
         let started = Instant::now();
         let mut handed = (0, 0);
         for client_id in self.broker.client_ids_of(SessionKind::Client) {
+            let Some(here) = self
+                .broker
+                .session_record(&client_id, Instant::now())
+                .filter(|r| r.expiry > 0)
+            else {
+                continue;
+            };
+            // A session whose record was not published yet is handed on all the same.
             let record = {
                 let mut owners = self.owners();
-                let Some(record) = owners.get_mut(&client_id) else {
-                    continue;
-                };
-                if record.ended || record.expiry == 0 || record.owner != self.settings.name {
+                let record = owners
+                    .entry(client_id.clone())
+                    .or_insert_with(|| OwnerRecord {
+                        client_id: client_id.clone(),
+                        owner: self.settings.name.clone(),
+                        epoch: 0,
+                        stamp: 0,
+                        protocol: here.protocol,
+                        expiry: here.expiry,
+                        subscriptions: Vec::new(),
+                        will: None,
+                        ended: false,
+                    });
+                if record.owner != self.settings.name {
                     continue;
                 }
                 record.owner = target.clone();
+                record.ended = false;
+                record.expiry = here.expiry;
+                record.subscriptions = here.subscriptions;
                 record.stamp = self.clock.tick(wall_ms(SystemTime::now()));
                 record.clone()
-            };
-            let Some(here) = self.broker.session_record(&client_id, Instant::now()) else {
-                continue;
-            };
-            let record = OwnerRecord {
-                subscriptions: here.subscriptions,
-                ..record
             };
             // Every node learns where the session went before its client reconnects.
             for (name, other) in self.session_links() {

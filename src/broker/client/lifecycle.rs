@@ -61,10 +61,11 @@ impl Client {
             .metrics
             .connected(self.role)
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        let taken_over;
+        let (taken_over, moved_away);
         {
             let mut st = self.session.lock();
             taken_over = st.generation != self.generation;
+            moved_away = st.moved_away;
             if !taken_over {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
@@ -78,7 +79,12 @@ impl Client {
             .and_then(|w| w.properties.will_delay_interval)
             .filter(|_| self.v5())
             .unwrap_or(0);
-        let session_ended = !broker.is_current(&self.session);
+        // A session another node took for its client's CONNECT goes on there: a will
+        // with a delay is not published, as when a client resumes within the delay.
+        // One handed on as this node stops is published now (its delay would end
+        // here, where the session no longer is).
+        let continues_elsewhere = moved_away && taken_over;
+        let session_ended = !(broker.is_current(&self.session) || continues_elsewhere);
         let will = self.will.take().filter(|w| self.may_publish(&w.topic, now));
         if let Some(will) = will {
             let message = Message::from_will(*will, Some(self.session.client_id.clone()), now);
