@@ -358,7 +358,6 @@ impl Broker {
             // Its connection's will is published or dropped as the session goes on
             // elsewhere (see `Client::connection_lost`); one waiting for its delay is
             // dropped, as on a resume within its delay.
-            st.moved_away = true;
             let _ = st.take_pending_will();
             let inflight = st
                 .inflight

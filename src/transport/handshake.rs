@@ -42,9 +42,6 @@ async fn claim(broker: &Broker, mut admitted: Admitted) -> Result<Admitted, Refu
     let Some(cluster) = broker.replicator() else {
         return Ok(admitted);
     };
-    if admitted.role() != Role::Network {
-        return Ok(admitted);
-    }
     match cluster
         .claim(admitted.client_id(), admitted.clean_start())
         .await
@@ -140,8 +137,12 @@ pub(super) async fn handshake<S: Stream>(start: Box<Start<S>>) -> Option<Connect
         entropy: RandomState::new().hash_one(Instant::now()),
     };
     let admitted = match Client::admit(broker, arrival, connect) {
-        Ok(admitted) => claim(broker, admitted).await,
-        Err(refusal) => Err(refusal),
+        // Boxed: a broker without a cluster does not carry the claim's state in every
+        // handshake.
+        Ok(admitted) if broker.replicator().is_some() && admitted.role() == Role::Network => {
+            Box::pin(claim(broker, admitted)).await
+        }
+        admitted => admitted,
     };
     let client = match admitted {
         Ok(admitted) => *admitted.open(Instant::now()),

@@ -61,11 +61,10 @@ impl Client {
             .metrics
             .connected(self.role)
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        let (taken_over, moved_away);
+        let taken_over;
         {
             let mut st = self.session.lock();
             taken_over = st.generation != self.generation;
-            moved_away = st.moved_away;
             if !taken_over {
                 self.session.set_online(&mut st, false);
                 st.disconnected_at = Some(now);
@@ -83,7 +82,8 @@ impl Client {
         // with a delay is not published, as when a client resumes within the delay.
         // One handed on as this node stops is published now (its delay would end
         // here, where the session no longer is).
-        let continues_elsewhere = moved_away && taken_over;
+        let continues_elsewhere =
+            taken_over && broker.moved_where(&self.session.client_id).is_some();
         let session_ended = !(broker.is_current(&self.session) || continues_elsewhere);
         let will = self.will.take().filter(|w| self.may_publish(&w.topic, now));
         if let Some(will) = will {

@@ -183,8 +183,6 @@ pub struct SessionState {
     pub generation: u32,
     /// Why the current connection must close (takeover, queue overflow, admin kick).
     pub close_reason: Option<CloseReason>,
-    /// Handed to another cluster node, where it goes on (see `broker::handover`).
-    pub moved_away: bool,
     pub connected: bool,
     /// The connection attached to this session: to wake it, and what the management
     /// API shows of it.
@@ -350,7 +348,6 @@ impl SessionState {
             protocol,
             generation: 0,
             close_reason: None,
-            moved_away: false,
             connected: false,
             link: None,
             expiry_interval,
