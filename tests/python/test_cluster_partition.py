@@ -13,14 +13,13 @@ import re
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from conftest import Broker
 from paho_helpers import V311, Paho
 from test_cluster import API_SECRET, SECRET, api
+from test_cluster_sessions import status_code
 
 CUT_SECONDS = 30
 
@@ -143,14 +142,6 @@ def clients():
     made = Clients()
     yield made
     made.close()
-
-
-def status_code(node):
-    try:
-        with urllib.request.urlopen(f"http://{node.host}:8081/status", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def drain(client, quiet=0.2):
