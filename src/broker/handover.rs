@@ -50,6 +50,10 @@ pub(super) struct Moved {
     /// The session as it was here: a publisher that found it in the router just before
     /// it left may still queue a message on it, which goes on to `to` as well.
     session: Arc<Session>,
+    /// Its image goes to `to` ahead of anything this node forwards after it (the answer
+    /// to a claim, written on the link at once): a message forwarded by a route `to`
+    /// announces then finds the session there, and is not passed on too.
+    image_first: bool,
 }
 
 impl Moved {
@@ -263,12 +267,14 @@ impl Broker {
     /// back as its image and ends here without its will (the old connection's own will
     /// is published as it closes, as on a takeover within one node); otherwise the
     /// session ends here as a clean start would end it, will and all, and `None` is
-    /// returned. For [`REDIRECT_FOR`], what a peer forwards here for the session that
-    /// moved goes on to `to` ([`Replicator::redirect`](super::Replicator::redirect)).
+    /// returned. For a moment, what reaches this node for the session that moved goes
+    /// on to `to` ([`Replicator::redirect`](super::Replicator::redirect)); see [`Moved`]
+    /// (`image_first`: the image is written to `to` before anything forwarded after).
     pub fn release_session(
         &self,
         client_id: &str,
         to: &str,
+        image_first: bool,
         clean_start: bool,
         reason: CloseReason,
         now: Instant,
@@ -330,6 +336,7 @@ impl Broker {
                 announced: None,
                 since: now,
                 session: session.clone(),
+                image_first,
             });
             let filters = st.subscriptions.take_filters();
             let mut held = Vec::new();
@@ -705,13 +712,20 @@ impl Broker {
                             queue: vec![delivery],
                             ..SessionImage::default()
                         };
-                        out.push((moved.to.clone(), moved.client_id.clone(), message, image));
+                        let forwarded = moved.image_first && message.via == Via::Client;
+                        out.push((
+                            moved.to.clone(),
+                            moved.client_id.clone(),
+                            message,
+                            image,
+                            forwarded,
+                        ));
                     }
                 }
             }
         }
-        for (to, client_id, message, image) in out {
-            let published_here = (message.via == Via::Client).then(|| message.topic.as_str());
+        for (to, client_id, message, image, forwarded) in out {
+            let published_here = forwarded.then(|| message.topic.as_str());
             replicator.redirect(&to, &client_id, image, published_here);
         }
     }

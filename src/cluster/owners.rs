@@ -301,6 +301,7 @@ impl Cluster {
         let image = self.broker.release_session(
             &client_id,
             from,
+            true,
             clean_start,
             CloseReason::TakenOver,
             Instant::now(),
@@ -473,9 +474,14 @@ impl Cluster {
             let Some((_, link)) = links.iter().find(|(name, _)| *name == owner) else {
                 continue;
             };
-            let image =
-                self.broker
-                    .release_session(&client_id, &owner, false, CloseReason::TakenOver, now);
+            let image = self.broker.release_session(
+                &client_id,
+                &owner,
+                false,
+                false,
+                CloseReason::TakenOver,
+                now,
+            );
             log::info!(
                 "client_id={client_id}: node {owner} owns the session (record from {from}): the copy held here goes there"
             );
@@ -714,6 +720,7 @@ impl Cluster {
             let image = self.broker.release_session(
                 &client_id,
                 &target,
+                false,
                 false,
                 CloseReason::ShuttingDown,
                 Instant::now(),
