@@ -99,8 +99,7 @@ pub struct SessionImage {
     pub subscriptions: Vec<(String, u8, Option<u32>)>,
     /// Not yet sent, oldest first.
     pub queue: Vec<ImageDelivery>,
-    /// Sent and not yet completed: packet id, stage (0 PUBACK, 1 PUBREC, 2 PUBCOMP
-    /// awaited), oldest first.
+    /// Sent and not yet completed: packet id, stage (`Stage::code`), oldest first.
     pub inflight: Vec<(u16, u8, ImageDelivery)>,
     /// Inbound QoS 2 packet ids not yet released.
     pub inbound_qos2: Vec<u16>,
@@ -148,7 +147,7 @@ impl SessionImage {
         let mut queue: Vec<ImageDelivery> = self
             .inflight
             .into_iter()
-            .filter(|(_, stage, _)| stage_of(*stage) != Stage::AwaitingPubComp)
+            .filter(|(_, stage, _)| Stage::from_code(*stage) != Some(Stage::AwaitingPubComp))
             .map(|(_, _, d)| d)
             .collect();
         queue.extend(self.queue);
@@ -171,30 +170,6 @@ impl SessionImage {
 pub enum Adopt {
     Resumed,
     Stale,
-}
-
-fn stage_byte(stage: Stage) -> u8 {
-    match stage {
-        Stage::AwaitingPubAck => 0,
-        Stage::AwaitingPubRec => 1,
-        Stage::AwaitingPubComp => 2,
-    }
-}
-
-fn stage_of(byte: u8) -> Stage {
-    match byte {
-        0 => Stage::AwaitingPubAck,
-        1 => Stage::AwaitingPubRec,
-        _ => Stage::AwaitingPubComp,
-    }
-}
-
-fn protocol_of(level: u8) -> ProtocolVersion {
-    match level {
-        3 => ProtocolVersion::V31,
-        4 => ProtocolVersion::V311,
-        _ => ProtocolVersion::V5,
-    }
 }
 
 impl ImageDelivery {
@@ -373,7 +348,7 @@ impl Broker {
                 .map(|f| {
                     (
                         f.packet_id,
-                        stage_byte(f.stage),
+                        f.stage.code(),
                         ImageDelivery::of(&f.delivery, now),
                     )
                 })
@@ -496,7 +471,7 @@ impl Broker {
         let (mut inflight, mut queue) = (VecDeque::new(), VecDeque::new());
         for (packet_id, stage, d) in image.inflight {
             let mut delivery = d.into_delivery(now);
-            let stage = stage_of(stage);
+            let stage = Stage::from_code(stage).unwrap_or(Stage::AwaitingPubComp);
             let keeps_id = how == Adopt::Resumed
                 && packet_id != 0
                 && st.inflight_position(packet_id).is_none();
@@ -559,7 +534,7 @@ impl Broker {
         }
         st.inbound_qos2 = qos2.into();
         if how == Adopt::Resumed {
-            st.protocol = protocol_of(image.protocol);
+            st.protocol = ProtocolVersion::of_level(image.protocol);
             st.expiry_interval = image.expiry;
         }
         // Under the session's lock, so a publisher's op for this session comes after.
@@ -744,7 +719,7 @@ impl Broker {
         };
         let session = Arc::new(Session::new(
             client_id.into(),
-            protocol_of(image.protocol),
+            ProtocolVersion::of_level(image.protocol),
             image.expiry.max(1),
             sid,
         ));

@@ -55,11 +55,7 @@ impl Broker {
         sessions.reserve(loaded.sessions.len());
         let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
         for stored in loaded.sessions {
-            let protocol = match stored.protocol {
-                3 => ProtocolVersion::V31,
-                4 => ProtocolVersion::V311,
-                _ => ProtocolVersion::V5,
-            };
+            let protocol = ProtocolVersion::of_level(stored.protocol);
             let expiry = match protocol {
                 ProtocolVersion::V5 => stored.expiry.min(self.settings.max_session_expiry),
                 _ => self.settings.persistent_client_expiration,

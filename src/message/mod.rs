@@ -240,6 +240,26 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Its code in the store and in a session image handed to another node.
+    pub fn code(self) -> u8 {
+        match self {
+            Stage::AwaitingPubAck => 1,
+            Stage::AwaitingPubRec => 2,
+            Stage::AwaitingPubComp => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Stage> {
+        match code {
+            1 => Some(Stage::AwaitingPubAck),
+            2 => Some(Stage::AwaitingPubRec),
+            3 => Some(Stage::AwaitingPubComp),
+            _ => None,
+        }
+    }
+}
+
+impl Stage {
     /// The packet this stage waits for.
     pub fn acknowledgement(self) -> &'static str {
         match self {

@@ -20,6 +20,15 @@ pub enum ProtocolVersion {
 }
 
 impl ProtocolVersion {
+    /// The version of a stored or replicated protocol level (5 for anything else).
+    pub fn of_level(level: u8) -> ProtocolVersion {
+        match level {
+            3 => ProtocolVersion::V31,
+            4 => ProtocolVersion::V311,
+            _ => ProtocolVersion::V5,
+        }
+    }
+
     pub fn level(self) -> u8 {
         match self {
             ProtocolVersion::V31 => 3,

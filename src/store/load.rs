@@ -48,23 +48,6 @@ pub struct Loaded {
     pub purged_deliveries: usize,
 }
 
-pub fn stage_code(stage: Stage) -> u8 {
-    match stage {
-        Stage::AwaitingPubAck => 1,
-        Stage::AwaitingPubRec => 2,
-        Stage::AwaitingPubComp => 3,
-    }
-}
-
-fn stage_from_code(code: u8) -> Option<Stage> {
-    match code {
-        1 => Some(Stage::AwaitingPubAck),
-        2 => Some(Stage::AwaitingPubRec),
-        3 => Some(Stage::AwaitingPubComp),
-        _ => None,
-    }
-}
-
 /// Deletes sessions, queued messages and retained messages that expired while Tern was
 /// stopped, and rows no session owns. Returns (sessions, deliveries) deleted.
 fn purge_expired(conn: &mut Connection, now: u64) -> rusqlite::Result<(usize, usize)> {
@@ -248,7 +231,7 @@ pub fn backlog(
             retain: row.get(2)?,
             subscription_ids: decode_ids(row.get(3)?),
             shared: row.get(4)?,
-            inflight: packet_id.zip(stage.and_then(stage_from_code)),
+            inflight: packet_id.zip(stage.and_then(Stage::from_code)),
         });
     }
     Ok(out)

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::load::stage_code;
 use super::record::{StoreClock, encode_ids, save_clock, wall_secs};
 use super::schema;
 use super::{FAILURES_KEPT, Op, Shared, StoreConfig};
@@ -408,7 +407,7 @@ impl Writer {
                         encode_ids(subscription_ids),
                         shared.as_deref(),
                         sent.map(|(_, packet_id, _)| packet_id),
-                        sent.map(|(_, _, stage)| stage_code(stage))
+                        sent.map(|(_, _, stage)| stage.code())
                     ])?;
                     self.known.live.insert(*seq, *sid);
                 }
@@ -429,7 +428,7 @@ impl Writer {
                         .execute(params![
                             *seq as i64,
                             packet_id,
-                            stage_code(*stage)
+                            stage.code()
                         ])?;
                     } else {
                         self.known
